@@ -1,0 +1,46 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Dependencies, hoisted so every target names them the same way. Versions are the ones mirrored on the
+// build machines (see README, "Building").
+let nio = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let nioEmbedded = Target.Dependency.product(name: "NIOEmbedded", package: "swift-nio")
+let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+
+let package = Package(
+    name: "keygate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "KeygateRedis", targets: ["KeygateRedis"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries from Debian: libhiredis-dev (RESP2 reader) and libssl-dev (libcrypto).
+        .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+
+        .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", nio, nioPosix, nioSSL, logging]),
+        .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", nio, nioPosix]),
+
+        .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix]),
+        // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
+        .testTarget(name: "KeygateIntegrationTests",
+                    dependencies: ["KeygateRedis", "KeygateTestSupport", nio, nioPosix]),
+    ]
+)
+
+// One settings list for every target we compile (system library targets refuse settings).
+let sharedSwiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + sharedSwiftSettings
+}

@@ -1,0 +1,108 @@
+public import Logging
+public import NIOCore
+import NIOSSL
+import Synchronization
+
+/// A Redis client that owns one connection per event loop of its group.
+///
+/// A caller already on event loop L (the data plane's channel handlers) sends on L's connection with no
+/// thread hop: `send(_:on:)`. Async callers use any healthy connection. Connections reconnect by
+/// themselves; during a long outage commands fail fast with `RedisError.Code.circuitOpen`.
+public final class RedisClient: Sendable {
+    public let configuration: RedisConfiguration
+    private let slots: [RedisConnectionSlot]
+    private let slotByLoop: [ObjectIdentifier: RedisConnectionSlot]
+    private let nextSlot = Atomic<UInt>(0)
+    private let logger: Logger
+
+    /// - Throws: `RedisError` when the TLS settings cannot be loaded.
+    public init(configuration: RedisConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger = Logger(label: "keygate.redis")) throws(RedisError) {
+        self.configuration = configuration
+        self.logger = logger
+        let tls = try RedisConnection.makeTLSContext(configuration)
+        var slots: [RedisConnectionSlot] = []
+        var byLoop: [ObjectIdentifier: RedisConnectionSlot] = [:]
+        let circuit = RedisCircuit(failFastAfter: configuration.failFastAfter)
+        for loop in eventLoopGroup.makeIterator() {
+            let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, tlsContext: tls, circuit: circuit)
+            slots.append(slot)
+            byLoop[ObjectIdentifier(loop)] = slot
+        }
+        self.slots = slots
+        self.slotByLoop = byLoop
+    }
+
+    /// Sends a command on `eventLoop`'s own connection. Call it on that loop for the no-hop path;
+    /// from elsewhere it hops. An error reply fails with `.serverError`.
+    public func send(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<RESPValue> {
+        let slot = slotByLoop[ObjectIdentifier(eventLoop)] ?? anySlot()
+        if slot.eventLoop.inEventLoop { return slot.send(command) }
+        return slot.eventLoop.flatSubmit { slot.send(command) }
+    }
+
+    /// Sends a command on any healthy connection.
+    public func send(_ command: RedisCommand) async throws -> RESPValue {
+        let slot = anySlot()
+        return try await slot.eventLoop.flatSubmit { slot.send(command) }.get()
+    }
+
+    /// Sends commands as one pipeline (one flush); returns one reply per command, error replies as values.
+    public func pipeline(_ commands: [RedisCommand]) async throws -> [RESPValue] {
+        let slot = anySlot()
+        return try await slot.eventLoop.flatSubmit { slot.connection().flatMap { $0.pipeline(commands) } }.get()
+    }
+
+    /// Runs a Lua script with `EVALSHA`, loading it first if Redis answers `NOSCRIPT`.
+    public func evalSHA(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) async throws -> RESPValue {
+        do {
+            return try await send(Self.evalSHACommand(script, keys: keys, arguments: arguments))
+        } catch let error as RedisError where error.code == .serverError && error.message.hasPrefix("NOSCRIPT") {
+            _ = try await send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
+            return try await send(Self.evalSHACommand(script, keys: keys, arguments: arguments))
+        }
+    }
+
+    /// `evalSHA` on `eventLoop`'s own connection, for callers on the event loop.
+    public func evalSHA(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument], on eventLoop: any EventLoop) -> EventLoopFuture<RESPValue> {
+        let command = Self.evalSHACommand(script, keys: keys, arguments: arguments)
+        return send(command, on: eventLoop).flatMapError { error in
+            guard let redisError = error as? RedisError, redisError.code == .serverError,
+                  redisError.message.hasPrefix("NOSCRIPT") else {
+                return eventLoop.makeFailedFuture(error)
+            }
+            return self.send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]), on: eventLoop)
+                .flatMap { _ in self.send(command, on: eventLoop) }
+        }
+    }
+
+    static func evalSHACommand(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {
+        RedisCommand("EVALSHA", [.string(script.sha1), .integer(Int64(keys.count))] + keys + arguments)
+    }
+
+    /// Opens every loop's connection now, so the first requests do not pay for it.
+    /// - Throws: the first connection error.
+    public func connect() async throws {
+        for slot in slots {
+            let patience = configuration.connectTimeout
+            _ = try await slot.eventLoop.flatSubmit { slot.connection(patience: patience) }.get()
+        }
+    }
+
+    /// True when at least one connection is up.
+    public var isConnected: Bool { slots.contains { $0.isHealthy.load(ordering: .relaxed) } }
+
+    /// Closes every connection and stops reconnecting; later commands fail with `.cancelled`.
+    public func shutdown() async {
+        for slot in slots { try? await slot.shutdown().get() }
+    }
+
+    /// Round robin, preferring a slot whose connection is up.
+    private func anySlot() -> RedisConnectionSlot {
+        let start = Int(nextSlot.wrappingAdd(1, ordering: .relaxed).oldValue % UInt(slots.count))
+        for offset in 0..<slots.count {
+            let slot = slots[(start + offset) % slots.count]
+            if slot.isHealthy.load(ordering: .relaxed) { return slot }
+        }
+        return slots[start]
+    }
+}

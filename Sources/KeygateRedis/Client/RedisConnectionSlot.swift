@@ -1,0 +1,145 @@
+import NIOCore
+import NIOSSL
+import Synchronization
+
+/// The connection one event loop owns, and its reconnect loop.
+///
+/// All mutable state is touched on `eventLoop` only. After a connection closes, the slot reconnects
+/// at once and then with exponential backoff and full jitter. While the client-wide circuit is open,
+/// callers get `circuitOpen` immediately instead of waiting.
+final class RedisConnectionSlot: Sendable {
+    let eventLoop: any EventLoop
+    private let configuration: RedisConfiguration
+    private let tlsContext: NIOSSLContext?
+    private let circuit: RedisCircuit
+    private let state: NIOLoopBoundBox<State>
+    /// Readable from any thread, so async callers can prefer a healthy slot.
+    let isHealthy = Atomic<Bool>(false)
+
+    private struct State {
+        var connection: RedisConnection?
+        var attempt: EventLoopFuture<RedisConnection>?
+        var consecutiveFailures = 0
+        var isShutDown = false
+    }
+
+    init(eventLoop: any EventLoop, configuration: RedisConfiguration, tlsContext: NIOSSLContext?, circuit: RedisCircuit) {
+        self.eventLoop = eventLoop
+        self.circuit = circuit
+        self.configuration = configuration
+        self.tlsContext = tlsContext
+        self.state = .makeBoxSendingValue(State(), eventLoop: eventLoop)
+    }
+
+    /// The live connection, or one as soon as it is up (bounded by `patience`, by default the
+    /// command timeout). On the loop.
+    func connection(patience: Duration? = nil) -> EventLoopFuture<RedisConnection> {
+        eventLoop.assertInEventLoop()
+        if state.value.isShutDown {
+            return eventLoop.makeFailedFuture(RedisError(.cancelled, "client shut down"))
+        }
+        if let connection = state.value.connection, connection.isActive {
+            return eventLoop.makeSucceededFuture(connection)
+        }
+        if circuit.isOpen {
+            return eventLoop.makeFailedFuture(RedisError(.circuitOpen, "Redis at \(configuration.redactedTarget) unreachable; failing fast"))
+        }
+        let attempt = state.value.attempt ?? startAttempt(after: .zero)
+        return withDeadline(attempt, TimeAmount(patience ?? configuration.commandTimeout))
+    }
+
+    /// Sends on this loop's connection; the data plane's no-hop path.
+    func send(_ command: RedisCommand) -> EventLoopFuture<RESPValue> {
+        eventLoop.assertInEventLoop()
+        if let connection = state.value.connection, connection.isActive {
+            return connection.send(command)
+        }
+        return connection().flatMap { $0.send(command) }
+    }
+
+    func shutdown() -> EventLoopFuture<Void> {
+        eventLoop.flatSubmit {
+            self.state.value.isShutDown = true
+            self.isHealthy.store(false, ordering: .relaxed)
+            guard let connection = self.state.value.connection else { return self.eventLoop.makeSucceededVoidFuture() }
+            self.state.value.connection = nil
+            return connection.close()
+        }
+    }
+
+    // MARK: reconnect loop
+
+    @discardableResult
+    private func startAttempt(after delay: TimeAmount) -> EventLoopFuture<RedisConnection> {
+        let promise = eventLoop.makePromise(of: RedisConnection.self)
+        state.value.attempt = promise.futureResult
+        let configuration = self.configuration
+        let tlsContext = self.tlsContext
+        let eventLoop = self.eventLoop
+        eventLoop.scheduleTask(in: delay) {
+            RedisConnection.connect(configuration: configuration, tlsContext: tlsContext, eventLoop: eventLoop)
+                .cascade(to: promise)
+        }
+        promise.futureResult.whenComplete { result in self.attemptFinished(result) }
+        return promise.futureResult
+    }
+
+    private func attemptFinished(_ result: Result<RedisConnection, any Error>) {
+        state.value.attempt = nil
+        switch result {
+        case .success(let connection):
+            if state.value.isShutDown {
+                _ = connection.close()
+                return
+            }
+            state.value.connection = connection
+            state.value.consecutiveFailures = 0
+            circuit.recordSuccess()
+            isHealthy.store(true, ordering: .relaxed)
+            connection.closeFuture.whenComplete { _ in self.connectionClosed(connection) }
+        case .failure:
+            noteFailure()
+            guard !state.value.isShutDown else { return }
+            startAttempt(after: backoff())
+        }
+    }
+
+    private func connectionClosed(_ connection: RedisConnection) {
+        guard state.value.connection === connection else { return }
+        state.value.connection = nil
+        isHealthy.store(false, ordering: .relaxed)
+        guard !state.value.isShutDown else { return }
+        noteFailure()
+        if state.value.attempt == nil { startAttempt(after: .zero) } // a single drop reconnects at once
+    }
+
+    private func noteFailure() {
+        circuit.recordFailure()
+        state.value.consecutiveFailures += 1
+    }
+
+    /// Full jitter: uniform in [0, min(max, initial * 2^failures)].
+    private func backoff() -> TimeAmount {
+        let initial = TimeAmount(configuration.reconnectInitialDelay).nanoseconds
+        let maximum = TimeAmount(configuration.reconnectMaxDelay).nanoseconds
+        let exponent = min(state.value.consecutiveFailures, 20)
+        let ceiling = min(maximum, initial << exponent)
+        return .nanoseconds(Int64.random(in: 0...max(ceiling, 1)))
+    }
+
+    private func withDeadline(_ future: EventLoopFuture<RedisConnection>, _ timeout: TimeAmount) -> EventLoopFuture<RedisConnection> {
+        let promise = eventLoop.makePromise(of: RedisConnection.self)
+        let timer = eventLoop.scheduleTask(in: timeout) {
+            promise.fail(RedisError(.timeout, "no Redis connection within the command deadline"))
+        }
+        future.whenComplete { result in
+            timer.cancel()
+            promise.completeWith(result)
+        }
+        return promise.futureResult
+    }
+}
+
+extension TimeAmount {
+    static let zero = TimeAmount.nanoseconds(0)
+}

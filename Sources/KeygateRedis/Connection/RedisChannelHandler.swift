@@ -1,0 +1,213 @@
+import NIOCore
+
+/// Carries out the state machine's decisions on one channel: encodes commands, parses replies with
+/// the guarded hiredis reader, enforces deadlines, and fails everything pending on any error.
+///
+/// Lives on its channel's event loop only; `RedisConnection` calls it there.
+final class RedisChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias Machine = RedisConnectionStateMachine<EventLoopPromise<RESPValue>>
+
+    private var machine: Machine
+    private let reader: RESPReplyReader
+    private let handshake: [RedisCommand]
+    private let handshakeTimeout: TimeAmount
+    private let commandTimeout: TimeAmount
+    private var context: ChannelHandlerContext?
+    /// Completed when the handshake succeeded (or failed: the connection is then closed).
+    let ready: EventLoopPromise<Void>
+    /// Receives replies nobody waits for, after `enterPushMode()` (the subscriber's messages and pongs).
+    var onPush: ((RESPValue) -> Void)?
+
+    init(configuration: RedisConfiguration, eventLoop: any EventLoop) {
+        handshake = Self.handshakeCommands(configuration)
+        machine = Machine(handshakeCommands: handshake.count)
+        reader = RESPReplyReader(maxArrayElements: configuration.maxArrayElements,
+                                 maxReplyBytes: configuration.maxReplyBytes)
+        handshakeTimeout = TimeAmount(configuration.connectTimeout)
+        commandTimeout = TimeAmount(configuration.commandTimeout)
+        ready = eventLoop.makePromise()
+    }
+
+    /// AUTH, SELECT and CLIENT SETNAME, pipelined as the first bytes on the connection.
+    static func handshakeCommands(_ configuration: RedisConfiguration) -> [RedisCommand] {
+        var commands: [RedisCommand] = []
+        if let password = configuration.password {
+            if let user = configuration.username {
+                commands.append(RedisCommand("AUTH", [.string(user), .string(password)]))
+            } else {
+                commands.append(RedisCommand("AUTH", [.string(password)]))
+            }
+        }
+        if configuration.database != 0 {
+            commands.append(RedisCommand("SELECT", [.integer(Int64(configuration.database))]))
+        }
+        if let name = configuration.clientName {
+            commands.append(RedisCommand("CLIENT", ["SETNAME", .string(name)]))
+        }
+        return commands
+    }
+
+    // MARK: channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { startHandshake(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        startHandshake(context: context)
+        context.fireChannelActive()
+    }
+
+    private var handshakeStarted = false
+
+    private func startHandshake(context: ChannelHandlerContext) {
+        guard !handshakeStarted else { return }
+        handshakeStarted = true
+        if handshake.isEmpty {
+            ready.succeed()
+            return
+        }
+        let deadline = context.eventLoop.now + handshakeTimeout
+        var buffer = context.channel.allocator.buffer(capacity: 128)
+        for command in handshake {
+            let isAuth = command.name == "AUTH"
+            apply(machine.enqueue(nil, deadline: deadline, purpose: .handshake(isAuth: isAuth)), context: context)
+            command.encode(into: &buffer)
+        }
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        do {
+            try reader.feed(bytes)
+            while let value = try reader.next() {
+                apply(machine.replyReceived(value), context: context)
+                if machine.isClosed { return }
+            }
+        } catch {
+            apply(machine.failAll(error), context: context)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let error = RedisError.closed("connection closed by peer")
+        for promise in machine.channelClosed() { promise.fail(error) }
+        ready.fail(error) // no-op if the handshake already completed
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let redisError = error as? RedisError ?? RedisError(.connectionClosed, "I/O error", underlying: error)
+        apply(machine.failAll(redisError), context: context)
+    }
+
+    // MARK: commands (called on the event loop by RedisConnection)
+
+    /// Queues one command and writes it with its own flush.
+    func send(_ command: RedisCommand, promise: EventLoopPromise<RESPValue>?) {
+        guard let context else {
+            promise?.fail(RedisError.closed("connection not attached"))
+            return
+        }
+        switch machine.enqueue(promise, deadline: context.eventLoop.now + commandTimeout) {
+        case .fail(let error):
+            promise?.fail(error)
+        case .write(let armTimer):
+            var buffer = context.channel.allocator.buffer(capacity: 64)
+            command.encode(into: &buffer)
+            context.writeAndFlush(NIOAny(buffer), promise: nil)
+            if let armTimer { scheduleDeadlineCheck(at: armTimer, context: context) }
+        }
+    }
+
+    /// Queues a batch and writes it with a single flush: one syscall for the whole pipeline.
+    func send(batch commands: [RedisCommand], promises: [EventLoopPromise<RESPValue>]) {
+        precondition(commands.count == promises.count)
+        guard let context else {
+            for promise in promises { promise.fail(RedisError.closed("connection not attached")) }
+            return
+        }
+        let deadline = context.eventLoop.now + commandTimeout
+        var buffer = context.channel.allocator.buffer(capacity: 64 * commands.count)
+        for (command, promise) in zip(commands, promises) {
+            switch machine.enqueue(promise, deadline: deadline) {
+            case .fail(let error):
+                promise.fail(error)
+            case .write(let armTimer):
+                command.encode(into: &buffer)
+                if let armTimer { scheduleDeadlineCheck(at: armTimer, context: context) }
+            }
+        }
+        if buffer.readableBytes > 0 { context.writeAndFlush(NIOAny(buffer), promise: nil) }
+    }
+
+    /// Writes a command whose reply arrives as a push (SUBSCRIBE, PING in subscriber mode).
+    func sendPushCommand(_ command: RedisCommand) {
+        guard let context, !machine.isClosed else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        command.encode(into: &buffer)
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    func enterPushMode() {
+        machine.enterPushMode()
+    }
+
+    /// Fails everything pending with `error` and closes (used for ping timeouts).
+    func fail(_ error: RedisError) {
+        guard let context else { return }
+        apply(machine.failAll(error), context: context)
+    }
+
+    // MARK: actions
+
+    private func apply(_ action: Machine.EnqueueAction, context: ChannelHandlerContext) {
+        if case .write(let armTimer?) = action { scheduleDeadlineCheck(at: armTimer, context: context) }
+    }
+
+    private func apply(_ action: Machine.ReplyAction, context: ChannelHandlerContext) {
+        switch action {
+        case .succeed(let promise, let value):
+            promise?.succeed(value)
+        case .handshakeCompleted:
+            ready.succeed()
+        case .push(let value):
+            onPush?(value)
+        case .none:
+            break
+        case .failAllAndClose(let error, let promises):
+            for promise in promises { promise.fail(error) }
+            ready.fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    private func scheduleDeadlineCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = loopBound.value
+            handler.deadlineFired(context: context)
+        }
+    }
+
+    private func deadlineFired(context: ChannelHandlerContext) {
+        switch machine.deadlineCheck(now: context.eventLoop.now) {
+        case .none:
+            break
+        case .rearm(let deadline):
+            scheduleDeadlineCheck(at: deadline, context: context)
+        case .failAllAndClose(let error, let promises):
+            apply(.failAllAndClose(error, promises), context: context)
+        }
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

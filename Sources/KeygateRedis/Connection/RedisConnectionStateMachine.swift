@@ -1,0 +1,153 @@
+import NIOCore
+
+/// The decisions of one Redis connection, free of I/O.
+///
+/// Replies arrive in the order commands were written (RESP2 has no ids), so pending commands form a
+/// FIFO queue. The channel handler feeds events in and carries out the returned actions. `Promise` is
+/// generic so the machine can be tested without an event loop.
+struct RedisConnectionStateMachine<Promise> {
+    enum Purpose {
+        /// AUTH / SELECT / CLIENT SETNAME, sent before the connection is handed out.
+        case handshake(isAuth: Bool)
+        case command
+    }
+
+    struct Pending {
+        var promise: Promise?
+        var deadline: NIODeadline
+        var purpose: Purpose
+    }
+
+    private enum State {
+        /// Handshake replies still expected; the connection is not yet usable.
+        case handshaking(remaining: Int)
+        case active
+        /// Subscriber mode: after the queued replies drain, every reply is a push (message, pong...).
+        case push
+        case closed(RedisError)
+    }
+
+    private var state: State
+    private var queue = CircularBuffer<Pending>(initialCapacity: 16)
+    /// True while a deadline check is scheduled; one timer serves the whole queue.
+    private var timerArmed = false
+
+    init(handshakeCommands: Int) {
+        state = handshakeCommands > 0 ? .handshaking(remaining: handshakeCommands) : .active
+    }
+
+    var pendingCount: Int { queue.count }
+    var isClosed: Bool { if case .closed = state { return true } else { return false } }
+
+    // MARK: sending
+
+    enum EnqueueAction {
+        /// Write the command; arm the deadline timer for `armTimer` if given.
+        case write(armTimer: NIODeadline?)
+        /// The connection is closed: fail this promise at once.
+        case fail(RedisError)
+    }
+
+    mutating func enqueue(_ promise: Promise?, deadline: NIODeadline, purpose: Purpose = .command) -> EnqueueAction {
+        if case .closed(let error) = state { return .fail(error) }
+        queue.append(Pending(promise: promise, deadline: deadline, purpose: purpose))
+        if timerArmed { return .write(armTimer: nil) }
+        timerArmed = true
+        return .write(armTimer: deadline)
+    }
+
+    // MARK: receiving
+
+    enum ReplyAction {
+        case succeed(Promise?, RESPValue)
+        /// The last handshake reply came back OK: the connection may be handed out.
+        case handshakeCompleted
+        /// A reply nobody waits for in subscriber mode: a message, pong or (un)subscribe notice.
+        case push(RESPValue)
+        /// Nothing to do (an intermediate handshake reply).
+        case none
+        /// Fail every listed promise with the error and close the channel.
+        case failAllAndClose(RedisError, [Promise])
+    }
+
+    mutating func replyReceived(_ value: RESPValue) -> ReplyAction {
+        switch state {
+        case .closed:
+            return .none
+        case .push where queue.isEmpty:
+            return .push(value)
+        case .active where queue.isEmpty:
+            return failAll(.protocolError("reply received with no command pending"))
+        default:
+            break
+        }
+        let head = queue.removeFirst()
+        switch head.purpose {
+        case .command:
+            return .succeed(head.promise, value)
+        case .handshake(let isAuth):
+            if case .error(let message) = value {
+                let code: RedisError.Code = isAuth ? .authenticationFailed : .serverError
+                return failAll(RedisError(code, "handshake failed: \(message)"))
+            }
+            guard case .handshaking(let remaining) = state else { return .none }
+            if remaining > 1 {
+                state = .handshaking(remaining: remaining - 1)
+                return .none
+            }
+            state = .active
+            return .handshakeCompleted
+        }
+    }
+
+    /// Replies from now on that no command waits for are pushes (after SUBSCRIBE).
+    mutating func enterPushMode() {
+        if case .active = state { state = .push }
+    }
+
+    // MARK: failures
+
+    enum TimerAction {
+        case none
+        case rearm(NIODeadline)
+        case failAllAndClose(RedisError, [Promise])
+    }
+
+    /// The deadline timer fired at `now`.
+    mutating func deadlineCheck(now: NIODeadline) -> TimerAction {
+        timerArmed = false
+        if case .closed = state { return .none }
+        guard let head = queue.first else { return .none }
+        if head.deadline <= now {
+            let what: String
+            switch head.purpose {
+            case .handshake: what = "connection handshake"
+            case .command: what = "reply"
+            }
+            guard case .failAllAndClose(let error, let promises) = failAll(RedisError(.timeout, "no \(what) within the deadline")) else {
+                return .none
+            }
+            return .failAllAndClose(error, promises)
+        }
+        timerArmed = true
+        return .rearm(head.deadline)
+    }
+
+    /// A reader error, write error or local decision to drop the connection.
+    mutating func failAll(_ error: RedisError) -> ReplyAction {
+        if case .closed = state { return .none }
+        state = .closed(error)
+        var promises: [Promise] = []
+        promises.reserveCapacity(queue.count)
+        while let pending = queue.popFirst() {
+            if let promise = pending.promise { promises.append(promise) }
+        }
+        return .failAllAndClose(error, promises)
+    }
+
+    /// The channel went inactive: whatever is still pending will never be answered.
+    mutating func channelClosed() -> [Promise] {
+        guard case .failAllAndClose(_, let promises) = failAll(.closed()) else { return [] }
+        return promises
+    }
+}

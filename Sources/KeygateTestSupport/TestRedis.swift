@@ -1,0 +1,29 @@
+import Foundation
+public import KeygateRedis
+import NIOPosix
+
+/// The shared test Redis started by scripts/test.sh (`REDIS_URL`).
+public enum TestRedis {
+    /// `REDIS_URL` from the environment; integration tests fail with a clear message without it.
+    public static func url() throws -> String {
+        guard let url = ProcessInfo.processInfo.environment["REDIS_URL"], !url.isEmpty else {
+            throw TestSupportError("REDIS_URL is not set: run the tests with scripts/test.sh, which starts redis-server")
+        }
+        return url
+    }
+
+    public static func configuration() throws -> RedisConfiguration {
+        try RedisConfiguration(url: url())
+    }
+
+    /// A client on the shared singleton event loop group.
+    public static func client(_ configuration: RedisConfiguration? = nil) throws -> RedisClient {
+        try RedisClient(configuration: configuration ?? self.configuration(),
+                        eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    /// A namespace no other test uses, so tests can run in parallel on one Redis.
+    public static func uniqueNamespace(_ label: String = "test") -> String {
+        "\(label)-\(UUID().uuidString.prefix(8).lowercased())"
+    }
+}

@@ -1,0 +1,175 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+@testable import KeygateRedis
+
+/// The connection handler against NIO's EmbeddedChannel: bytes in, bytes out, a manual clock.
+@Suite struct RedisChannelHandlerTests {
+    struct Harness {
+        let loop = EmbeddedEventLoop()
+        let channel: EmbeddedChannel
+        let handler: RedisChannelHandler
+
+        init(_ configure: (inout RedisConfiguration) -> Void = { _ in }) throws {
+            var configuration = RedisConfiguration()
+            configure(&configuration)
+            handler = RedisChannelHandler(configuration: configuration, eventLoop: loop)
+            channel = EmbeddedChannel(handler: handler, loop: loop)
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
+        }
+
+        func written() throws -> String {
+            var text = ""
+            while let buffer = try channel.readOutbound(as: ByteBuffer.self) { text += String(buffer: buffer) }
+            return text
+        }
+
+        func reply(_ wire: String) throws {
+            try channel.writeInbound(ByteBuffer(string: wire))
+        }
+
+        func send(_ command: RedisCommand) -> EventLoopFuture<RESPValue> {
+            let promise = loop.makePromise(of: RESPValue.self)
+            handler.send(command, promise: promise)
+            return promise.futureResult
+        }
+    }
+
+    static func encoded(_ commands: RedisCommand...) -> String {
+        var buffer = ByteBuffer()
+        for command in commands { command.encode(into: &buffer) }
+        return String(buffer: buffer)
+    }
+
+    @Test func handshakeIsPipelinedInOrderAndGatesReadiness() throws {
+        let harness = try Harness {
+            $0.username = "app"; $0.password = "pw"; $0.database = 2; $0.clientName = "keygate-test"
+        }
+        #expect(try harness.written() == Self.encoded(
+            RedisCommand("AUTH", ["app", "pw"]),
+            RedisCommand("SELECT", [2]),
+            RedisCommand("CLIENT", ["SETNAME", "keygate-test"])))
+        var ready = false
+        harness.handler.ready.futureResult.whenSuccess { ready = true }
+        try harness.reply("+OK\r\n+OK\r\n")
+        #expect(!ready)
+        try harness.reply("+OK\r\n")
+        #expect(ready)
+    }
+
+    @Test func wrongPasswordFailsTheHandshakeAndCloses() throws {
+        let harness = try Harness { $0.password = "wrong" }
+        _ = try harness.written()
+        var failure: RedisError?
+        harness.handler.ready.futureResult.whenFailure { failure = $0 as? RedisError }
+        try harness.reply("-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+        #expect(failure?.code == .authenticationFailed)
+        #expect(failure?.message.contains("WRONGPASS") == true)
+        #expect(!harness.channel.isActive)
+    }
+
+    @Test func thousandPipelinedCommandsAreAnsweredInOrder() throws {
+        let harness = try Harness()
+        let commands = (0..<1_000).map { RedisCommand("INCR", [.string("k\($0)")]) }
+        let promises = commands.map { _ in harness.loop.makePromise(of: RESPValue.self) }
+        harness.handler.send(batch: commands, promises: promises)
+        // One batch, one write: the whole pipeline leaves in a single buffer.
+        let first = try harness.channel.readOutbound(as: ByteBuffer.self)
+        #expect(try harness.channel.readOutbound(as: ByteBuffer.self) == nil)
+        #expect(first.map { String(buffer: $0) } == Self.encodedAll(commands))
+
+        // Replies arrive split at arbitrary points, including mid-frame.
+        let wire = Array((0..<1_000).map { ":\($0)\r\n" }.joined().utf8)
+        var offset = 0
+        while offset < wire.count {
+            let end = min(wire.count, offset + 37)
+            try harness.channel.writeInbound(ByteBuffer(bytes: wire[offset..<end]))
+            offset = end
+        }
+        for (index, promise) in promises.enumerated() {
+            #expect(try promise.futureResult.wait() == .integer(Int64(index)))
+        }
+    }
+
+    static func encodedAll(_ commands: [RedisCommand]) -> String {
+        var buffer = ByteBuffer()
+        for command in commands { command.encode(into: &buffer) }
+        return String(buffer: buffer)
+    }
+
+    @Test func aDeadlineFailsEveryPendingCommandAndCloses() throws {
+        let harness = try Harness { $0.commandTimeout = .milliseconds(500) }
+        let futures = (0..<3).map { harness.send(RedisCommand("GET", [.string("k\($0)")])) }
+        harness.loop.advanceTime(by: .milliseconds(200))
+        let late = harness.send(RedisCommand("GET", ["late"]))
+        harness.loop.advanceTime(by: .milliseconds(299))
+        #expect(harness.channel.isActive)
+        harness.loop.advanceTime(by: .milliseconds(2))
+        for future in futures + [late] {
+            let error = #expect(throws: RedisError.self) { try future.wait() }
+            #expect(error?.code == .timeout)
+        }
+        #expect(!harness.channel.isActive)
+        // A closed connection refuses new work at once rather than queueing it.
+        let error = #expect(throws: RedisError.self) { try harness.send(RedisCommand("PING")).wait() }
+        #expect(error?.code == .timeout)
+    }
+
+    @Test func answeredCommandsDoNotTimeOut() throws {
+        let harness = try Harness { $0.commandTimeout = .milliseconds(100) }
+        for round in 0..<10 {
+            let future = harness.send(RedisCommand("PING"))
+            harness.loop.advanceTime(by: .milliseconds(60))
+            try harness.reply("+PONG\r\n")
+            #expect(try future.wait() == .simpleString("PONG"), "round \(round)")
+        }
+        harness.loop.advanceTime(by: .seconds(1))
+        #expect(harness.channel.isActive)
+    }
+
+    @Test(arguments: ["%1\r\n:1\r\n:2\r\n", "*2147483647\r\n", "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"])
+    func aProtocolErrorFailsEveryPendingCommandAndCloses(wire: String) throws {
+        let harness = try Harness()
+        let first = harness.send(RedisCommand("GET", ["a"]))
+        let second = harness.send(RedisCommand("GET", ["b"]))
+        try harness.reply(wire)
+        for future in [first, second] {
+            let error = #expect(throws: RedisError.self) { try future.wait() }
+            #expect(error?.code == .protocolError)
+        }
+        #expect(!harness.channel.isActive)
+    }
+
+    @Test func anUnsolicitedReplyClosesTheConnection() throws {
+        let harness = try Harness()
+        try harness.reply(":1\r\n")
+        #expect(!harness.channel.isActive)
+    }
+
+    @Test func errorRepliesAreValuesAndKeepTheConnection() throws {
+        let harness = try Harness()
+        let future = harness.send(RedisCommand("INCR", ["text"]))
+        try harness.reply("-ERR value is not an integer or out of range\r\n")
+        #expect(try future.wait() == .error("ERR value is not an integer or out of range"))
+        #expect(harness.channel.isActive)
+    }
+
+    @Test func pushModeDeliversUnrequestedReplies() throws {
+        let harness = try Harness()
+        var pushed: [RESPValue] = []
+        harness.handler.onPush = { pushed.append($0) }
+        harness.handler.enterPushMode()
+        try harness.reply("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n*2\r\n$4\r\npong\r\n$1\r\n7\r\n")
+        #expect(pushed.count == 2)
+        #expect(pushed.first?.array?.first?.string == "message")
+        #expect(harness.channel.isActive)
+    }
+
+    @Test func peerCloseFailsPendingWithConnectionClosed() throws {
+        let harness = try Harness()
+        let future = harness.send(RedisCommand("PING"))
+        harness.channel.pipeline.fireChannelInactive()
+        let error = #expect(throws: RedisError.self) { try future.wait() }
+        #expect(error?.code == .connectionClosed)
+    }
+}

@@ -1,0 +1,28 @@
+# Shared by the scripts: install missing Debian packages, find a free loopback port.
+
+# ensure_packages PKG...: installs the missing ones when root; otherwise prints the apt line and fails.
+ensure_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        # Debian starts packaged servers on install; our scripts run their own on free ports.
+        for svc in redis-server nginx prometheus; do
+            if printf '%s\n' "${missing[@]}" | grep -qx "$svc"; then service "$svc" stop >/dev/null 2>&1 || true; fi
+        done
+    else
+        echo "error: missing packages. Install them with:" >&2
+        echo "  sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+}
+
+# free_port: prints a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}

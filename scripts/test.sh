@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing (as root), starts a throwaway redis-server on a free
+# loopback port with persistence off, runs `swift test` against it, and stops Redis even on failure.
+#
+#   scripts/test.sh                  # every test
+#   scripts/test.sh --filter Redis   # extra arguments go to `swift test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/packages.sh
+
+ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3
+command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is required)" >&2; exit 1; }
+
+workdir=$(mktemp -d -t keygate-test.XXXXXX)
+redis_pid=""
+cleanup() {
+    if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then
+        kill -CONT "$redis_pid" 2>/dev/null || true
+        kill "$redis_pid" 2>/dev/null || true
+        wait "$redis_pid" 2>/dev/null || true
+    fi
+    rm -rf "$workdir"
+}
+trap cleanup EXIT INT TERM
+
+port=$(free_port)
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    --dir "$workdir" --logfile "$workdir/redis.log" &
+redis_pid=$!
+for _ in $(seq 1 100); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && break
+    sleep 0.05
+done
+redis-cli -p "$port" ping >/dev/null || { echo "error: redis-server did not start; log:" >&2; cat "$workdir/redis.log" >&2; exit 1; }
+export REDIS_URL="redis://127.0.0.1:$port"
+echo "test Redis: $REDIS_URL (pid $redis_pid)"
+
+swift build --build-tests
+swift test --skip-build "$@"
