@@ -10,7 +10,7 @@ public final class RedisServerProcess: @unchecked Sendable {
     /// The TLS port when started with `tls:`.
     public let tlsPort: Int?
     public let directory: URL
-    private let process: Process
+    private let process: ChildProcess
 
     /// TLS material for `--tls-port`: PEM paths for the server and the CA that signed it.
     public struct TLSFiles: Sendable {
@@ -19,57 +19,86 @@ public final class RedisServerProcess: @unchecked Sendable {
         public var caCertificate: String
     }
 
+    /// Runs `body` with a fresh server and stops it afterwards, also when `body` throws.
+    public static func withServer<T>(
+        extraArguments: [String] = [], tls: TLSFiles? = nil,
+        _ body: (RedisServerProcess) async throws -> T
+    ) async throws -> T {
+        let server = try await start(extraArguments: extraArguments, tls: tls)
+        do {
+            let result = try await body(server)
+            await server.stop()
+            return result
+        } catch {
+            await server.stop()
+            throw error
+        }
+    }
+
     /// Starts `redis-server` with `extraArguments` and waits until it answers PING (at most 10 s).
+    /// Retries on another port when the chosen one was taken in the meantime.
     public static func start(extraArguments: [String] = [], tls: TLSFiles? = nil) async throws -> RedisServerProcess {
+        var lastError: (any Error)?
+        for _ in 0..<5 {
+            do {
+                return try await startOnce(extraArguments: extraArguments, tls: tls)
+            } catch let error as PortTakenError {
+                lastError = error
+            }
+        }
+        throw lastError ?? TestSupportError("no free port for redis-server")
+    }
+
+    private struct PortTakenError: Error {}
+
+    private static func startOnce(extraArguments: [String], tls: TLSFiles?) async throws -> RedisServerProcess {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("keygate-redis-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let port = try await freeLoopbackPort()
+        let port = try await freeServerPort()
+        let log = directory.appendingPathComponent("redis.log")
         var arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                         "--dir", directory.path, "--daemonize", "no", "--loglevel", "warning",
-                         "--logfile", directory.appendingPathComponent("redis.log").path]
+                         "--dir", directory.path, "--daemonize", "no", "--loglevel", "notice",
+                         "--logfile", log.path]
         var tlsPort: Int?
         if let tls {
-            let chosen = try await freeLoopbackPort()
+            let chosen = try await freeServerPort()
             tlsPort = chosen
             arguments += ["--tls-port", String(chosen), "--tls-cert-file", tls.certificate,
                           "--tls-key-file", tls.privateKey, "--tls-ca-cert-file", tls.caCertificate,
                           "--tls-auth-clients", "no"]
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try which("redis-server"))
-        process.arguments = arguments + extraArguments
-        try process.run()
+        let process = try ChildProcess(executable: try which("redis-server"), arguments: arguments + extraArguments)
         let server = RedisServerProcess(port: port, tlsPort: tlsPort, directory: directory, process: process)
-        try await server.waitUntilReady()
+        do {
+            try await server.waitUntilReady()
+        } catch {
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            await server.stop()
+            if text.contains("Address already in use") { throw PortTakenError() }
+            throw TestSupportError("redis-server did not start: \(text.suffix(600))")
+        }
         return server
     }
 
-    private init(port: Int, tlsPort: Int?, directory: URL, process: Process) {
+    private init(port: Int, tlsPort: Int?, directory: URL, process: ChildProcess) {
         self.port = port
         self.tlsPort = tlsPort
         self.directory = directory
         self.process = process
     }
 
-    deinit { stop() }
-
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.pid }
     public var url: String { "redis://127.0.0.1:\(port)" }
 
     /// SIGSTOP: the server keeps its sockets open but answers nothing (a hung Redis).
-    public func pause() { kill(pid, SIGSTOP) }
+    public func pause() { process.signal(SIGSTOP) }
     /// SIGCONT after `pause()`.
-    public func resume() { kill(pid, SIGCONT) }
+    public func resume() { process.signal(SIGCONT) }
 
-    /// Stops the server and removes its folder; safe to call twice.
-    public func stop() {
-        guard process.isRunning else { return }
-        kill(pid, SIGCONT)
-        process.terminate()
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill(pid, SIGKILL) }
-        process.waitUntilExit()
+    /// Stops the server (SIGTERM, SIGKILL after 5 s) and removes its folder; safe to call twice.
+    /// Never blocks a thread: the cooperative pool has only as many threads as cores.
+    public func stop() async {
+        await process.terminate()
         try? FileManager.default.removeItem(at: directory)
     }
 
@@ -78,7 +107,7 @@ public final class RedisServerProcess: @unchecked Sendable {
         configuration.endpoint = .tcp(host: "127.0.0.1", port: port)
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
-            if !process.isRunning { throw TestSupportError("redis-server exited at start; see \(directory.path)/redis.log") }
+            if !process.isRunning { throw TestSupportError("redis-server exited at start") }
             if let connection = try? await RedisConnection.connect(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.any()).get() {
                 defer { _ = connection.close() }
                 if (try? await connection.send(RedisCommand("PING"))) != nil { return }
@@ -89,14 +118,18 @@ public final class RedisServerProcess: @unchecked Sendable {
     }
 }
 
-/// Binds port 0 on loopback, reads the port the kernel chose, and releases it.
-public func freeLoopbackPort() async throws -> Int {
-    let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-        .bind(host: "127.0.0.1", port: 0).get()
-    let port = channel.localAddress?.port
-    try await channel.close().get()
-    guard let port else { throw TestSupportError("no local port") }
-    return port
+/// A loopback port for a test server, below Linux's ephemeral range (32768-60999) so that the
+/// tests' own outgoing connections cannot be holding it; checked free by binding it once.
+public func freeServerPort() async throws -> Int {
+    for _ in 0..<50 {
+        let candidate = Int.random(in: 20_000..<30_000)
+        if let channel = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: candidate).get() {
+            try await channel.close().get()
+            return candidate
+        }
+    }
+    throw TestSupportError("no free port in 20000-29999")
 }
 
 /// Absolute path of an executable on PATH (or /usr/sbin, where Debian puts some servers).

@@ -154,8 +154,9 @@ import Testing
     }
 
     @Test func failsFastWhileRedisIsUnreachable() async throws {
+        let reserved = try ReservedPort() // bound, not listening: connections are refused
         var config = RedisConfiguration()
-        config.endpoint = .tcp(host: "127.0.0.1", port: try await freeLoopbackPort()) // nothing listens here
+        config.endpoint = .tcp(host: "127.0.0.1", port: reserved.port)
         config.failFastAfter = .milliseconds(200)
         config.commandTimeout = .seconds(3)
         let client = try RedisClient(configuration: config, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
@@ -167,6 +168,7 @@ import Testing
         let later = await #expect(throws: RedisError.self) { try await client.send(RedisCommand("PING")) }
         #expect(later?.code == .circuitOpen)
         #expect(ContinuousClock.now - started < .seconds(1), "an open circuit answers without waiting for the 3 s deadline")
+        withExtendedLifetime(reserved) {}
     }
 }
 

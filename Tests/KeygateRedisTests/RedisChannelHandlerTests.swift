@@ -10,12 +10,20 @@ import Testing
         let channel: EmbeddedChannel
         let handler: RedisChannelHandler
 
-        init(_ configure: (inout RedisConfiguration) -> Void = { _ in }) throws {
+        /// Connects; unless told otherwise, answers the default handshake (a PING) so the connection is ready.
+        init(completeHandshake: Bool = true, _ configure: (inout RedisConfiguration) -> Void = { _ in }) throws {
             var configuration = RedisConfiguration()
             configure(&configuration)
             handler = RedisChannelHandler(configuration: configuration, eventLoop: loop)
             channel = EmbeddedChannel(handler: handler, loop: loop)
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
+            if completeHandshake {
+                _ = try written()
+                try reply("+PONG\r\n")
+                guard case .success? = RedisChannelHandlerTests.outcome(handler.ready.futureResult) else {
+                    throw RedisError(.protocolError, "handshake did not complete")
+                }
+            }
         }
 
         func written() throws -> String {
@@ -35,6 +43,19 @@ import Testing
         }
     }
 
+    /// The outcome of a future on the embedded loop, or nil while it is pending. Never blocks:
+    /// `wait()` on an EmbeddedEventLoop future that nobody completes would hang the test run.
+    static func outcome<T>(_ future: EventLoopFuture<T>) -> Result<T, any Error>? {
+        var result: Result<T, any Error>?
+        future.whenComplete { result = $0 }
+        return result
+    }
+
+    static func failure<T>(_ future: EventLoopFuture<T>) -> RedisError? {
+        guard case .failure(let error)? = outcome(future) else { return nil }
+        return error as? RedisError
+    }
+
     static func encoded(_ commands: RedisCommand...) -> String {
         var buffer = ByteBuffer()
         for command in commands { command.encode(into: &buffer) }
@@ -42,7 +63,7 @@ import Testing
     }
 
     @Test func handshakeIsPipelinedInOrderAndGatesReadiness() throws {
-        let harness = try Harness {
+        let harness = try Harness(completeHandshake: false) {
             $0.username = "app"; $0.password = "pw"; $0.database = 2; $0.clientName = "keygate-test"
         }
         #expect(try harness.written() == Self.encoded(
@@ -57,8 +78,27 @@ import Testing
         #expect(ready)
     }
 
+    @Test func withoutSettingsTheHandshakeIsAPing() throws {
+        let harness = try Harness(completeHandshake: false)
+        #expect(try harness.written() == Self.encoded(RedisCommand("PING")))
+        var ready = false
+        harness.handler.ready.futureResult.whenSuccess { ready = true }
+        #expect(!ready)
+        try harness.reply("+PONG\r\n")
+        #expect(ready)
+    }
+
+    @Test func aSilentServerFailsTheHandshakeAtTheConnectDeadline() throws {
+        let harness = try Harness(completeHandshake: false) { $0.connectTimeout = .seconds(2) }
+        var failure: RedisError?
+        harness.handler.ready.futureResult.whenFailure { failure = $0 as? RedisError }
+        harness.loop.advanceTime(by: .seconds(2))
+        #expect(failure?.code == .timeout)
+        #expect(!harness.channel.isActive)
+    }
+
     @Test func wrongPasswordFailsTheHandshakeAndCloses() throws {
-        let harness = try Harness { $0.password = "wrong" }
+        let harness = try Harness(completeHandshake: false) { $0.password = "wrong" }
         _ = try harness.written()
         var failure: RedisError?
         harness.handler.ready.futureResult.whenFailure { failure = $0 as? RedisError }
@@ -87,7 +127,7 @@ import Testing
             offset = end
         }
         for (index, promise) in promises.enumerated() {
-            #expect(try promise.futureResult.wait() == .integer(Int64(index)))
+            #expect(try Self.outcome(promise.futureResult)?.get() == .integer(Int64(index)))
         }
     }
 
@@ -106,13 +146,22 @@ import Testing
         #expect(harness.channel.isActive)
         harness.loop.advanceTime(by: .milliseconds(2))
         for future in futures + [late] {
-            let error = #expect(throws: RedisError.self) { try future.wait() }
-            #expect(error?.code == .timeout)
+            #expect(Self.failure(future)?.code == .timeout)
         }
         #expect(!harness.channel.isActive)
         // A closed connection refuses new work at once rather than queueing it.
-        let error = #expect(throws: RedisError.self) { try harness.send(RedisCommand("PING")).wait() }
-        #expect(error?.code == .timeout)
+        #expect(Self.failure(harness.send(RedisCommand("PING")))?.code == .timeout)
+    }
+
+    @Test func aShortCommandDeadlineIsEnforcedBehindALongHandshakeDeadline() throws {
+        let harness = try Harness(completeHandshake: false) {
+            $0.connectTimeout = .seconds(10); $0.commandTimeout = .milliseconds(100)
+        }
+        let future = harness.send(RedisCommand("GET", ["k"])) // queued behind the handshake PING
+        harness.loop.advanceTime(by: .milliseconds(50))
+        try harness.reply("+PONG\r\n")
+        harness.loop.advanceTime(by: .milliseconds(60))
+        #expect(Self.failure(future)?.code == .timeout, "100 ms deadline, not the 10 s handshake one")
     }
 
     @Test func answeredCommandsDoNotTimeOut() throws {
@@ -121,7 +170,7 @@ import Testing
             let future = harness.send(RedisCommand("PING"))
             harness.loop.advanceTime(by: .milliseconds(60))
             try harness.reply("+PONG\r\n")
-            #expect(try future.wait() == .simpleString("PONG"), "round \(round)")
+            #expect(try Self.outcome(future)?.get() == .simpleString("PONG"), "round \(round)")
         }
         harness.loop.advanceTime(by: .seconds(1))
         #expect(harness.channel.isActive)
@@ -134,8 +183,7 @@ import Testing
         let second = harness.send(RedisCommand("GET", ["b"]))
         try harness.reply(wire)
         for future in [first, second] {
-            let error = #expect(throws: RedisError.self) { try future.wait() }
-            #expect(error?.code == .protocolError)
+            #expect(Self.failure(future)?.code == .protocolError)
         }
         #expect(!harness.channel.isActive)
     }
@@ -150,7 +198,7 @@ import Testing
         let harness = try Harness()
         let future = harness.send(RedisCommand("INCR", ["text"]))
         try harness.reply("-ERR value is not an integer or out of range\r\n")
-        #expect(try future.wait() == .error("ERR value is not an integer or out of range"))
+        #expect(try Self.outcome(future)?.get() == .error("ERR value is not an integer or out of range"))
         #expect(harness.channel.isActive)
     }
 
@@ -169,7 +217,6 @@ import Testing
         let harness = try Harness()
         let future = harness.send(RedisCommand("PING"))
         harness.channel.pipeline.fireChannelInactive()
-        let error = #expect(throws: RedisError.self) { try future.wait() }
-        #expect(error?.code == .connectionClosed)
+        #expect(Self.failure(future)?.code == .connectionClosed)
     }
 }

@@ -22,7 +22,14 @@ ensure_packages() {
     fi
 }
 
-# free_port: prints a TCP port on 127.0.0.1 that nothing listens on right now.
+# free_port: prints a free TCP port on 127.0.0.1 below the ephemeral range (32768-60999), so that
+# outgoing client sockets cannot be holding it.
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    python3 -c 'import random, socket
+for _ in range(100):
+    p = random.randrange(20000, 30000); s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); s.close(); print(p); break
+    except OSError:
+        s.close()'
 }

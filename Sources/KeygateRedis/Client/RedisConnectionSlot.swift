@@ -21,6 +21,9 @@ final class RedisConnectionSlot: Sendable {
         var attempt: EventLoopFuture<RedisConnection>?
         var consecutiveFailures = 0
         var isShutDown = false
+        /// Before the first connection a caller waits up to the connect timeout (starting up is not an
+        /// outage); afterwards, up to the command deadline.
+        var everConnected = false
     }
 
     init(eventLoop: any EventLoop, configuration: RedisConfiguration, tlsContext: NIOSSLContext?, circuit: RedisCircuit) {
@@ -31,8 +34,8 @@ final class RedisConnectionSlot: Sendable {
         self.state = .makeBoxSendingValue(State(), eventLoop: eventLoop)
     }
 
-    /// The live connection, or one as soon as it is up (bounded by `patience`, by default the
-    /// command timeout). On the loop.
+    /// The live connection, or one as soon as it is up (bounded by `patience`; by default the connect
+    /// timeout for the first connection and the command timeout after that). On the loop.
     func connection(patience: Duration? = nil) -> EventLoopFuture<RedisConnection> {
         eventLoop.assertInEventLoop()
         if state.value.isShutDown {
@@ -45,7 +48,8 @@ final class RedisConnectionSlot: Sendable {
             return eventLoop.makeFailedFuture(RedisError(.circuitOpen, "Redis at \(configuration.redactedTarget) unreachable; failing fast"))
         }
         let attempt = state.value.attempt ?? startAttempt(after: .zero)
-        return withDeadline(attempt, TimeAmount(patience ?? configuration.commandTimeout))
+        let defaultPatience = state.value.everConnected ? configuration.commandTimeout : configuration.connectTimeout
+        return withDeadline(attempt, TimeAmount(patience ?? defaultPatience))
     }
 
     /// Sends on this loop's connection; the data plane's no-hop path.
@@ -93,6 +97,7 @@ final class RedisConnectionSlot: Sendable {
                 return
             }
             state.value.connection = connection
+            state.value.everConnected = true
             state.value.consecutiveFailures = 0
             circuit.recordSuccess()
             isHealthy.store(true, ordering: .relaxed)

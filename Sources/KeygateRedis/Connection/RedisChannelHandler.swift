@@ -29,7 +29,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
         ready = eventLoop.makePromise()
     }
 
-    /// AUTH, SELECT and CLIENT SETNAME, pipelined as the first bytes on the connection.
+    /// AUTH, SELECT and CLIENT SETNAME (or PING), pipelined as the first bytes on the connection.
     static func handshakeCommands(_ configuration: RedisConfiguration) -> [RedisCommand] {
         var commands: [RedisCommand] = []
         if let password = configuration.password {
@@ -45,6 +45,9 @@ final class RedisChannelHandler: ChannelInboundHandler {
         if let name = configuration.clientName {
             commands.append(RedisCommand("CLIENT", ["SETNAME", .string(name)]))
         }
+        // Always at least one round trip before the connection is handed out: it proves the peer
+        // speaks RESP and, over TLS, that the certificate was verified (the TLS handshake runs lazily).
+        if commands.isEmpty { commands.append(RedisCommand("PING")) }
         return commands
     }
 
@@ -65,10 +68,6 @@ final class RedisChannelHandler: ChannelInboundHandler {
     private func startHandshake(context: ChannelHandlerContext) {
         guard !handshakeStarted else { return }
         handshakeStarted = true
-        if handshake.isEmpty {
-            ready.succeed()
-            return
-        }
         let deadline = context.eventLoop.now + handshakeTimeout
         var buffer = context.channel.allocator.buffer(capacity: 128)
         for command in handshake {

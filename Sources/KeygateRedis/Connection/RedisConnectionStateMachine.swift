@@ -29,8 +29,10 @@ struct RedisConnectionStateMachine<Promise> {
 
     private var state: State
     private var queue = CircularBuffer<Pending>(initialCapacity: 16)
-    /// True while a deadline check is scheduled; one timer serves the whole queue.
-    private var timerArmed = false
+    /// The earliest scheduled deadline check. One timer serves the whole queue; a command whose
+    /// deadline is earlier than the armed one (a short command timeout behind a long handshake)
+    /// arms another.
+    private var armedDeadline: NIODeadline?
 
     init(handshakeCommands: Int) {
         state = handshakeCommands > 0 ? .handshaking(remaining: handshakeCommands) : .active
@@ -51,8 +53,8 @@ struct RedisConnectionStateMachine<Promise> {
     mutating func enqueue(_ promise: Promise?, deadline: NIODeadline, purpose: Purpose = .command) -> EnqueueAction {
         if case .closed(let error) = state { return .fail(error) }
         queue.append(Pending(promise: promise, deadline: deadline, purpose: purpose))
-        if timerArmed { return .write(armTimer: nil) }
-        timerArmed = true
+        if let armed = armedDeadline, armed <= deadline { return .write(armTimer: nil) }
+        armedDeadline = deadline
         return .write(armTimer: deadline)
     }
 
@@ -113,9 +115,9 @@ struct RedisConnectionStateMachine<Promise> {
         case failAllAndClose(RedisError, [Promise])
     }
 
-    /// The deadline timer fired at `now`.
+    /// A deadline timer fired at `now`.
     mutating func deadlineCheck(now: NIODeadline) -> TimerAction {
-        timerArmed = false
+        if let armed = armedDeadline, armed <= now { armedDeadline = nil }
         if case .closed = state { return .none }
         guard let head = queue.first else { return .none }
         if head.deadline <= now {
@@ -129,7 +131,8 @@ struct RedisConnectionStateMachine<Promise> {
             }
             return .failAllAndClose(error, promises)
         }
-        timerArmed = true
+        if let armed = armedDeadline, armed <= head.deadline { return .none }
+        armedDeadline = head.deadline
         return .rearm(head.deadline)
     }
 

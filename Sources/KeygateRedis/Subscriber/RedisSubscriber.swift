@@ -65,13 +65,13 @@ public final class RedisSubscriber: Sendable {
             do {
                 let connection = try await RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).get()
                 let session = SubscriberSession(subscriber: self, connection: connection)
-                let subscribed = await withTaskCancellationHandler {
+                let outcome = await withTaskCancellationHandler {
                     await session.run()
                 } onCancel: {
                     _ = connection.close()
                 }
-                if subscribed { failures = 0; wasSubscribed = true }
-                reason = session.closeReason
+                if outcome.subscribed { failures = 0; wasSubscribed = true }
+                reason = outcome.reason
             } catch {
                 reason = "\(error)"
             }
@@ -128,13 +128,8 @@ private final class SubscriberSession: Sendable {
         self.state = .makeBoxSendingValue(State(), eventLoop: connection.eventLoop)
     }
 
-    /// Read after `run()` returned.
-    var closeReason: String {
-        (try? connection.eventLoop.submit { self.state.value.closeReason }.wait()) ?? "connection closed"
-    }
-
-    /// Returns once the connection closed; true if it had been fully subscribed.
-    func run() async -> Bool {
+    /// Returns once the connection closed: whether it had been fully subscribed, and why it ended.
+    func run() async -> (subscribed: Bool, reason: String) {
         let loop = connection.eventLoop
         loop.execute {
             self.connection.enterPushMode { [self] value in self.handle(value) }
@@ -145,10 +140,11 @@ private final class SubscriberSession: Sendable {
             }
         }
         try? await connection.closeFuture.get()
-        return try! await loop.submit {
+        let outcome = try? await loop.submit {
             self.state.value.pingTask?.cancel()
-            return self.state.value.subscribed
+            return (self.state.value.subscribed, self.state.value.closeReason)
         }.get()
+        return outcome ?? (false, "event loop shut down")
     }
 
     private func handle(_ value: RESPValue) {

@@ -1,0 +1,80 @@
+#if canImport(Glibc)
+public import Glibc
+#elseif canImport(Darwin)
+public import Darwin
+#endif
+
+/// A child process started with posix_spawn and reaped with waitpid, without blocking a thread.
+///
+/// Foundation's `Process.isRunning` on Linux can lag seconds behind the real exit, which made every
+/// test that stops a server slow; this is the small part of it the tests need.
+public final class ChildProcess: @unchecked Sendable {
+    public let pid: pid_t
+    private var exitStatus: Int32?
+
+    /// Starts `executable` with `arguments`; stdout and stderr go to /dev/null unless `inheritOutput`.
+    public init(executable: String, arguments: [String], inheritOutput: Bool = false) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if !inheritOutput {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var child: pid_t = 0
+        let status = posix_spawn(&child, executable, &actions, nil, argv, environ)
+        guard status == 0 else { throw TestSupportError("cannot start \(executable): error \(status)") }
+        pid = child
+    }
+
+    /// True until the process exited (reaps it when it has).
+    public var isRunning: Bool {
+        if exitStatus != nil { return false }
+        var status: Int32 = 0
+        let result = waitpid(pid, &status, WNOHANG)
+        if result == pid || result == -1 {
+            exitStatus = status
+            return false
+        }
+        return true
+    }
+
+    /// The raw wait status once exited; nil while running.
+    public var terminationStatus: Int32? { isRunning ? nil : exitStatus }
+
+    /// Exit code for a normal exit, or nil.
+    public var exitCode: Int32? {
+        guard let status = terminationStatus, status & 0x7f == 0 else { return nil }
+        return (status >> 8) & 0xff
+    }
+
+    public func signal(_ signal: Int32) {
+        if exitStatus == nil { kill(pid, signal) }
+    }
+
+    /// Waits for the exit, polling every 5 ms; sends SIGKILL after `timeout`.
+    public func waitForExit(timeout: Duration = .seconds(30)) async {
+        let deadline = ContinuousClock.now + timeout
+        while isRunning {
+            if ContinuousClock.now >= deadline { signal(SIGKILL) }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    /// SIGTERM (after SIGCONT, in case it was stopped), then SIGKILL after `grace`.
+    public func terminate(grace: Duration = .seconds(5)) async {
+        signal(SIGCONT)
+        signal(SIGTERM)
+        await waitForExit(timeout: grace)
+    }
+
+    deinit {
+        if exitStatus == nil {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+    }
+}

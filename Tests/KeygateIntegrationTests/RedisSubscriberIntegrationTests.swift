@@ -1,0 +1,106 @@
+import Foundation
+import KeygateRedis
+import KeygateTestSupport
+import NIOCore
+import NIOPosix
+import Testing
+
+@Suite struct RedisSubscriberIntegrationTests {
+    typealias Event = RedisSubscriber.Event
+
+    static func isSubscribed(_ event: Event) -> Bool { event == .subscribed }
+    static func isDisconnected(_ event: Event) -> Bool {
+        if case .disconnected = event { return true } else { return false }
+    }
+    static func isMessage(_ payload: String) -> (Event) -> Bool {
+        { event in
+            if case .message(_, let bytes) = event { return String(buffer: bytes) == payload }
+            return false
+        }
+    }
+
+    /// Runs a subscriber for the duration of `body`.
+    static func withSubscriber(
+        _ configuration: RedisConfiguration, channel: String,
+        ping: Duration = .seconds(1), pingTimeout: Duration = .seconds(1),
+        _ body: (EventRecorder<Event>) async throws -> Void
+    ) async throws {
+        let subscriber = RedisSubscriber(configuration: configuration, channels: [channel],
+                                         pingInterval: ping, pingTimeout: pingTimeout,
+                                         eventLoop: MultiThreadedEventLoopGroup.singleton.any())
+        let recorder = EventRecorder(subscriber.events)
+        let running = Task { await subscriber.run() }
+        defer { running.cancel() }
+        try await body(recorder)
+    }
+
+    @Test func deliversMessagesOnceSubscribed() async throws {
+        let channel = TestRedis.uniqueNamespace("ch")
+        let publisher = try TestRedis.client()
+        defer { Task { await publisher.shutdown() } }
+        try await Self.withSubscriber(TestRedis.configuration(), channel: channel) { events in
+            #expect(await events.waitFor(timeout: .seconds(5), Self.isSubscribed) == 0)
+            let receivers = try await publisher.send(RedisCommand("PUBLISH", [.string(channel), "first"]))
+            #expect(receivers == .integer(1))
+            _ = try await publisher.send(RedisCommand("PUBLISH", [.string(channel), .bytes(ByteBuffer(bytes: [0, 1, 2]))]))
+            #expect(await events.waitFor(timeout: .seconds(5), Self.isMessage("first")) != nil)
+            let binary = await events.waitFor(timeout: .seconds(5)) { event in
+                if case .message(_, let bytes) = event { return Array(bytes.readableBytesView) == [0, 1, 2] }
+                return false
+            }
+            #expect(binary != nil)
+        }
+    }
+
+    @Test func reportsADisconnectAndResubscribesAfterClientKillTypePubsub() async throws {
+        try await RedisServerProcess.withServer { server in try await killScenario(server) }
+    }
+
+    func killScenario(_ server: RedisServerProcess) async throws {
+        let config = try RedisConfiguration(url: server.url)
+        let admin = try TestRedis.client(config)
+        defer { Task { await admin.shutdown() } }
+        try await Self.withSubscriber(config, channel: "inval") { events in
+            guard let first = await events.waitFor(timeout: .seconds(5), Self.isSubscribed) else {
+                Issue.record("never subscribed"); return
+            }
+            let killed = try await admin.send(RedisCommand("CLIENT", ["KILL", "TYPE", "pubsub"]))
+            #expect(killed == .integer(1))
+            // A publish while disconnected is lost (pub/sub is at-most-once): the disconnect event is
+            // how a consumer learns that it must replay from the durable log.
+            let lost = await events.waitFor(from: first + 1, timeout: .seconds(5), Self.isDisconnected)
+            #expect(lost != nil)
+            let again = await events.waitFor(from: (lost ?? first) + 1, timeout: .seconds(5), Self.isSubscribed)
+            #expect(again != nil)
+            _ = try await admin.send(RedisCommand("PUBLISH", ["inval", "after-reconnect"]))
+            #expect(await events.waitFor(timeout: .seconds(5), Self.isMessage("after-reconnect")) != nil)
+        }
+    }
+
+    @Test func detectsAHungRedisWithinPingIntervalPlusTimeout() async throws {
+        try await RedisServerProcess.withServer { server in try await hangScenario(server) }
+    }
+
+    func hangScenario(_ server: RedisServerProcess) async throws {
+        let config = try RedisConfiguration(url: server.url)
+        let ping = Duration.milliseconds(200), timeout = Duration.milliseconds(200)
+        try await Self.withSubscriber(config, channel: "inval", ping: ping, pingTimeout: timeout) { events in
+            guard let first = await events.waitFor(timeout: .seconds(5), Self.isSubscribed) else {
+                Issue.record("never subscribed"); return
+            }
+            server.pause() // SIGSTOP: sockets stay open, nothing answers; only the ping can tell
+            let paused = ContinuousClock.now
+            let lost = await events.waitFor(from: first + 1, timeout: .seconds(5), Self.isDisconnected)
+            let detection = ContinuousClock.now - paused
+            server.resume()
+            #expect(lost != nil, "a hung Redis must be reported, not waited on forever")
+            // D = P + Pt = 400 ms; allow scheduling slack on a loaded 2-core machine.
+            #expect(detection < .seconds(2), "detected after \(detection)")
+            if case .disconnected(let reason)? = lost.map({ events.all[$0] }) {
+                #expect(reason.contains("pong"))
+            }
+            let again = await events.waitFor(from: (lost ?? first) + 1, timeout: .seconds(10), Self.isSubscribed)
+            #expect(again != nil, "resubscribes once Redis answers again")
+        }
+    }
+}
