@@ -8,17 +8,21 @@ let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let nioEmbedded = Target.Dependency.product(name: "NIOEmbedded", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 
 let package = Package(
     name: "keygate",
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "KeygateRedis", targets: ["KeygateRedis"]),
+        .library(name: "KeygateCore", targets: ["KeygateCore"]),
+        .executable(name: "keygate", targets: ["keygate"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     ],
     targets: [
         // C libraries from Debian: libhiredis-dev (RESP2 reader) and libssl-dev (libcrypto).
@@ -26,12 +30,15 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
         .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", nio, nioPosix, nioSSL, logging]),
+        .target(name: "KeygateCore", dependencies: ["KeygateRedis", "CCrypto", nio, logging]),
+        .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", argumentParser, nioPosix]),
         .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", nio, nioPosix]),
 
         .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix]),
+        .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto"]),
         // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
         .testTarget(name: "KeygateIntegrationTests",
-                    dependencies: ["KeygateRedis", "KeygateTestSupport", nio, nioPosix]),
+                    dependencies: ["KeygateRedis", "KeygateCore", "KeygateTestSupport", nio, nioPosix]),
     ]
 )
 

@@ -36,4 +36,5 @@ export REDIS_URL="redis://127.0.0.1:$port"
 echo "test Redis: $REDIS_URL (pid $redis_pid)"
 
 swift build --build-tests
+export KEYGATE_BIN="$(swift build --show-bin-path)/keygate"
 swift test --skip-build "$@"

@@ -12,19 +12,23 @@ public final class ChildProcess: @unchecked Sendable {
     public let pid: pid_t
     private var exitStatus: Int32?
 
-    /// Starts `executable` with `arguments`; stdout and stderr go to /dev/null unless `inheritOutput`.
-    public init(executable: String, arguments: [String], inheritOutput: Bool = false) throws {
+    /// Starts `executable` with `arguments`. stdout and stderr go to the given files (created or
+    /// truncated), or to /dev/null. `environment` replaces the inherited one when given.
+    public init(executable: String, arguments: [String], stdoutPath: String = "/dev/null",
+                stderrPath: String = "/dev/null", environment: [String: String]? = nil) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        if !inheritOutput {
-            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0)=\($1)") } + [nil] }
+        defer { for pointer in envp ?? [] { free(pointer) } }
         var child: pid_t = 0
-        let status = posix_spawn(&child, executable, &actions, nil, argv, environ)
+        let status = envp.map { envp in posix_spawn(&child, executable, &actions, nil, argv, envp) }
+            ?? posix_spawn(&child, executable, &actions, nil, argv, environ)
         guard status == 0 else { throw TestSupportError("cannot start \(executable): error \(status)") }
         pid = child
     }

@@ -104,12 +104,12 @@ import Testing
         let base = try TestRedis.configuration()
         guard case .tcp(let host, let port) = base.endpoint else { return }
 
-        let good = try RedisConfiguration(url: "redis://\(user):right-pw@\(host):\(port)")
+        let good = try TestRedis.configuration(url: "redis://\(user):right-pw@\(host):\(port)")
         let connection = try await RedisConnection.connect(configuration: good, eventLoop: MultiThreadedEventLoopGroup.singleton.any()).get()
         #expect(try await connection.send(RedisCommand("ACL", ["WHOAMI"])).string == user)
         try await connection.close().get()
 
-        let bad = try RedisConfiguration(url: "redis://\(user):wrong-pw@\(host):\(port)")
+        let bad = try TestRedis.configuration(url: "redis://\(user):wrong-pw@\(host):\(port)")
         let error = await #expect(throws: RedisError.self) {
             try await RedisConnection.connect(configuration: bad, eventLoop: MultiThreadedEventLoopGroup.singleton.any()).get()
         }

@@ -57,7 +57,7 @@ import Testing
     }
 
     func killScenario(_ server: RedisServerProcess) async throws {
-        let config = try RedisConfiguration(url: server.url)
+        let config = try TestRedis.configuration(url: server.url)
         let admin = try TestRedis.client(config)
         defer { Task { await admin.shutdown() } }
         try await Self.withSubscriber(config, channel: "inval") { events in
@@ -82,7 +82,7 @@ import Testing
     }
 
     func hangScenario(_ server: RedisServerProcess) async throws {
-        let config = try RedisConfiguration(url: server.url)
+        let config = try TestRedis.configuration(url: server.url)
         let ping = Duration.milliseconds(200), timeout = Duration.milliseconds(200)
         try await Self.withSubscriber(config, channel: "inval", ping: ping, pingTimeout: timeout) { events in
             guard let first = await events.waitFor(timeout: .seconds(5), Self.isSubscribed) else {

@@ -1,0 +1,316 @@
+public import Foundation
+public import KeygateRedis
+internal import CCrypto
+
+/// Creates, changes and reads keys in Redis. The CLI, the admin API and the node all use this type,
+/// so every change has exactly one implementation (a Lua script in `KeyStoreScripts`).
+public final class KeyStore: Sendable {
+    public let redis: RedisClient
+    public let layout: KeyStoreLayout
+    public let format: KeyFormat
+    public let hasher: KeyHasher
+    /// Approximate cap of the event Stream (`XADD MAXLEN ~`). A node that was away longer than this
+    /// many events flushes its whole cache instead of replaying.
+    public let streamMaxLength: Int
+
+    public init(redis: RedisClient, layout: KeyStoreLayout, format: KeyFormat, hasher: KeyHasher,
+                streamMaxLength: Int = 100_000) {
+        self.redis = redis
+        self.layout = layout
+        self.format = format
+        self.hasher = hasher
+        self.streamMaxLength = streamMaxLength
+    }
+
+    /// What `create` needs; validated by `create`.
+    public struct NewKey: Sendable {
+        public var user: String
+        public var name: String
+        public var scopes: [String]
+        public var expiresAt: Date?
+        public var metadata: [String: String]
+
+        public init(user: String, name: String = "", scopes: [String] = [], expiresAt: Date? = nil,
+                    metadata: [String: String] = [:]) {
+            self.user = user; self.name = name; self.scopes = scopes
+            self.expiresAt = expiresAt; self.metadata = metadata
+        }
+    }
+
+    /// Changes for `update`; nil fields stay as they are.
+    public struct KeyChanges: Sendable {
+        public var name: String?
+        public var scopes: [String]?
+        /// `.some(nil)` removes the expiry.
+        public var expiresAt: Date??
+        public var metadata: [String: String]?
+
+        public init(name: String? = nil, scopes: [String]? = nil, expiresAt: Date?? = nil, metadata: [String: String]? = nil) {
+            self.name = name; self.scopes = scopes; self.expiresAt = expiresAt; self.metadata = metadata
+        }
+        var isEmpty: Bool { name == nil && scopes == nil && expiresAt == nil && metadata == nil }
+    }
+
+    // MARK: mutations
+
+    /// Issues a new key. The plaintext is in the result and nowhere else.
+    public func create(_ request: NewKey, actor: String, now: Date = Date()) async throws(KeygateError) -> IssuedKey {
+        try KeyValidation.user(request.user)
+        try KeyValidation.name(request.name)
+        try KeyValidation.scopes(request.scopes)
+        try KeyValidation.metadata(request.metadata)
+        if let expiresAt = request.expiresAt, expiresAt <= now {
+            throw KeygateError(.invalidArgument, "expires_at must be in the future", field: "expires_at")
+        }
+        let plaintext = format.generate()
+        let hash = hasher.hash(plaintext)
+        let id = Self.newKeyID()
+        let metadata = try KeyValidation.encodeMetadata(request.metadata)
+        _ = try await run(KeyStoreScripts.create,
+                          keys: [layout.record(hash), layout.idIndex(id), layout.userKeys(request.user), layout.events, layout.epoch],
+                          arguments: [hash.hex, id, request.user, request.name, request.scopes.joined(separator: " "),
+                                      request.expiresAt.map { String($0.milliseconds) } ?? "", metadata,
+                                      String(now.milliseconds), actor, String(streamMaxLength), layout.invalidationChannel])
+        let record = KeyRecord(hash: hash, id: id, user: request.user, name: request.name, scopes: request.scopes,
+                               status: .active, createdAt: now.truncatedToMilliseconds, expiresAt: request.expiresAt?.truncatedToMilliseconds,
+                               revokedAt: nil, lastUsedAt: nil, version: 1, metadata: request.metadata,
+                               rotatedFrom: nil, rotatedTo: nil)
+        return IssuedKey(record: record, key: plaintext)
+    }
+
+    /// Revokes a key for good. Revoking a revoked key succeeds and changes nothing.
+    @discardableResult
+    public func revoke(id: String, actor: String, now: Date = Date()) async throws(KeygateError) -> KeyRecord {
+        try await setStatus(id: id, to: .revoked, actor: actor, now: now)
+    }
+
+    /// Disables (`enabled: false`) or re-enables a key; revoked keys cannot be re-enabled.
+    @discardableResult
+    public func setEnabled(id: String, _ enabled: Bool, actor: String, now: Date = Date()) async throws(KeygateError) -> KeyRecord {
+        try await setStatus(id: id, to: enabled ? .active : .disabled, actor: actor, now: now)
+    }
+
+    private func setStatus(id: String, to status: KeyStatus, actor: String, now: Date) async throws(KeygateError) -> KeyRecord {
+        let hash = try await hash(forID: id)
+        _ = try await run(KeyStoreScripts.setStatus, keys: [layout.record(hash), layout.events, layout.epoch],
+                          arguments: [id, status.rawValue, String(now.milliseconds), actor, String(streamMaxLength),
+                                      layout.invalidationChannel, hash.hex])
+        return try await record(id: id)
+    }
+
+    /// Changes name, scopes, expiry or metadata.
+    @discardableResult
+    public func update(id: String, _ changes: KeyChanges, actor: String, now: Date = Date()) async throws(KeygateError) -> KeyRecord {
+        guard !changes.isEmpty else { return try await record(id: id) }
+        var pairs: [String] = []
+        if let name = changes.name { try KeyValidation.name(name); pairs += ["name", name] }
+        if let scopes = changes.scopes { try KeyValidation.scopes(scopes); pairs += ["scopes", scopes.joined(separator: " ")] }
+        if let expiresAt = changes.expiresAt {
+            if let expiresAt, expiresAt <= now {
+                throw KeygateError(.invalidArgument, "expires_at must be in the future", field: "expires_at")
+            }
+            pairs += ["expires_at", expiresAt.map { String($0.milliseconds) } ?? ""]
+        }
+        if let metadata = changes.metadata {
+            try KeyValidation.metadata(metadata)
+            pairs += ["metadata", try KeyValidation.encodeMetadata(metadata)]
+        }
+        let hash = try await hash(forID: id)
+        _ = try await run(KeyStoreScripts.update, keys: [layout.record(hash), layout.events, layout.epoch],
+                          arguments: [id, String(now.milliseconds), actor, String(streamMaxLength),
+                                      layout.invalidationChannel, hash.hex] + pairs)
+        return try await record(id: id)
+    }
+
+    /// Issues a successor with the same user, name, scopes, metadata and expiry, and makes the old key
+    /// expire after `grace` (or at its own expiry, if sooner). Both stay readable, linked by
+    /// `rotated_to` / `rotated_from`, with their own usage history.
+    public func rotate(id: String, grace: Duration, actor: String, now: Date = Date()) async throws(KeygateError) -> IssuedKey {
+        guard grace >= .zero else { throw KeygateError(.invalidArgument, "grace must not be negative", field: "grace") }
+        let oldHash = try await hash(forID: id)
+        let plaintext = format.generate()
+        let newHash = hasher.hash(plaintext)
+        let newID = Self.newKeyID()
+        let graceEnd = now.addingTimeInterval(Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18)
+        _ = try await run(KeyStoreScripts.rotate,
+                          keys: [layout.record(oldHash), layout.record(newHash), layout.idIndex(newID),
+                                 layout.userKeys(try await record(id: id).user), layout.events, layout.epoch],
+                          arguments: [id, oldHash.hex, newHash.hex, newID, String(now.milliseconds),
+                                      String(graceEnd.milliseconds), actor, String(streamMaxLength), layout.invalidationChannel])
+        return IssuedKey(record: try await record(id: newID), key: plaintext)
+    }
+
+    /// Revokes every key of `user`; returns how many changed (already revoked ones do not count).
+    public func revokeAll(user: String, actor: String, now: Date = Date()) async throws(KeygateError) -> Int {
+        try KeyValidation.user(user)
+        let reply = try await run(KeyStoreScripts.revokeUser, keys: [layout.userKeys(user), layout.events, layout.epoch],
+                                  arguments: [layout.namespace, String(now.milliseconds), actor, String(streamMaxLength),
+                                              layout.invalidationChannel])
+        return Int(reply.int ?? 0)
+    }
+
+    // MARK: reads
+
+    /// The key with this id.
+    /// - Throws: `KeygateError.notFound`.
+    public func record(id: String) async throws(KeygateError) -> KeyRecord {
+        let hash = try await hash(forID: id)
+        guard let record = try await records(hashes: [hash]).first else {
+            throw KeygateError(.notFound, "no key with id '\(id)'")
+        }
+        return record
+    }
+
+    /// The record stored for this hash, or nil (the node's lookup).
+    public func record(hash: KeyHash) async throws(KeygateError) -> KeyRecord? {
+        try await records(hashes: [hash]).first
+    }
+
+    /// A user's keys, oldest first (empty for an unknown user).
+    public func list(user: String) async throws(KeygateError) -> [KeyRecord] {
+        try KeyValidation.user(user)
+        let ids = try await command(RedisCommand("SMEMBERS", [.string(layout.userKeys(user))])).array ?? []
+        guard !ids.isEmpty else { return [] }
+        let hashes = try await command(RedisCommand("MGET", ids.compactMap { $0.string.map { .string(layout.idIndex($0)) } }))
+        let found = (hashes.array ?? []).compactMap { $0.string.flatMap { KeyHash(hex: $0) } }
+        return try await records(hashes: found).sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+    }
+
+    /// Lifecycle events after the Stream id `after` (exclusive; nil for the oldest), at most `count`.
+    public func events(after: String? = nil, count: Int = 100) async throws(KeygateError) -> [KeyEvent] {
+        let start = after.map { "(" + $0 } ?? "-"
+        let reply = try await command(RedisCommand("XRANGE", [.string(layout.events), .string(start), "+", "COUNT", .integer(Int64(count))]))
+        return (reply.array ?? []).compactMap(KeyStoreDecoding.event)
+    }
+
+    /// Usage of a key: total, the last `days` days (at most 90) and the last 48 hours.
+    public func usage(id: String, days: Int = 7, now: Date = Date()) async throws(KeygateError) -> KeyUsage {
+        guard (1...KeyStoreLayout.dailyRetentionDays).contains(days) else {
+            throw KeygateError(.invalidArgument, "days must be 1-\(KeyStoreLayout.dailyRetentionDays)", field: "days")
+        }
+        let hash = try await hash(forID: id)
+        let dayNames = UsageBuckets.days(endingAt: now, count: days)
+        let hourNames = UsageBuckets.hours(endingAt: now, count: KeyStoreLayout.hourlyRetentionHours)
+        let replies = try await pipeline([
+            RedisCommand("HMGET", [.string(layout.usage(hash)), "total", "last_used_at"]),
+            RedisCommand("MGET", dayNames.map { .string(layout.dailyUsage(hash, day: $0.key)) }),
+            RedisCommand("MGET", hourNames.map { .string(layout.hourlyUsage(hash, hour: $0.key)) }),
+        ])
+        let totals = replies[0].array ?? []
+        let daily = zip(dayNames, replies[1].array ?? []).map { KeyUsage.Bucket(period: $0.label, count: $1.int ?? 0) }
+        let hourly = zip(hourNames, replies[2].array ?? []).map { KeyUsage.Bucket(period: $0.label, count: $1.int ?? 0) }
+        return KeyUsage(id: id, total: totals.first?.int ?? 0, daily: daily, hourly: hourly,
+                        lastUsedAt: totals.count > 1 ? totals[1].int.map(Date.init(milliseconds:)) : nil)
+    }
+
+    // MARK: usage write side (the node's flusher)
+
+    /// One key's uses in a batch.
+    public struct UsageDelta: Sendable, Equatable {
+        public var hash: KeyHash
+        public var count: Int64
+        public var lastUsedAt: Date
+        public init(hash: KeyHash, count: Int64, lastUsedAt: Date) {
+            self.hash = hash; self.count = count; self.lastUsedAt = lastUsedAt
+        }
+    }
+
+    /// Adds a batch to the counters exactly once per `batchID` (unique per node and batch, e.g.
+    /// `node-a:42`). Retrying after an ambiguous failure with the same id cannot double count.
+    /// - Returns: true when applied now, false when this batch id had already been applied.
+    @discardableResult
+    public func applyUsage(batchID: String, _ deltas: [UsageDelta], at now: Date = Date()) async throws(KeygateError) -> Bool {
+        guard !deltas.isEmpty else { return true }
+        let bucket = UsageBuckets.names(at: now)
+        var keys = [layout.usageBatch(batchID)]
+        var arguments = ["86400", String(91 * 86_400), String(49 * 3_600)]
+        for delta in deltas {
+            keys += [layout.usage(delta.hash), layout.dailyUsage(delta.hash, day: bucket.day),
+                     layout.hourlyUsage(delta.hash, hour: bucket.hour)]
+            arguments += [String(delta.count), String(delta.lastUsedAt.milliseconds)]
+        }
+        return try await run(KeyStoreScripts.applyUsage, keys: keys, arguments: arguments).int == 1
+    }
+
+    // MARK: plumbing
+
+    private func hash(forID id: String) async throws(KeygateError) -> KeyHash {
+        guard KeyValidation.isKeyID(id) else { throw KeygateError(.notFound, "no key with id '\(id)'") }
+        let reply = try await command(RedisCommand("GET", [.string(layout.idIndex(id))]))
+        guard let text = reply.string, let hash = KeyHash(hex: text) else {
+            throw KeygateError(.notFound, "no key with id '\(id)'")
+        }
+        return hash
+    }
+
+    private func records(hashes: [KeyHash]) async throws(KeygateError) -> [KeyRecord] {
+        guard !hashes.isEmpty else { return [] }
+        var commands: [RedisCommand] = []
+        for hash in hashes {
+            commands.append(RedisCommand("HGETALL", [.string(layout.record(hash))]))
+            commands.append(RedisCommand("HGET", [.string(layout.usage(hash)), "last_used_at"]))
+        }
+        let replies = try await pipeline(commands)
+        var result: [KeyRecord] = []
+        for (index, hash) in hashes.enumerated() {
+            guard let fields = replies[index * 2].stringPairs, !fields.isEmpty else { continue }
+            guard var record = KeyStoreDecoding.record(hash: hash, fields: fields) else {
+                throw KeygateError(.internalError, "the record for key \(fields["id"] ?? hash.logPrefix) is malformed")
+            }
+            record.lastUsedAt = replies[index * 2 + 1].int.map(Date.init(milliseconds:))
+            result.append(record)
+        }
+        return result
+    }
+
+    private func run(_ script: RedisScript, keys: [String], arguments: [String]) async throws(KeygateError) -> RESPValue {
+        do {
+            return try await redis.evalSHA(script, keys: keys.map { .string($0) }, arguments: arguments.map { .string($0) })
+        } catch {
+            throw Self.map(error)
+        }
+    }
+
+    private func command(_ command: RedisCommand) async throws(KeygateError) -> RESPValue {
+        do { return try await redis.send(command) } catch { throw Self.map(error) }
+    }
+
+    private func pipeline(_ commands: [RedisCommand]) async throws(KeygateError) -> [RESPValue] {
+        let replies: [RESPValue]
+        do { replies = try await redis.pipeline(commands) } catch { throw Self.map(error) }
+        for reply in replies {
+            if case .error(let message) = reply { throw Self.map(RedisError(.serverError, message)) }
+        }
+        return replies
+    }
+
+    /// Redis failures to store errors: the script's leading word picks the code.
+    static func map(_ error: any Error) -> KeygateError {
+        guard let redisError = error as? RedisError else {
+            return KeygateError(.internalError, "unexpected error: \(error)", underlying: error)
+        }
+        if redisError.code == .serverError {
+            let message = redisError.message
+            let detail = message.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? message
+            if message.hasPrefix("NOTFOUND") { return KeygateError(.notFound, detail, underlying: error) }
+            if message.hasPrefix("CONFLICT") { return KeygateError(.conflict, detail, underlying: error) }
+            if message.hasPrefix("DUPLICATE") { return KeygateError(.duplicate, detail, underlying: error) }
+            return KeygateError(.internalError, "Redis refused the command: \(message)", underlying: error)
+        }
+        return KeygateError(.unavailable, "Redis is unavailable (\(redisError.code)): \(redisError.message)", underlying: error)
+    }
+
+    /// `key_` and 17 base62 characters (96 random bits): public, safe to log.
+    static func newKeyID() -> String {
+        var random = [UInt8](repeating: 0, count: 12)
+        let status = random.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32($0.count)) }
+        precondition(status == 1, "RAND_bytes failed")
+        return "key_" + String(decoding: Base62.encode(random, width: 17), as: UTF8.self)
+    }
+}
+
+extension Date {
+    var milliseconds: Int64 { Int64((timeIntervalSince1970 * 1000).rounded(.down)) }
+    init(milliseconds: Int64) { self.init(timeIntervalSince1970: Double(milliseconds) / 1000) }
+    var truncatedToMilliseconds: Date { Date(milliseconds: milliseconds) }
+}

@@ -1,0 +1,84 @@
+import Foundation
+
+/// Where everything lives in Redis, under one namespace (`KEYGATE_NAMESPACE`, default `keygate`).
+///
+/// The `{hash}` hash tag puts a key's record and all its usage counters in one Cluster slot, so the
+/// scripts that touch both stay single-slot per key. Nothing stored contains a plaintext key.
+///
+/// | Redis key | type | content |
+/// |---|---|---|
+/// | `ns:key:{<sha256 hex>}` | hash | the record (id, user, name, scopes, status, times, version, metadata, rotation links) |
+/// | `ns:id:<key id>` | string | the key's hash hex: id -> record |
+/// | `ns:user:<user>` | set | the user's key ids |
+/// | `ns:usage:{<hash>}` | hash | `total`, `last_used_at` (ms) |
+/// | `ns:usage:{<hash>}:d:<yyyymmdd>` | string | per-day count, expires after 91 days |
+/// | `ns:usage:{<hash>}:h:<yyyymmddhh>` | string | per-hour count, expires after 49 hours |
+/// | `ns:usage-batch:<node>:<seq>` | string | applied-batch marker, expires after 24 h (idempotent retries) |
+/// | `ns:events` | stream | lifecycle events (audit log and invalidation replay), capped |
+/// | `ns:epoch` | string | incremented by every mutation |
+/// | channel `ns:invalidations` | pub/sub | the hash hex of every changed key |
+public struct KeyStoreLayout: Sendable, Equatable {
+    public let namespace: String
+
+    /// - Throws: `KeygateError.invalidConfiguration` unless the namespace is 1-64 characters of
+    ///   letters, digits, `-`, `_` or `.`.
+    public init(namespace: String = "keygate") throws(KeygateError) {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+        guard !namespace.isEmpty, namespace.count <= 64, namespace.allSatisfy(allowed.contains) else {
+            throw KeygateError(.invalidConfiguration, "namespace must be 1-64 letters, digits, '-', '_' or '.', got '\(namespace)'")
+        }
+        self.namespace = namespace
+    }
+
+    public func record(_ hash: KeyHash) -> String { "\(namespace):key:{\(hash.hex)}" }
+    public func idIndex(_ id: String) -> String { "\(namespace):id:\(id)" }
+    public func userKeys(_ user: String) -> String { "\(namespace):user:\(user)" }
+    public func usage(_ hash: KeyHash) -> String { "\(namespace):usage:{\(hash.hex)}" }
+    public func dailyUsage(_ hash: KeyHash, day: String) -> String { "\(namespace):usage:{\(hash.hex)}:d:\(day)" }
+    public func hourlyUsage(_ hash: KeyHash, hour: String) -> String { "\(namespace):usage:{\(hash.hex)}:h:\(hour)" }
+    public func usageBatch(_ batchID: String) -> String { "\(namespace):usage-batch:\(batchID)" }
+    public var events: String { "\(namespace):events" }
+    public var epoch: String { "\(namespace):epoch" }
+    /// Pub/sub ignores the database number, so the channel carries the namespace.
+    public var invalidationChannel: String { "\(namespace):invalidations" }
+
+    /// Days kept for daily buckets, hours for hourly ones.
+    public static let dailyRetentionDays = 90
+    public static let hourlyRetentionHours = 48
+}
+
+/// UTC bucket names for usage counters.
+enum UsageBuckets {
+    private static let calendar: Calendar = {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        return calendar
+    }()
+
+    /// (`yyyymmdd`, `yyyymmddhh`) for the instant.
+    static func names(at date: Date) -> (day: String, hour: String) {
+        let parts = calendar.dateComponents([.year, .month, .day, .hour], from: date)
+        let day = String(format: "%04d%02d%02d", parts.year!, parts.month!, parts.day!)
+        return (day, day + String(format: "%02d", parts.hour!))
+    }
+
+    /// The last `count` days ending today, oldest first, as (`yyyymmdd`, `yyyy-mm-dd`).
+    static func days(endingAt date: Date, count: Int) -> [(key: String, label: String)] {
+        (0..<count).reversed().map { offset in
+            let day = calendar.date(byAdding: .day, value: -offset, to: date)!
+            let parts = calendar.dateComponents([.year, .month, .day], from: day)
+            return (String(format: "%04d%02d%02d", parts.year!, parts.month!, parts.day!),
+                    String(format: "%04d-%02d-%02d", parts.year!, parts.month!, parts.day!))
+        }
+    }
+
+    /// The last `count` hours ending with the current one, oldest first, as (`yyyymmddhh`, `yyyy-mm-ddThh`).
+    static func hours(endingAt date: Date, count: Int) -> [(key: String, label: String)] {
+        (0..<count).reversed().map { offset in
+            let hour = calendar.date(byAdding: .hour, value: -offset, to: date)!
+            let p = calendar.dateComponents([.year, .month, .day, .hour], from: hour)
+            return (String(format: "%04d%02d%02d%02d", p.year!, p.month!, p.day!, p.hour!),
+                    String(format: "%04d-%02d-%02dT%02d", p.year!, p.month!, p.day!, p.hour!))
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import KeygateRedis
+import Foundation
+
+/// Field rules for key requests; each failure names the field (for 422 and CLI messages).
+enum KeyValidation {
+    static func user(_ user: String) throws(KeygateError) {
+        guard !user.isEmpty, user.utf8.count <= 128, !user.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } == true }) else {
+            throw KeygateError(.invalidArgument, "user must be 1-128 bytes with no spaces or control characters", field: "user")
+        }
+    }
+
+    static func name(_ name: String) throws(KeygateError) {
+        guard name.utf8.count <= 128, !name.contains(where: { $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } == true }) else {
+            throw KeygateError(.invalidArgument, "name must be at most 128 bytes with no control characters", field: "name")
+        }
+    }
+
+    private static let scopeCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-*/")
+
+    static func scopes(_ scopes: [String]) throws(KeygateError) {
+        guard scopes.count <= 32 else {
+            throw KeygateError(.invalidArgument, "at most 32 scopes per key", field: "scopes")
+        }
+        for scope in scopes where scope.isEmpty || scope.count > 64 || !scope.allSatisfy(scopeCharacters.contains) {
+            throw KeygateError(.invalidArgument, "scope '\(scope)' must be 1-64 characters of letters, digits and : . _ - * /", field: "scopes")
+        }
+        guard Set(scopes).count == scopes.count else {
+            throw KeygateError(.invalidArgument, "scopes must not repeat", field: "scopes")
+        }
+    }
+
+    static func metadata(_ metadata: [String: String]) throws(KeygateError) {
+        guard metadata.count <= 32 else { throw KeygateError(.invalidArgument, "at most 32 metadata entries", field: "metadata") }
+        for (key, value) in metadata where key.isEmpty || key.utf8.count > 64 || value.utf8.count > 512 {
+            throw KeygateError(.invalidArgument, "metadata keys must be 1-64 bytes and values at most 512", field: "metadata")
+        }
+    }
+
+    static func encodeMetadata(_ metadata: [String: String]) throws(KeygateError) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        guard let data = try? encoder.encode(metadata) else {
+            throw KeygateError(.invalidArgument, "metadata cannot be encoded", field: "metadata")
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// `key_` followed by 1-32 base62 characters: anything else cannot be an id, so it is not looked up.
+    static func isKeyID(_ id: String) -> Bool {
+        let bytes = Array(id.utf8)
+        guard bytes.count > 4, bytes.count <= 36, bytes.starts(with: Array("key_".utf8)) else { return false }
+        return bytes.dropFirst(4).allSatisfy { Base62.values[Int($0)] != 0xFF }
+    }
+}
+
+/// Redis replies to records and events.
+enum KeyStoreDecoding {
+    static func record(hash: KeyHash, fields: [String: String]) -> KeyRecord? {
+        guard let id = fields["id"], let user = fields["user"],
+              let status = fields["status"].flatMap(KeyStatus.init(rawValue:)),
+              let created = fields["created_at"].flatMap(Int64.init),
+              let version = fields["version"].flatMap(Int64.init) else { return nil }
+        let metadata = fields["metadata"].flatMap { text in
+            try? JSONDecoder().decode([String: String].self, from: Data(text.utf8))
+        } ?? [:]
+        return KeyRecord(
+            hash: hash, id: id, user: user, name: fields["name"] ?? "",
+            scopes: (fields["scopes"] ?? "").split(separator: " ").map(String.init),
+            status: status, createdAt: Date(milliseconds: created),
+            expiresAt: fields["expires_at"].flatMap(Int64.init).map(Date.init(milliseconds:)),
+            revokedAt: fields["revoked_at"].flatMap(Int64.init).map(Date.init(milliseconds:)),
+            lastUsedAt: nil, version: version, metadata: metadata,
+            rotatedFrom: fields["rotated_from"].flatMap { $0.isEmpty ? nil : $0 },
+            rotatedTo: fields["rotated_to"].flatMap { $0.isEmpty ? nil : $0 })
+    }
+
+    /// One XRANGE entry `[id, [field, value, ...]]`.
+    static func event(_ entry: KeygateRedis.RESPValue) -> KeyEvent? {
+        guard let parts = entry.array, parts.count == 2, let id = parts[0].string, let fields = parts[1].stringPairs,
+              let type = fields["type"], let keyID = fields["key_id"],
+              let time = fields["time"].flatMap(Int64.init) else { return nil }
+        return KeyEvent(id: id, type: type, keyID: keyID, user: fields["user"] ?? "", actor: fields["actor"] ?? "",
+                        time: Date(milliseconds: time), version: fields["version"].flatMap(Int64.init) ?? 0,
+                        successorID: fields["successor_id"])
+    }
+}

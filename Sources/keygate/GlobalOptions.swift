@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import KeygateCore
+import KeygateRedis
+import NIOPosix
+
+/// Options every command shares; each falls back to a `KEYGATE_*` environment variable.
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "Redis URL: redis://[user:pass@]host[:port][/db], rediss://..., unix:///path (env KEYGATE_REDIS_URL).")
+    var redisURL: String?
+
+    @Option(help: "Prefix of every Redis key and channel (env KEYGATE_NAMESPACE, default keygate).")
+    var namespace: String?
+
+    @Option(help: "Prefix of issued keys, 1-16 lowercase letters or digits (env KEYGATE_KEY_PREFIX, default kg).")
+    var keyPrefix: String?
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    static let environment = ProcessInfo.processInfo.environment
+
+    var resolvedRedisURL: String { redisURL ?? Self.environment["KEYGATE_REDIS_URL"] ?? "redis://127.0.0.1:6379" }
+
+    /// Runs `body` with a store connected to Redis, and turns failures into a message and exit code.
+    func withStore<T>(_ body: (KeyStore) async throws -> T) async throws -> T {
+        do {
+            var redisConfiguration = try RedisConfiguration(url: resolvedRedisURL)
+            redisConfiguration.clientName = "keygate-cli"
+            redisConfiguration.commandTimeout = .seconds(5) // admin scripts (revoke a whole user) may take longer
+            let layout = try KeyStoreLayout(namespace: namespace ?? Self.environment["KEYGATE_NAMESPACE"] ?? "keygate")
+            let format = try KeyFormat(prefix: keyPrefix ?? Self.environment["KEYGATE_KEY_PREFIX"] ?? "kg")
+            let hasher = KeyHasher(pepper: try KeyHasher.pepperFromEnvironment())
+            let redis = try RedisClient(configuration: redisConfiguration, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+            let store = KeyStore(redis: redis, layout: layout, format: format, hasher: hasher)
+            do {
+                let result = try await body(store)
+                await redis.shutdown()
+                return result
+            } catch {
+                await redis.shutdown()
+                throw error
+            }
+        } catch {
+            throw CLIFailure(error, redisURL: resolvedRedisURL)
+        }
+    }
+
+    /// Who made a change, recorded in the audit Stream.
+    static var actor: String { "cli:\(environment["USER"] ?? environment["LOGNAME"] ?? "unknown")" }
+}
+
+/// A failure printed as `error: ...` with a hint, exiting with a code per kind.
+struct CLIFailure: Error, CustomStringConvertible {
+    let description: String
+    let exitCode: Int32
+
+    init(_ error: any Error, redisURL: String) {
+        switch error {
+        case let failure as CLIFailure:
+            self = failure
+        case let error as KeygateError where error.code == .unavailable:
+            description = "cannot reach Redis at \(RedisURLRedaction.redact(redisURL)): \(error.message)\nIs redis-server running? Point Keygate at it with --redis-url or KEYGATE_REDIS_URL."
+            exitCode = 4
+        case let error as KeygateError where error.code == .notFound:
+            description = "\(error.message). List a user's keys with: keygate keys list --user USER"
+            exitCode = 3
+        case let error as KeygateError where error.code == .conflict || error.code == .duplicate:
+            description = error.message
+            exitCode = 5
+        case let error as KeygateError:
+            description = error.field.map { "\($0): \(error.message)" } ?? error.message
+            exitCode = 1
+        case let error as RedisError:
+            description = error.code == .invalidURL ? error.message : "Redis: \(error)"
+            exitCode = error.code == .invalidURL ? 2 : 4
+        default:
+            description = "\(error)"
+            exitCode = 1
+        }
+    }
+
+    init(message: String, exitCode: Int32) {
+        self.description = message
+        self.exitCode = exitCode
+    }
+}
+
+enum RedisURLRedaction {
+    /// The URL without its password, for messages.
+    static func redact(_ url: String) -> String {
+        (try? RedisConfiguration(url: url).redactedTarget) ?? "the configured URL"
+    }
+}
+
+extension AsyncParsableCommand {
+    /// Runs a command body; a CLIFailure becomes "error: ..." on stderr and its exit code.
+    func reportingFailures(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let failure as CLIFailure {
+            FileHandle.standardError.write(Data("error: \(failure.description)\n".utf8))
+            throw ExitCode(failure.exitCode)
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import ArgumentParser
+import Foundation
+import KeygateCore
+
+struct KeysCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keys",
+        abstract: "Create, list, show, revoke, rotate and meter API keys.",
+        subcommands: [Create.self, List.self, Show.self, Revoke.self, Disable.self, Enable.self, Rotate.self, Usage.self]
+    )
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Issue a key for a user; prints the key once.")
+        @OptionGroup var options: GlobalOptions
+        @Option(help: "Owner of the key.") var user: String
+        @Option(help: "A label for the key.") var name: String = ""
+        @Option(name: .customLong("scope"), help: "A scope the key grants; repeat for several (e.g. --scope read --scope keygate:admin).")
+        var scopes: [String] = []
+        @Option(help: ArgumentHelp("Lifetime, e.g. 30d; none by default.", valueName: HumanDuration.formatHelp))
+        var expiresIn: HumanDuration?
+        @Option(name: .customLong("meta"), help: "Metadata as key=value; repeat for several.")
+        var metadata: [String] = []
+
+        func run() async throws {
+            try await reportingFailures {
+                var pairs: [String: String] = [:]
+                for entry in metadata {
+                    let parts = entry.split(separator: "=", maxSplits: 1)
+                    guard parts.count == 2 else { throw CLIFailure(message: "--meta takes key=value, got '\(entry)'", exitCode: 2) }
+                    pairs[String(parts[0])] = String(parts[1])
+                }
+                let request = KeyStore.NewKey(user: user, name: name, scopes: scopes,
+                                              expiresAt: expiresIn.map { Date().addingTimeInterval($0.seconds) },
+                                              metadata: pairs)
+                let issued = try await options.withStore { try await $0.create(request, actor: GlobalOptions.actor) }
+                if options.json { try Output.json(issued) } else { Output.issued(issued) }
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List a user's keys (never the keys themselves).")
+        @OptionGroup var options: GlobalOptions
+        @Option(help: "Owner of the keys.") var user: String
+
+        func run() async throws {
+            try await reportingFailures {
+                let records = try await options.withStore { try await $0.list(user: user) }
+                if options.json { try Output.json(records) } else { Output.table(Output.keyHeaders, Output.keyRows(records)) }
+            }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one key by id.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Key id (key_...).") var id: String
+
+        func run() async throws {
+            try await reportingFailures {
+                let record = try await options.withStore { try await $0.record(id: id) }
+                if options.json { try Output.json(record) } else { Output.details(record) }
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a key on every node, for good. Revoking twice is fine.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Key id (key_...).") var id: String
+
+        func run() async throws {
+            try await reportingFailures {
+                let record = try await options.withStore { try await $0.revoke(id: id, actor: GlobalOptions.actor) }
+                if options.json { try Output.json(record) } else { print("revoked \(record.id) (version \(record.version))") }
+            }
+        }
+    }
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Disable a key until it is enabled again.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Key id (key_...).") var id: String
+
+        func run() async throws {
+            try await reportingFailures {
+                let record = try await options.withStore { try await $0.setEnabled(id: id, false, actor: GlobalOptions.actor) }
+                if options.json { try Output.json(record) } else { print("disabled \(record.id) (version \(record.version))") }
+            }
+        }
+    }
+
+    struct Enable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Enable a disabled key (a revoked key stays revoked).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Key id (key_...).") var id: String
+
+        func run() async throws {
+            try await reportingFailures {
+                let record = try await options.withStore { try await $0.setEnabled(id: id, true, actor: GlobalOptions.actor) }
+                if options.json { try Output.json(record) } else { print("enabled \(record.id) (version \(record.version))") }
+            }
+        }
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Issue a successor key; the old one keeps working for the grace period.",
+            discussion: "The successor has the same user, name, scopes, metadata and expiry. Both keys keep their usage history and are linked (rotated_to / rotated_from).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Key id (key_...).") var id: String
+        @Option(help: ArgumentHelp("How long the old key stays valid.", valueName: HumanDuration.formatHelp))
+        var grace: HumanDuration = HumanDuration(argument: "24h")!
+
+        func run() async throws {
+            try await reportingFailures {
+                let issued = try await options.withStore { try await $0.rotate(id: id, grace: grace.duration, actor: GlobalOptions.actor) }
+                if options.json { try Output.json(issued) } else {
+                    print("rotated \(id) -> \(issued.record.id); \(id) stops working in \(grace.text)\n")
+                    Output.issued(issued)
+                }
+            }
+        }
+    }
+
+    struct Usage: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a key's usage: total, per day and per hour.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Key id (key_...).") var id: String
+        @Option(help: "Days of daily counts to show (1-90).") var days: Int = 7
+
+        func run() async throws {
+            try await reportingFailures {
+                let usage = try await options.withStore { try await $0.usage(id: id, days: days) }
+                if options.json { try Output.json(usage); return }
+                print("id            \(usage.id)")
+                print("total         \(usage.total)")
+                print("last_used_at  \(Output.date(usage.lastUsedAt))\n")
+                Output.table(["DAY", "COUNT"], usage.daily.map { [$0.period, String($0.count)] })
+                let recent = usage.hourly.suffix(24).filter { $0.count > 0 }
+                if !recent.isEmpty {
+                    print("")
+                    Output.table(["HOUR (UTC)", "COUNT"], recent.map { [$0.period, String($0.count)] })
+                }
+            }
+        }
+    }
+}
+
+struct UsersCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "users", abstract: "Act on every key of a user.", subcommands: [Revoke.self])
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke every key of a user.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The user.") var user: String
+
+        func run() async throws {
+            try await reportingFailures {
+                let count = try await options.withStore { try await $0.revokeAll(user: user, actor: GlobalOptions.actor) }
+                if options.json { try Output.json(["user": user, "revoked": String(count)]) } else { print("revoked \(count) key(s) of \(user)") }
+            }
+        }
+    }
+}
+
+struct EventsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "events", abstract: "Read the audit log of key changes.")
+    @OptionGroup var options: GlobalOptions
+    @Option(help: "Only events after this event id (for paging).") var after: String?
+    @Option(help: "At most this many events.") var limit: Int = 100
+
+    func run() async throws {
+        try await reportingFailures {
+            let events = try await options.withStore { try await $0.events(after: after, count: limit) }
+            if options.json { try Output.json(events); return }
+            Output.table(["EVENT", "TIME", "TYPE", "KEY", "USER", "ACTOR", "VERSION"], events.map {
+                [$0.id, Output.date($0.time), $0.type + ($0.successorID.map { " -> \($0)" } ?? ""), $0.keyID, $0.user, $0.actor, String($0.version)]
+            })
+        }
+    }
+}

@@ -1,0 +1,62 @@
+import Foundation
+import KeygateCore
+
+/// Human tables and JSON for the CLI. JSON field names are the admin API's (snake_case).
+enum Output {
+    static func json(_ value: some Encodable) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    }
+
+    static func date(_ date: Date?) -> String {
+        guard let date else { return "-" }
+        return ISO8601DateFormatter().string(from: date)
+    }
+
+    static func table(_ headers: [String], _ rows: [[String]]) {
+        var widths = headers.map(\.count)
+        for row in rows { for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) } }
+        let line = { (cells: [String]) in
+            zip(cells, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression)
+        }
+        print(line(headers))
+        for row in rows { print(line(row)) }
+    }
+
+    static func keyRows(_ records: [KeyRecord]) -> [[String]] {
+        let now = Date()
+        return records.map { record in
+            [record.id, record.user, record.name.isEmpty ? "-" : record.name,
+             record.scopes.isEmpty ? "-" : record.scopes.joined(separator: ","),
+             record.effectiveStatus(at: now).rawValue, date(record.createdAt), date(record.expiresAt),
+             date(record.lastUsedAt), String(record.version)]
+        }
+    }
+
+    static let keyHeaders = ["ID", "USER", "NAME", "SCOPES", "STATUS", "CREATED", "EXPIRES", "LAST USED", "VERSION"]
+
+    static func details(_ record: KeyRecord) {
+        let rows: [(String, String)] = [
+            ("id", record.id), ("user", record.user), ("name", record.name.isEmpty ? "-" : record.name),
+            ("scopes", record.scopes.isEmpty ? "-" : record.scopes.joined(separator: " ")),
+            ("status", record.effectiveStatus(at: Date()).rawValue), ("created_at", date(record.createdAt)),
+            ("expires_at", date(record.expiresAt)), ("revoked_at", date(record.revokedAt)),
+            ("last_used_at", date(record.lastUsedAt)), ("version", String(record.version)),
+            ("rotated_from", record.rotatedFrom ?? "-"), ("rotated_to", record.rotatedTo ?? "-"),
+            ("metadata", record.metadata.isEmpty ? "-" : record.metadata.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")),
+        ]
+        for (label, value) in rows { print(label.padding(toLength: 13, withPad: " ", startingAt: 0) + value) }
+    }
+
+    /// The plaintext key, shown once, with the reminder that nothing can show it again.
+    static func issued(_ issued: IssuedKey) {
+        details(issued.record)
+        print("")
+        print("key          \(issued.key)")
+        print("")
+        print("Store this key now: Keygate keeps only its hash and cannot show it again.")
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import KeygateTestSupport
+import Testing
+
+/// The `keygate` binary, run as a user would, against the test Redis.
+@Suite struct CLIEndToEndTests {
+    let environment: [String: String]
+    let binary: String
+
+    init() throws {
+        binary = try keygateBinary()
+        environment = [
+            "KEYGATE_REDIS_URL": try TestRedis.url(),
+            "KEYGATE_NAMESPACE": TestRedis.uniqueNamespace("cli"),
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            "USER": "ops",
+        ]
+    }
+
+    func keygate(_ arguments: String..., environment extra: [String: String] = [:]) async throws -> CommandResult {
+        try await runCommand(binary, arguments, environment: environment.merging(extra) { $1 })
+    }
+
+    func json(_ result: CommandResult) throws -> Any {
+        try JSONSerialization.jsonObject(with: Data(result.stdout.utf8))
+    }
+
+    @Test func theKeyLifecycleFromTheCommandLine() async throws {
+        let created = try await keygate("keys", "create", "--user", "alice", "--name", "laptop", "--scope", "read",
+                                        "--scope", "write", "--expires-in", "30d", "--json")
+        #expect(created.exitCode == 0, "\(created.stderr)")
+        let key = try #require(try json(created) as? [String: Any])
+        let id = try #require(key["id"] as? String)
+        let plaintext = try #require(key["key"] as? String)
+        #expect(plaintext.hasPrefix("kg_") && plaintext.count == 52)
+        for field in ["id", "key", "user", "name", "scopes", "status", "created_at", "expires_at", "last_used_at", "version"] {
+            #expect(key.keys.contains(field), "create --json has \(field)")
+        }
+        #expect(key["scopes"] as? [String] == ["read", "write"] && key["status"] as? String == "active")
+
+        let human = try await keygate("keys", "create", "--user", "alice")
+        #expect(human.exitCode == 0 && human.stdout.contains("Store this key now"))
+
+        let list = try await keygate("keys", "list", "--user", "alice", "--json")
+        let records = try #require(try json(list) as? [[String: Any]])
+        #expect(records.count == 2 && records.allSatisfy { $0["key"] == nil }, "list never shows a key")
+        #expect(!list.stdout.contains(plaintext))
+
+        let table = try await keygate("keys", "list", "--user", "alice")
+        #expect(table.stdout.hasPrefix("ID") && table.stdout.contains(id))
+
+        let show = try await keygate("keys", "show", id, "--json")
+        #expect((try json(show) as? [String: Any])?["name"] as? String == "laptop")
+
+        let rotated = try await keygate("keys", "rotate", id, "--grace", "1h", "--json")
+        let successor = try #require(try json(rotated) as? [String: Any])
+        #expect(successor["key"] is String && successor["id"] as? String != id)
+        #expect(successor["rotated_from"] as? String == id)
+
+        let usage = try await keygate("keys", "usage", id, "--days", "3", "--json")
+        let usageJSON = try #require(try json(usage) as? [String: Any])
+        #expect(usageJSON["total"] as? Int == 0 && (usageJSON["daily"] as? [Any])?.count == 3)
+        for field in ["id", "total", "daily", "hourly", "last_used_at"] { #expect(usageJSON.keys.contains(field)) }
+
+        let revoked = try await keygate("keys", "revoke", id)
+        #expect(revoked.exitCode == 0 && revoked.stdout.contains("revoked \(id)"))
+        #expect(try await keygate("keys", "revoke", id).exitCode == 0, "revoking twice succeeds")
+
+        let all = try await keygate("users", "revoke", "alice")
+        #expect(all.exitCode == 0 && all.stdout.contains("revoked 2 key(s) of alice"))
+
+        let events = try await keygate("events", "--json")
+        let types = try #require(try json(events) as? [[String: Any]]).compactMap { $0["type"] as? String }
+        #expect(types == ["created", "created", "rotated", "revoked", "revoked", "revoked"])
+        let first = try #require(try json(events) as? [[String: Any]]).first?["id"] as? String
+        let page = try await keygate("events", "--after", try #require(first), "--json")
+        #expect((try json(page) as? [Any])?.count == 5)
+        #expect(!events.stdout.contains("hash"), "the audit output shows no key hash")
+    }
+
+    @Test func errorsGoToStderrWithAnExitCodeAndAHint() async throws {
+        let missing = try await keygate("keys", "show", "key_doesnotexist")
+        #expect(missing.exitCode == 3)
+        #expect(missing.stderr.contains("no key with id 'key_doesnotexist'") && missing.stderr.contains("keys list"))
+        #expect(missing.stdout.isEmpty)
+
+        let badDuration = try await keygate("keys", "create", "--user", "u", "--expires-in", "3x")
+        #expect(badDuration.exitCode == 64)
+        #expect(badDuration.stderr.contains("--expires-in") && badDuration.stderr.contains("e.g. 30d"))
+
+        let badUser = try await keygate("keys", "create", "--user", "two words")
+        #expect(badUser.exitCode == 1 && badUser.stderr.contains("user"))
+
+        let unreachable = try ReservedPort()
+        let down = try await keygate("keys", "list", "--user", "u", environment: ["KEYGATE_REDIS_URL": "redis://127.0.0.1:\(unreachable.port)"])
+        #expect(down.exitCode == 4)
+        #expect(down.stderr.contains("cannot reach Redis") && down.stderr.contains("KEYGATE_REDIS_URL"))
+
+        let badURL = try await keygate("keys", "list", "--user", "u", "--redis-url", "http://x")
+        #expect(badURL.exitCode == 2 && badURL.stderr.contains("unsupported scheme"))
+
+        let badPrefix = try await keygate("keys", "create", "--user", "u", environment: ["KEYGATE_KEY_PREFIX": "Bad_"])
+        #expect(badPrefix.exitCode == 1 && badPrefix.stderr.contains("key prefix"))
+        withExtendedLifetime(unreachable) {}
+    }
+}
