@@ -111,24 +111,25 @@ import Testing
     @Test func thousandPipelinedCommandsAreAnsweredInOrder() throws {
         let harness = try Harness()
         let commands = (0..<1_000).map { RedisCommand("INCR", [.string("k\($0)")]) }
-        let promises = commands.map { _ in harness.loop.makePromise(of: RESPValue.self) }
-        harness.handler.send(batch: commands, promises: promises)
+        let batch = harness.loop.makePromise(of: [RESPValue].self)
+        harness.handler.send(batch: commands, promise: batch)
+        let single = harness.send(RedisCommand("GET", ["after"])) // queued behind the batch
         // One batch, one write: the whole pipeline leaves in a single buffer.
         let first = try harness.channel.readOutbound(as: ByteBuffer.self)
-        #expect(try harness.channel.readOutbound(as: ByteBuffer.self) == nil)
         #expect(first.map { String(buffer: $0) } == Self.encodedAll(commands))
+        _ = try harness.channel.readOutbound(as: ByteBuffer.self) // the single GET
 
         // Replies arrive split at arbitrary points, including mid-frame.
-        let wire = Array((0..<1_000).map { ":\($0)\r\n" }.joined().utf8)
+        #expect(Self.outcome(batch.futureResult) == nil)
+        let wire = Array(((0..<1_000).map { ":\($0)\r\n" }.joined() + "$1\r\nx\r\n").utf8)
         var offset = 0
         while offset < wire.count {
             let end = min(wire.count, offset + 37)
             try harness.channel.writeInbound(ByteBuffer(bytes: wire[offset..<end]))
             offset = end
         }
-        for (index, promise) in promises.enumerated() {
-            #expect(try Self.outcome(promise.futureResult)?.get() == .integer(Int64(index)))
-        }
+        #expect(try Self.outcome(batch.futureResult)?.get() == (0..<1_000).map { RESPValue.integer(Int64($0)) })
+        #expect(try Self.outcome(single)?.get() == .bulkString(ByteBuffer(string: "x")))
     }
 
     static func encodedAll(_ commands: [RedisCommand]) -> String {
@@ -211,6 +212,15 @@ import Testing
         #expect(pushed.count == 2)
         #expect(pushed.first?.array?.first?.string == "message")
         #expect(harness.channel.isActive)
+    }
+
+    @Test func aBatchFailsAsAWholeWhenTheConnectionDrops() throws {
+        let harness = try Harness()
+        let batch = harness.loop.makePromise(of: [RESPValue].self)
+        harness.handler.send(batch: [RedisCommand("PING"), RedisCommand("PING")], promise: batch)
+        try harness.reply("+PONG\r\n") // half the batch answered
+        harness.channel.pipeline.fireChannelInactive()
+        #expect(Self.failure(batch.futureResult)?.code == .connectionClosed)
     }
 
     @Test func peerCloseFailsPendingWithConnectionClosed() throws {

@@ -1,5 +1,6 @@
 public import Logging
 public import NIOCore
+import NIOPosix
 import NIOSSL
 import Synchronization
 
@@ -42,14 +43,16 @@ public final class RedisClient: Sendable {
 
     /// Sends a command on any healthy connection.
     public func send(_ command: RedisCommand) async throws -> RESPValue {
-        let slot = anySlot()
+        let slot = currentLoopSlot() ?? anySlot()
+        if slot.eventLoop.inEventLoop { return try await slot.send(command).get() }
         return try await slot.eventLoop.flatSubmit { slot.send(command) }.get()
     }
 
     /// Sends commands as one pipeline (one flush); returns one reply per command, error replies as values.
     public func pipeline(_ commands: [RedisCommand]) async throws -> [RESPValue] {
-        let slot = anySlot()
-        return try await slot.eventLoop.flatSubmit { slot.connection().flatMap { $0.pipeline(commands) } }.get()
+        let slot = currentLoopSlot() ?? anySlot()
+        if slot.eventLoop.inEventLoop { return try await slot.pipeline(commands).get() }
+        return try await slot.eventLoop.flatSubmit { slot.pipeline(commands) }.get()
     }
 
     /// Runs a Lua script with `EVALSHA`, loading it first if Redis answers `NOSCRIPT`.
@@ -94,6 +97,14 @@ public final class RedisClient: Sendable {
     /// Closes every connection and stops reconnecting; later commands fail with `.cancelled`.
     public func shutdown() async {
         for slot in slots { try? await slot.shutdown().get() }
+    }
+
+    /// The slot of the event loop this code runs on, when Swift concurrency runs on NIO's loops
+    /// (an event loop as task executor): then an async caller needs no thread hop either.
+    private func currentLoopSlot() -> RedisConnectionSlot? {
+        guard let current = MultiThreadedEventLoopGroup.currentEventLoop else { return nil }
+        let slot = slotByLoop[ObjectIdentifier(current)]
+        return slot?.isHealthy.load(ordering: .relaxed) == true ? slot : nil
     }
 
     /// Round robin, preferring a slot whose connection is up.

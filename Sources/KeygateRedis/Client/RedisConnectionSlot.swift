@@ -61,6 +61,15 @@ final class RedisConnectionSlot: Sendable {
         return connection().flatMap { $0.send(command) }
     }
 
+    /// Sends a pipeline on this loop's connection (one flush, one reply array).
+    func pipeline(_ commands: [RedisCommand]) -> EventLoopFuture<[RESPValue]> {
+        eventLoop.assertInEventLoop()
+        if let connection = state.value.connection, connection.isActive {
+            return connection.pipeline(commands)
+        }
+        return connection().flatMap { $0.pipeline(commands) }
+    }
+
     func shutdown() -> EventLoopFuture<Void> {
         eventLoop.flatSubmit {
             self.state.value.isShutDown = true

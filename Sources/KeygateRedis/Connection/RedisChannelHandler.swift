@@ -6,9 +6,53 @@ import NIOCore
 /// Lives on its channel's event loop only; `RedisConnection` calls it there.
 final class RedisChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
-    typealias Machine = RedisConnectionStateMachine<EventLoopPromise<RESPValue>>
+    typealias Machine = RedisConnectionStateMachine<ReplyTarget>
 
-    private var machine: Machine
+    /// Who waits for a reply: one caller, or a pipeline that completes once with all its replies
+    /// (one promise per batch instead of one per command: the pipelined path's main cost).
+    enum ReplyTarget {
+        case single(EventLoopPromise<RESPValue>)
+        case batch(BatchCollector)
+
+        func fail(_ error: any Error) {
+            switch self {
+            case .single(let promise): promise.fail(error)
+            case .batch(let collector): collector.fail(error)
+            }
+        }
+    }
+
+    final class BatchCollector {
+        @exclusivity(unchecked) private var values: [RESPValue]
+        private let expected: Int
+        private let promise: EventLoopPromise<[RESPValue]>
+        private var done = false
+
+        init(expected: Int, promise: EventLoopPromise<[RESPValue]>) {
+            self.values = []
+            self.values.reserveCapacity(expected)
+            self.expected = expected
+            self.promise = promise
+        }
+
+        func append(_ value: RESPValue) {
+            values.append(value)
+            if values.count == expected, !done {
+                done = true
+                promise.succeed(values)
+            }
+        }
+
+        func fail(_ error: any Error) {
+            guard !done else { return }
+            done = true
+            promise.fail(error)
+        }
+    }
+
+    // Touched only on the channel's event loop, one call at a time: the dynamic exclusivity check
+    // on this hot property cost ~5% of pipelined throughput.
+    @exclusivity(unchecked) private var machine: Machine
     private let reader: RESPReplyReader
     private let handshake: [RedisCommand]
     private let handshakeTimeout: TimeAmount
@@ -93,7 +137,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         let error = RedisError.closed("connection closed by peer")
-        for promise in machine.channelClosed() { promise.fail(error) }
+        for target in machine.channelClosed() { target.fail(error) }
         ready.fail(error) // no-op if the handshake already completed
         context.fireChannelInactive()
     }
@@ -111,7 +155,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
             promise?.fail(RedisError.closed("connection not attached"))
             return
         }
-        switch machine.enqueue(promise, deadline: context.eventLoop.now + commandTimeout) {
+        switch machine.enqueue(promise.map(ReplyTarget.single), deadline: context.eventLoop.now + commandTimeout) {
         case .fail(let error):
             promise?.fail(error)
         case .write(let armTimer):
@@ -122,25 +166,31 @@ final class RedisChannelHandler: ChannelInboundHandler {
         }
     }
 
-    /// Queues a batch and writes it with a single flush: one syscall for the whole pipeline.
-    func send(batch commands: [RedisCommand], promises: [EventLoopPromise<RESPValue>]) {
-        precondition(commands.count == promises.count)
+    /// Queues a batch and writes it with a single flush: one syscall for the whole pipeline, one
+    /// promise completed with every reply in order (error replies included as values).
+    func send(batch commands: [RedisCommand], promise: EventLoopPromise<[RESPValue]>) {
         guard let context else {
-            for promise in promises { promise.fail(RedisError.closed("connection not attached")) }
+            promise.fail(RedisError.closed("connection not attached"))
             return
         }
+        guard !commands.isEmpty else {
+            promise.succeed([])
+            return
+        }
+        let collector = BatchCollector(expected: commands.count, promise: promise)
         let deadline = context.eventLoop.now + commandTimeout
         var buffer = context.channel.allocator.buffer(capacity: 64 * commands.count)
-        for (command, promise) in zip(commands, promises) {
-            switch machine.enqueue(promise, deadline: deadline) {
+        for command in commands {
+            switch machine.enqueue(.batch(collector), deadline: deadline) {
             case .fail(let error):
-                promise.fail(error)
+                collector.fail(error)
+                return
             case .write(let armTimer):
                 command.encode(into: &buffer)
                 if let armTimer { scheduleDeadlineCheck(at: armTimer, context: context) }
             }
         }
-        if buffer.readableBytes > 0 { context.writeAndFlush(NIOAny(buffer), promise: nil) }
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
     }
 
     /// Writes a command whose reply arrives as a push (SUBSCRIBE, PING in subscriber mode).
@@ -169,16 +219,20 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     private func apply(_ action: Machine.ReplyAction, context: ChannelHandlerContext) {
         switch action {
-        case .succeed(let promise, let value):
-            promise?.succeed(value)
+        case .succeed(.single(let promise)?, let value):
+            promise.succeed(value)
+        case .succeed(.batch(let collector)?, let value):
+            collector.append(value)
+        case .succeed(nil, _):
+            break
         case .handshakeCompleted:
             ready.succeed()
         case .push(let value):
             onPush?(value)
         case .none:
             break
-        case .failAllAndClose(let error, let promises):
-            for promise in promises { promise.fail(error) }
+        case .failAllAndClose(let error, let targets):
+            for target in targets { target.fail(error) }
             ready.fail(error)
             context.close(promise: nil)
         }

@@ -115,10 +115,14 @@ public final class RedisConnection: Sendable {
     /// Sends commands as one pipeline with one flush; one reply per command, error replies included.
     public func pipeline(_ commands: [RedisCommand]) -> EventLoopFuture<[RESPValue]> {
         if commands.isEmpty { return eventLoop.makeSucceededFuture([]) }
-        let promises = commands.map { _ in eventLoop.makePromise(of: RESPValue.self) }
-        let handler = self.handler
-        eventLoop.execute { handler.value.send(batch: commands, promises: promises) }
-        return EventLoopFuture.whenAllSucceed(promises.map(\.futureResult), on: eventLoop)
+        let promise = eventLoop.makePromise(of: [RESPValue].self)
+        if eventLoop.inEventLoop {
+            handler.value.send(batch: commands, promise: promise)
+        } else {
+            let handler = self.handler
+            eventLoop.execute { handler.value.send(batch: commands, promise: promise) }
+        }
+        return promise.futureResult
     }
 
     /// Closes the connection; pending commands fail with `.connectionClosed`.

@@ -13,6 +13,19 @@ public struct RedisCommand: Sendable {
         self.arguments = arguments
     }
 
+    /// At most the bytes `encode` writes, so one reservation covers the whole command.
+    var encodedLengthUpperBound: Int {
+        var total = 16
+        for argument in arguments {
+            switch argument {
+            case .string(let text): total += text.utf8.count + 16
+            case .integer: total += 36
+            case .bytes(let bytes): total += bytes.readableBytes + 16
+            }
+        }
+        return total
+    }
+
     /// The command name, for logs and metrics (never the arguments: they can hold secrets).
     public var name: String {
         if case .string(let text) = arguments.first { return text.uppercased() }
@@ -21,6 +34,7 @@ public struct RedisCommand: Sendable {
 
     /// Appends the RESP2 encoding (`*N\r\n$len\r\narg\r\n...`) to `buffer`.
     public func encode(into buffer: inout ByteBuffer) {
+        buffer.reserveCapacity(minimumWritableBytes: encodedLengthUpperBound)
         buffer.writeStaticString("*")
         buffer.writeDecimal(arguments.count)
         buffer.writeStaticString("\r\n")
@@ -60,23 +74,26 @@ public enum RedisArgument: Sendable, ExpressibleByStringLiteral, ExpressibleByIn
 }
 
 extension ByteBuffer {
-    /// Writes a decimal integer in ASCII without allocating a String.
+    /// Writes a decimal integer in ASCII with one bulk write and no String.
     @inlinable
     mutating func writeDecimal<I: BinaryInteger>(_ value: I) {
-        if value == 0 { writeInteger(UInt8(ascii: "0")); return }
-        var magnitude = value.magnitude
-        if value < 0 { writeInteger(UInt8(ascii: "-")) }
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0) // 24 bytes of scratch, enough for 20 digits
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { scratch in
-            while magnitude > 0 {
-                scratch[count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+        var scratch: (UInt64, UInt64, UInt64) = (0, 0, 0) // 24 bytes: sign and 20 digits fit
+        let count = withUnsafeMutableBytes(of: &scratch) { scratch -> Int in
+            var magnitude = value.magnitude
+            var position = scratch.count
+            repeat {
+                position -= 1
+                scratch[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: magnitude % 10)
                 magnitude /= 10
-                count += 1
+            } while magnitude > 0
+            if value < 0 {
+                position -= 1
+                scratch[position] = UInt8(ascii: "-")
             }
-            for index in stride(from: count - 1, through: 0, by: -1) {
-                writeInteger(scratch[index])
-            }
+            return scratch.count - position
+        }
+        withUnsafeBytes(of: &scratch) { scratch in
+            _ = writeBytes(UnsafeRawBufferPointer(rebasing: scratch[(scratch.count - count)...]))
         }
     }
 }

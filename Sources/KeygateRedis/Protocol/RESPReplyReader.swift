@@ -11,7 +11,7 @@ final class RESPReplyReader {
     private let reader: UnsafeMutablePointer<redisReader>
     private let maxReplyBytes: Int
     /// Bytes fed since the last complete reply (an upper bound on the reply being assembled).
-    private var bytesInCurrentReply = 0
+    @exclusivity(unchecked) private var bytesInCurrentReply = 0 // event-loop confined, hot
     private var failed = false
 
     init(maxArrayElements: Int, maxReplyBytes: Int) {

@@ -1,0 +1,23 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Benchmarks live in their own package so the main build and tests never compile them.
+let package = Package(
+    name: "keygate-benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "keygate", path: "../"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    ],
+    targets: [
+        .executableTarget(
+            name: "redis-client-bench",
+            dependencies: [
+                .product(name: "KeygateRedis", package: "keygate"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+    ]
+)
