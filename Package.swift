@@ -9,6 +9,8 @@ let nioEmbedded = Target.Dependency.product(name: "NIOEmbedded", package: "swift
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let serviceLifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
 
 let package = Package(
     name: "keygate",
@@ -16,6 +18,7 @@ let package = Package(
     products: [
         .library(name: "KeygateRedis", targets: ["KeygateRedis"]),
         .library(name: "KeygateCore", targets: ["KeygateCore"]),
+        .library(name: "KeygateDataPlane", targets: ["KeygateDataPlane"]),
         .executable(name: "keygate", targets: ["keygate"]),
     ],
     dependencies: [
@@ -23,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // C libraries from Debian: libhiredis-dev (RESP2 reader) and libssl-dev (libcrypto).
@@ -30,15 +34,17 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
         .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", nio, nioPosix, nioSSL, logging]),
-        .target(name: "KeygateCore", dependencies: ["KeygateRedis", "CCrypto", nio, logging]),
-        .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", argumentParser, nioPosix]),
+        .target(name: "KeygateCore", dependencies: ["KeygateRedis", "CCrypto", nio, nioPosix, logging, serviceLifecycle]),
+        .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", nio, nioPosix, nioHTTP1, logging, serviceLifecycle]),
+        .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateRedis", "KeygateDataPlane", nio, nioPosix, logging, serviceLifecycle]),
+        .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", nio, nioPosix]),
 
         .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix]),
         .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto"]),
         // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
         .testTarget(name: "KeygateIntegrationTests",
-                    dependencies: ["KeygateRedis", "KeygateCore", "KeygateTestSupport", nio, nioPosix]),
+                    dependencies: ["KeygateRedis", "KeygateCore", "KeygateNode", "KeygateDataPlane", "KeygateTestSupport", nio, nioPosix, serviceLifecycle, logging]),
     ]
 )
 

@@ -1,11 +1,16 @@
 import ArgumentParser
 
-/// `90s`, `15m`, `24h`, `30d`, `2w`: a whole number and one unit.
+/// `250ms`, `90s`, `15m`, `24h`, `30d`, `2w`: a whole number and one unit.
 struct HumanDuration: ExpressibleByArgument, Sendable {
     let duration: Duration
     let text: String
 
     init?(argument: String) {
+        if argument.hasSuffix("ms"), let value = Int64(argument.dropLast(2)), value >= 0, value <= 86_400_000 {
+            duration = .milliseconds(value)
+            text = argument
+            return
+        }
         guard let unit = argument.last, let value = Int64(argument.dropLast()), value >= 0, value <= 100 * 365 * 86_400 else { return nil }
         let seconds: Int64
         switch unit {
@@ -27,5 +32,5 @@ struct HumanDuration: ExpressibleByArgument, Sendable {
 
 extension HumanDuration {
     /// ArgumentParser prints this when parsing fails.
-    static let formatHelp = "a number followed by s, m, h, d or w, e.g. 30d"
+    static let formatHelp = "a number followed by ms, s, m, h, d or w, e.g. 30d"
 }

@@ -14,6 +14,6 @@ struct Keygate: AsyncParsableCommand {
 
         Exit codes: 0 success, 1 other error, 2 bad usage, 3 not found, 4 Redis unavailable, 5 conflict.
         """,
-        subcommands: [KeysCommand.self, UsersCommand.self, EventsCommand.self]
+        subcommands: [ServeCommand.self, KeysCommand.self, UsersCommand.self, EventsCommand.self]
     )
 }

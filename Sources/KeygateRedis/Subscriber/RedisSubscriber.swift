@@ -49,6 +49,9 @@ public final class RedisSubscriber: Sendable {
         (events, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingOldest(bufferLimit))
     }
 
+    /// `NIODeadline.uptimeNanoseconds` of the last pong (or subscribe acknowledgement); 0 before.
+    public var lastPongUptimeNanoseconds: UInt64 { lastPong.load(ordering: .relaxed) }
+
     /// Seconds since the last pong, or nil before the first one (for the metrics).
     public var secondsSinceLastPong: Double? {
         let last = lastPong.load(ordering: .relaxed)

@@ -1,0 +1,228 @@
+public import KeygateRedis
+public import Logging
+public import NIOCore
+public import ServiceLifecycle
+public import Synchronization
+
+/// Keeps the verdict cache consistent with Redis (rules 1, 2 and 4 of the reliability notes).
+///
+/// Subscribes to the namespace's invalidation channel and evicts each hash it receives. On any loss
+/// of the channel (EOF, ping timeout, unsolicited unsubscribe, slow-consumer close) the cache becomes
+/// suspect at once: the generation is bumped and every request reads Redis. After resubscribing it
+/// replays the event Stream from the last id known to be delivered, flushes the whole cache if
+/// the Stream was trimmed past that id, and only then trusts the cache again.
+public final class InvalidationService: Service, Sendable {
+    public struct Settings: Sendable, Equatable {
+        /// `P`: ping interval on the subscriber connection.
+        public var pingInterval: Duration = .seconds(1)
+        /// `Pt`: a pong later than this declares the channel dead. Detection time D = P + Pt.
+        public var pingTimeout: Duration = .seconds(1)
+        /// How often the replay baseline is moved forward while healthy.
+        public var baselineInterval: Duration = .seconds(5)
+        public init() {}
+    }
+
+    private let store: KeyStore
+    private let cache: VerdictCache
+    private let subscriberConfiguration: RedisConfiguration
+    private let settings: Settings
+    private let eventLoop: any EventLoop
+    private let logger: Logger
+    public let metrics = InvalidationMetrics()
+    private let subscriber: RedisSubscriber
+    /// The last Stream id whose invalidation is known applied.
+    private let baseline = Mutex<StreamID?>(nil)
+
+    public init(store: KeyStore, cache: VerdictCache, subscriberConfiguration: RedisConfiguration,
+                settings: Settings = Settings(), eventLoop: any EventLoop, logger: Logger) {
+        self.store = store
+        self.cache = cache
+        self.subscriberConfiguration = subscriberConfiguration
+        self.settings = settings
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.subscriber = RedisSubscriber(configuration: subscriberConfiguration,
+                                          channels: [store.layout.invalidationChannel],
+                                          pingInterval: settings.pingInterval, pingTimeout: settings.pingTimeout,
+                                          eventLoop: eventLoop)
+    }
+
+    /// Seconds since the subscriber's last pong (nil before the first), for the metrics.
+    public var secondsSinceLastPong: Double? { subscriber.secondsSinceLastPong }
+
+    public func run() async throws {
+        // The baseline is taken before subscribing: anything that changes after it is replayed.
+        if let last = try? await lastStreamID() { baseline.withLock { $0 = last } }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.subscriber.run() }
+            group.addTask { await self.advanceBaselineWhileHealthy() }
+            await cancelOnGracefulShutdown { await self.consumeEvents() }
+            group.cancelAll()
+        }
+        metrics.channelUp.store(false, ordering: .relaxed)
+    }
+
+    private func consumeEvents() async {
+        for await event in subscriber.events {
+            switch event {
+            case .subscribed:
+                logger.info("invalidation channel subscribed", metadata: ["channel": "\(store.layout.invalidationChannel)"])
+                await catchUpUntilTrusted()
+            case .message(_, let payload):
+                metrics.received.add(1, ordering: .relaxed)
+                if let hash = KeyHash(hex: String(buffer: payload)) { cache.invalidate(hash) }
+            case .disconnected(let reason):
+                cache.markSuspect()
+                metrics.channelUp.store(false, ordering: .relaxed)
+                metrics.losses.add(1, ordering: .relaxed)
+                logger.warning("invalidation channel lost; reading Redis for every request until resubscribed",
+                               metadata: ["reason": "\(reason)"])
+            }
+            if Task.isCancelled { break }
+        }
+    }
+
+    /// Replays what was missed, retrying while Redis answers the subscriber but not the commands.
+    private func catchUpUntilTrusted() async {
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                try await catchUp()
+                metrics.channelUp.store(true, ordering: .relaxed)
+                cache.markTrusted()
+                return
+            } catch {
+                attempt += 1
+                logger.warning("invalidation replay failed; retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                try? await Task.sleep(for: .milliseconds(min(1_000, 50 << min(attempt, 5))))
+            }
+        }
+    }
+
+    private func catchUp() async throws {
+        guard let start = baseline.withLock({ $0 }) else {
+            // No baseline (Redis was down at start): nothing cached can be vouched for.
+            cache.removeAll()
+            metrics.flushes(reason: .noBaseline)
+            baseline.withLock { $0 = nil }
+            let last = try await lastStreamID()
+            baseline.withLock { $0 = last }
+            return
+        }
+        let info = try await streamInfo()
+        if let maxDeleted = info.maxDeleted, maxDeleted > start {
+            // XREAD would silently skip what was trimmed: flush instead of trusting a partial replay.
+            cache.removeAll()
+            metrics.flushes(reason: .replayGap)
+            logger.warning("invalidation replay window trimmed past our position; cache flushed")
+            baseline.withLock { $0 = info.last }
+            return
+        }
+        var position = start
+        var replayed = 0
+        while true {
+            let reply = try await store.redis.send(RedisCommand("XRANGE", [.string(store.layout.events), .string("(" + position.description), "+", "COUNT", 1_000]))
+            let entries = reply.array ?? []
+            for entry in entries {
+                guard let parts = entry.array, parts.count == 2, let idText = parts[0].string,
+                      let id = StreamID(idText) else { continue }
+                if let hashText = parts[1].stringPairs?["hash"], let hash = KeyHash(hex: hashText) { cache.invalidate(hash) }
+                position = id
+                replayed += 1
+            }
+            if entries.count < 1_000 { break }
+        }
+        metrics.replays.add(1, ordering: .relaxed)
+        metrics.replayedEvents.add(replayed, ordering: .relaxed)
+        baseline.withLock { $0 = position }
+    }
+
+    /// While subscribed, move the baseline to the Stream's end as of time t once a pong sent after t
+    /// has arrived: Redis delivers a publish before a later pong on the same connection, so every
+    /// event up to that id has reached us.
+    private func advanceBaselineWhileHealthy() async {
+        let pingTimeout = UInt64(TimeAmount(settings.pingTimeout).nanoseconds)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: settings.baselineInterval)
+            guard cache.isTrusted, let candidate = try? await lastStreamID() else { continue }
+            let fetchedAt = NIODeadline.now().uptimeNanoseconds
+            try? await Task.sleep(for: settings.pingInterval + settings.pingTimeout + .milliseconds(100))
+            if cache.isTrusted, subscriber.lastPongUptimeNanoseconds > fetchedAt + pingTimeout {
+                baseline.withLock { current in
+                    if current.map({ candidate > $0 }) ?? true { current = candidate }
+                }
+            }
+        }
+    }
+
+    private struct StreamInfo {
+        var last: StreamID
+        var maxDeleted: StreamID?
+    }
+
+    private func streamInfo() async throws -> StreamInfo {
+        do {
+            let reply = try await store.redis.send(RedisCommand("XINFO", ["STREAM", .string(store.layout.events)]))
+            guard let values = reply.array else { return StreamInfo(last: .zero, maxDeleted: nil) }
+            var fields: [String: RESPValue] = [:]
+            var index = 0
+            while index + 1 < values.count {
+                if let name = values[index].string { fields[name] = values[index + 1] }
+                index += 2
+            }
+            let last = fields["last-generated-id"]?.string.flatMap(StreamID.init) ?? .zero
+            let maxDeleted = fields["max-deleted-entry-id"]?.string.flatMap(StreamID.init).flatMap { $0 == .zero ? nil : $0 }
+            return StreamInfo(last: last, maxDeleted: maxDeleted)
+        } catch let error as RedisError where error.code == .serverError && error.message.contains("no such key") {
+            return StreamInfo(last: .zero, maxDeleted: nil) // no event yet
+        }
+    }
+
+    private func lastStreamID() async throws -> StreamID {
+        try await streamInfo().last
+    }
+}
+
+/// A Redis Stream entry id, `milliseconds-sequence`, ordered.
+struct StreamID: Comparable, Sendable, CustomStringConvertible {
+    var milliseconds: UInt64
+    var sequence: UInt64
+    static let zero = StreamID(milliseconds: 0, sequence: 0)
+
+    init(milliseconds: UInt64, sequence: UInt64) {
+        self.milliseconds = milliseconds
+        self.sequence = sequence
+    }
+
+    init?(_ text: String) {
+        let parts = text.split(separator: "-")
+        guard parts.count == 2, let ms = UInt64(parts[0]), let seq = UInt64(parts[1]) else { return nil }
+        self.init(milliseconds: ms, sequence: seq)
+    }
+
+    static func < (lhs: StreamID, rhs: StreamID) -> Bool {
+        (lhs.milliseconds, lhs.sequence) < (rhs.milliseconds, rhs.sequence)
+    }
+
+    var description: String { "\(milliseconds)-\(sequence)" }
+}
+
+/// Counters of the invalidation path, read by the metrics endpoint.
+public final class InvalidationMetrics: Sendable {
+    public enum FlushReason: String, Sendable, CaseIterable { case replayGap = "replay_gap", noBaseline = "no_baseline" }
+    /// 1 while subscribed and caught up.
+    public let channelUp = Atomic<Bool>(false)
+    public let received = Atomic<Int>(0)
+    public let losses = Atomic<Int>(0)
+    public let replays = Atomic<Int>(0)
+    public let replayedEvents = Atomic<Int>(0)
+    public let flushesReplayGap = Atomic<Int>(0)
+    public let flushesNoBaseline = Atomic<Int>(0)
+
+    func flushes(reason: FlushReason) {
+        switch reason {
+        case .replayGap: flushesReplayGap.add(1, ordering: .relaxed)
+        case .noBaseline: flushesNoBaseline.add(1, ordering: .relaxed)
+        }
+    }
+}

@@ -1,0 +1,84 @@
+/// Who a valid key belongs to and what it may do: shared by every cached key with the same user and
+/// scopes, so a million cached keys of a few users do not hold a million copies of these strings.
+public final class Principal: Sendable {
+    public let user: String
+    public let scopes: [String]
+    /// `X-Keygate-Scopes` value: the scopes separated by spaces (the OAuth convention).
+    public let scopesHeader: String
+
+    init(user: String, scopes: [String]) {
+        self.user = user
+        self.scopes = scopes
+        self.scopesHeader = scopes.joined(separator: " ")
+    }
+
+    /// True when every scope in `required` is granted.
+    public func grants<S: Sequence>(_ required: S) -> Bool where S.Element: StringProtocol {
+        required.allSatisfy { needed in scopes.contains { $0 == needed } }
+    }
+}
+
+/// A key id stored inline (no heap allocation per cached key). Ids are `key_` plus 17 base62
+/// characters; anything up to 23 bytes fits.
+public struct InlineKeyID: Hashable, Sendable, CustomStringConvertible {
+    private var storage: (UInt64, UInt64, UInt64) = (0, 0, 0) // 23 bytes of id, then the length
+
+    public init?(_ id: String) {
+        let bytes = Array(id.utf8)
+        guard !bytes.isEmpty, bytes.count <= 23 else { return nil }
+        withUnsafeMutableBytes(of: &storage) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+            raw[23] = UInt8(bytes.count)
+        }
+    }
+
+    public static func == (lhs: InlineKeyID, rhs: InlineKeyID) -> Bool {
+        lhs.storage == rhs.storage
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(storage.0)
+        hasher.combine(storage.1)
+        hasher.combine(storage.2)
+    }
+
+    public var description: String {
+        withUnsafeBytes(of: storage) { raw in
+            String(decoding: UnsafeRawBufferPointer(rebasing: raw[0..<Int(raw[23])]), as: UTF8.self)
+        }
+    }
+}
+
+/// What the node knows about a valid (active) key. Expiry is checked when a request is decided,
+/// not only when the entry was cached.
+public struct Verdict: Sendable {
+    public var keyID: InlineKeyID
+    public var principal: Principal
+    /// Unix milliseconds, or `Int64.max` for no expiry.
+    public var expiresAtMilliseconds: Int64
+}
+
+/// Why a key was refused. Clients of `/auth` see one generic 401 for all of them (no oracle);
+/// `/v1/verify` shows them only when the operator enables detailed codes.
+public enum InvalidReason: UInt8, Sendable {
+    case missing, malformed, notFound, revoked, disabled, expired
+
+    /// The `code` of `/v1/verify`.
+    public var code: String {
+        switch self {
+        case .missing, .malformed: return "MALFORMED"
+        case .notFound: return "NOT_FOUND"
+        case .revoked: return "REVOKED"
+        case .disabled: return "DISABLED"
+        case .expired: return "EXPIRED"
+        }
+    }
+}
+
+/// The answer for one request.
+public enum Decision: Sendable {
+    case valid(Verdict)
+    case invalid(InvalidReason)
+    /// The verdict could not be established (Redis unreachable or overloaded, nothing usable cached).
+    case unavailable
+}

@@ -1,0 +1,145 @@
+import Foundation
+public import KeygateCore
+import NIOCore
+public import Synchronization
+
+/// What every data-plane connection shares: the verifier, usage counting, settings and counters.
+final class DataPlaneContext: Sendable {
+    let settings: DataPlaneSettings
+    let verifier: Verifier
+    let usage: UsageRecorder
+    let extractor: KeyExtractor
+    let metrics: DataPlaneMetrics
+    let isReady: @Sendable () -> Bool
+    private let draining = Atomic<Bool>(false)
+
+    init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, metrics: DataPlaneMetrics,
+         isReady: @escaping @Sendable () -> Bool) {
+        self.settings = settings
+        self.verifier = verifier
+        self.usage = usage
+        self.metrics = metrics
+        self.isReady = isReady
+        self.extractor = KeyExtractor(headerNames: settings.keyHeaders, acceptBearer: settings.acceptBearer,
+                                      keyPrefix: verifier.store.format.prefix)
+    }
+
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
+    func startDraining() { draining.store(true, ordering: .relaxed) }
+
+    enum Outcome {
+        case decided(Decision, KeyHash?)
+        case pending(EventLoopFuture<Decision>, KeyHash)
+    }
+
+    /// Format and checksum first (a malformed key costs no hashing and no Redis command), then the verifier.
+    func verify(_ key: String, on eventLoop: any EventLoop) -> Outcome {
+        var key = key
+        let hash: KeyHash? = key.withUTF8 { bytes in
+            let raw = UnsafeRawBufferPointer(bytes)
+            return verifier.store.format.isWellFormed(raw) ? verifier.store.hasher.hash(raw) : nil
+        }
+        guard let hash else { return .decided(.invalid(.malformed), nil) }
+        switch verifier.verify(hash: hash, on: eventLoop) {
+        case .decided(let decision): return .decided(decision, hash)
+        case .pending(let future): return .pending(future, hash)
+        }
+    }
+
+    func writeAuthDecision(_ decision: Decision, hash: KeyHash?, required: [Substring], close: Bool, omitBody: Bool,
+                           eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+        switch decision {
+        case .valid(let verdict):
+            guard verdict.principal.grants(required) else {
+                metrics.count(.forbidden)
+                Responses.json(.forbidden, body: Responses.forbiddenBody, close: close, omitBody: omitBody, into: &buffer)
+                return
+            }
+            metrics.count(.ok)
+            if let hash { usage.record(hash, nowMilliseconds: Self.nowMilliseconds(), on: eventLoop) }
+            Responses.authorized(KeygateVerdictView(user: verdict.principal.user, keyID: verdict.keyID.description,
+                                                    scopes: verdict.principal.scopesHeader), close: close, into: &buffer)
+        case .invalid(let reason):
+            metrics.count(DataPlaneMetrics.Outcome(reason))
+            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
+        case .unavailable:
+            metrics.count(.unavailable)
+            Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: omitBody, into: &buffer)
+        }
+    }
+
+    func writeVerifyDecision(_ decision: Decision, hash: KeyHash?, close: Bool, eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+        var body: [String: Any]
+        switch decision {
+        case .valid(let verdict):
+            metrics.count(.ok)
+            if let hash { usage.record(hash, nowMilliseconds: Self.nowMilliseconds(), on: eventLoop) }
+            body = ["valid": true, "code": "VALID", "user": verdict.principal.user, "key_id": verdict.keyID.description,
+                    "scopes": verdict.principal.scopes,
+                    "expires_at": verdict.expiresAtMilliseconds == Int64.max ? NSNull() as Any
+                        : ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(verdict.expiresAtMilliseconds) / 1000))]
+        case .invalid(let reason):
+            metrics.count(DataPlaneMetrics.Outcome(reason))
+            body = ["valid": false, "code": settings.detailedVerifyCodes ? reason.code : "INVALID", "user": NSNull(),
+                    "key_id": NSNull(), "scopes": [String](), "expires_at": NSNull()]
+        case .unavailable:
+            metrics.count(.unavailable)
+            Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: false, into: &buffer)
+            return
+        }
+        let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data("{}".utf8)
+        Responses.json(.ok, body: String(decoding: data, as: UTF8.self), close: close, into: &buffer)
+    }
+
+    static func nowMilliseconds() -> Int64 {
+        Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
+    }
+}
+
+/// Verification results by outcome, read by the metrics endpoint.
+public final class DataPlaneMetrics: Sendable {
+    public enum Outcome: Int, CaseIterable, Sendable {
+        case ok, missing, malformed, unknown, revoked, disabled, expired, forbidden, unavailable, badRequest
+
+        init(_ reason: InvalidReason) {
+            switch reason {
+            case .missing: self = .missing
+            case .malformed: self = .malformed
+            case .notFound: self = .unknown
+            case .revoked: self = .revoked
+            case .disabled: self = .disabled
+            case .expired: self = .expired
+            }
+        }
+
+        public var label: String {
+            switch self {
+            case .badRequest: return "bad_request"
+            default: return "\(self)"
+            }
+        }
+    }
+
+    private let counters: [Atomic<Int>.Box]
+    public let openConnections = Atomic<Int>(0)
+    public let refusedConnections = Atomic<Int>(0)
+
+    public init() {
+        counters = Outcome.allCases.map { _ in Atomic<Int>.Box() }
+    }
+
+    func count(_ outcome: Outcome) {
+        counters[outcome.rawValue].value.add(1, ordering: .relaxed)
+    }
+
+    public func value(_ outcome: Outcome) -> Int {
+        counters[outcome.rawValue].value.load(ordering: .relaxed)
+    }
+}
+
+extension Atomic where Value == Int {
+    /// An atomic counter in a class, so it can live in an array.
+    final class Box: Sendable {
+        let value = Atomic<Int>(0)
+    }
+}

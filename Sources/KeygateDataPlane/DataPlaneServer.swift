@@ -1,0 +1,85 @@
+public import KeygateCore
+public import Logging
+public import NIOCore
+import NIOHTTP1
+import NIOPosix
+public import ServiceLifecycle
+import Synchronization
+
+/// The data plane (port 8080) as a service: binds, serves until graceful shutdown, then stops
+/// accepting, lets each connection finish the responses it owes, and closes them.
+public final class DataPlaneServer: Service, Sendable {
+    public let settings: DataPlaneSettings
+    public let metrics = DataPlaneMetrics()
+    private let context: DataPlaneContext
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let bound = Mutex<(any Channel)?>(nil)
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    private let boundPort = Atomic<Int>(0)
+
+    public init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, group: any EventLoopGroup,
+                logger: Logger, isReady: @escaping @Sendable () -> Bool) {
+        self.settings = settings
+        self.group = group
+        self.logger = logger
+        self.context = DataPlaneContext(settings: settings, verifier: verifier, usage: usage, metrics: metrics, isReady: isReady)
+    }
+
+    /// The port actually bound (useful with port 0), or 0 before binding.
+    public var port: Int { boundPort.load(ordering: .acquiring) }
+
+    public func run() async throws {
+        let channel = try await bind()
+        logger.info("data plane listening", metadata: ["address": "\(settings.host):\(port)"])
+        // Wait for graceful shutdown (or cancellation), then drain.
+        try? await gracefulShutdown()
+        context.startDraining()
+        try? await channel.close()
+        let open = connections.withLock { Array($0.values) }
+        for connection in open {
+            connection.eventLoop.execute { connection.pipeline.fireUserInboundEventTriggered(DrainEvent()) }
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while connections.withLock({ !$0.isEmpty }) && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        for connection in connections.withLock({ Array($0.values) }) { try? await connection.close() }
+        logger.info("data plane stopped")
+    }
+
+    func bind() async throws -> any Channel {
+        let context = self.context
+        let settings = self.settings
+        let metrics = self.metrics
+        let idle = TimeAmount(settings.idleTimeout)
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                let open = metrics.openConnections.add(1, ordering: .relaxed).newValue
+                channel.closeFuture.whenComplete { _ in
+                    metrics.openConnections.subtract(1, ordering: .relaxed)
+                    self.connections.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
+                }
+                if open > settings.maxConnections || context.isDraining {
+                    metrics.refusedConnections.add(1, ordering: .relaxed)
+                    return channel.close()
+                }
+                self.connections.withLock { $0[ObjectIdentifier(channel)] = channel }
+                return channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(IdleStateHandler(readTimeout: idle))
+                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+                    try sync.addHandler(DataPlaneHandler(node: context))
+                }
+            }
+            .bind(host: settings.host, port: settings.port)
+            .get()
+        boundPort.store(channel.localAddress?.port ?? settings.port, ordering: .releasing)
+        bound.withLock { $0 = channel }
+        return channel
+    }
+}

@@ -1,0 +1,76 @@
+import NIOCore
+
+/// HTTP/1.1 responses written as bytes: the fixed ones are encoded once, the 200 of forward auth
+/// is assembled from a few writes. One generic 401 for every kind of bad key (CWE-204).
+enum Responses {
+    static let unauthorizedBody = #"{"error":"unauthorized","message":"A valid API key is required in the X-API-Key header."}"#
+    static let forbiddenBody = #"{"error":"forbidden","message":"The API key lacks a scope this route requires."}"#
+    static let unavailableBody = #"{"error":"unavailable","message":"The API key could not be checked right now. Retry later."}"#
+    static let notFoundBody = #"{"error":"not_found","message":"No such endpoint."}"#
+    static let multipleKeysBody = #"{"error":"bad_request","message":"Send exactly one API key."}"#
+    static let keyInURLBody = #"{"error":"bad_request","message":"API keys must not be sent in the URL; use the X-API-Key header."}"#
+    static let badRequestBody = #"{"error":"bad_request","message":"Malformed request."}"#
+    static let badVerifyBody = #"{"error":"bad_request","message":"Expected a JSON body {\"key\": \"...\"}."}"#
+    static let tooLargeBody = #"{"error":"payload_too_large","message":"Request body too large."}"#
+    static let headersTooLargeBody = #"{"error":"header_fields_too_large","message":"Request headers too large."}"#
+    static let methodBody = #"{"error":"method_not_allowed","message":"Use POST."}"#
+    static let liveBody = #"{"status":"ok"}"#
+    static let readyBody = #"{"status":"ready"}"#
+    static let notReadyBody = #"{"status":"not_ready"}"#
+
+    /// Writes a complete response with a JSON body.
+    static func json(_ status: HTTPStatusLine, body: String, extraHeaders: String = "", close: Bool,
+                     omitBody: Bool = false, into buffer: inout ByteBuffer) {
+        buffer.writeString(status.rawValue)
+        buffer.writeStaticString("Content-Type: application/json\r\nContent-Length: ")
+        buffer.writeString(String(body.utf8.count))
+        buffer.writeStaticString("\r\n")
+        buffer.writeString(extraHeaders)
+        if close { buffer.writeStaticString("Connection: close\r\n") }
+        buffer.writeStaticString("\r\n")
+        if !omitBody { buffer.writeString(body) } // HEAD: same headers, no body
+    }
+
+    static let wwwAuthenticate = "WWW-Authenticate: ApiKey realm=\"keygate\"\r\n"
+
+    static func unauthorized(close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
+        json(.unauthorized, body: unauthorizedBody, extraHeaders: wwwAuthenticate, close: close, omitBody: omitBody, into: &buffer)
+    }
+
+    static func unavailable(retryAfter: Int, close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
+        json(.serviceUnavailable, body: unavailableBody, extraHeaders: "Retry-After: \(retryAfter)\r\n", close: close,
+             omitBody: omitBody, into: &buffer)
+    }
+
+    /// 200 for forward auth, with the identity headers the proxy copies upstream.
+    static func authorized(_ verdict: KeygateVerdictView, close: Bool, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Keygate-User: ")
+        buffer.writeString(verdict.user)
+        buffer.writeStaticString("\r\nX-Keygate-Key-Id: ")
+        buffer.writeString(verdict.keyID)
+        buffer.writeStaticString("\r\nX-Keygate-Scopes: ")
+        buffer.writeString(verdict.scopes)
+        buffer.writeStaticString("\r\n")
+        if close { buffer.writeStaticString("Connection: close\r\n") }
+        buffer.writeStaticString("\r\n")
+    }
+}
+
+/// The identity of a valid key as header values.
+struct KeygateVerdictView {
+    var user: String
+    var keyID: String
+    var scopes: String
+}
+
+enum HTTPStatusLine: String {
+    case ok = "HTTP/1.1 200 OK\r\n"
+    case badRequest = "HTTP/1.1 400 Bad Request\r\n"
+    case unauthorized = "HTTP/1.1 401 Unauthorized\r\n"
+    case forbidden = "HTTP/1.1 403 Forbidden\r\n"
+    case notFound = "HTTP/1.1 404 Not Found\r\n"
+    case methodNotAllowed = "HTTP/1.1 405 Method Not Allowed\r\n"
+    case payloadTooLarge = "HTTP/1.1 413 Payload Too Large\r\n"
+    case headersTooLarge = "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    case serviceUnavailable = "HTTP/1.1 503 Service Unavailable\r\n"
+}

@@ -1,0 +1,81 @@
+public import KeygateCore
+public import KeygateDataPlane
+public import KeygateRedis
+public import Logging
+public import NIOCore
+public import NIOPosix
+public import ServiceLifecycle
+
+/// One Keygate node: the parts, wired, and the services that run them in dependency order
+/// (Redis client, invalidation, usage flusher, data plane). Shutdown runs in reverse: stop
+/// accepting and drain, flush usage counts, stop the subscriber, close Redis.
+public final class KeygateNode: Sendable {
+    public let configuration: NodeConfiguration
+    public let redis: RedisClient
+    public let store: KeyStore
+    public let verifier: Verifier
+    public let invalidation: InvalidationService
+    public let usage: UsageRecorder
+    public let flusher: UsageFlusher
+    public let dataPlane: DataPlaneServer
+    public let eventLoopGroup: MultiThreadedEventLoopGroup
+    private let logger: Logger
+
+    public init(configuration: NodeConfiguration, logger: Logger = Logger(label: "keygate")) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
+        self.eventLoopGroup = group
+        var redisConfiguration = configuration.redis
+        redisConfiguration.clientName = redisConfiguration.clientName ?? "keygate-node"
+        let redis = try RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: logger)
+        self.redis = redis
+        let store = KeyStore(redis: redis, layout: try KeyStoreLayout(namespace: configuration.namespace),
+                             format: try KeyFormat(prefix: configuration.keyPrefix),
+                             hasher: KeyHasher(pepper: configuration.pepper))
+        self.store = store
+        let verifier = Verifier(store: store, settings: configuration.verifier)
+        self.verifier = verifier
+        self.invalidation = InvalidationService(store: store, cache: verifier.cache,
+                                                subscriberConfiguration: redisConfiguration.named("keygate-invalidation"),
+                                                settings: configuration.invalidation, eventLoop: group.any(), logger: logger)
+        let usage = UsageRecorder(eventLoopGroup: group)
+        self.usage = usage
+        self.flusher = UsageFlusher(store: store, recorder: usage, settings: configuration.usage,
+                                    nodeID: configuration.nodeID, logger: logger)
+        let cache = verifier.cache
+        self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage, group: group,
+                                         logger: logger, isReady: { redis.isConnected && cache.isTrusted })
+    }
+
+    /// The services in dependency order.
+    public var services: [any Service] {
+        [RedisClientService(client: redis, group: eventLoopGroup), invalidation, flusher, dataPlane]
+    }
+
+    /// Runs until SIGTERM or SIGINT (graceful: drain, flush, exit) or a service fails.
+    public func run() async throws {
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0, successTerminationBehavior: .gracefullyShutdownGroup,
+                                              failureTerminationBehavior: .gracefullyShutdownGroup) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        try await group.run()
+    }
+
+    /// Ready: Redis reachable and the invalidation channel subscribed and caught up.
+    public var isReady: Bool { redis.isConnected && verifier.cache.isTrusted }
+}
+
+/// Opens the Redis connections at start and closes them last.
+struct RedisClientService: Service {
+    let client: RedisClient
+    let group: MultiThreadedEventLoopGroup
+
+    func run() async throws {
+        try? await client.connect() // not fatal: the node answers 503 and reconnects by itself
+        try? await gracefulShutdown()
+        await client.shutdown()
+        try? await group.shutdownGracefully()
+    }
+}
