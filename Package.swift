@@ -38,10 +38,10 @@ let package = Package(
         .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", nio, nioPosix, nioHTTP1, logging, serviceLifecycle]),
         .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateRedis", "KeygateDataPlane", nio, nioPosix, logging, serviceLifecycle]),
         .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
-        .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", nio, nioPosix]),
+        .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", "KeygateNode", nio, nioPosix, logging, serviceLifecycle]),
 
         .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix]),
-        .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto"]),
+        .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto", nio, nioEmbedded, nioPosix]),
         // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
         .testTarget(name: "KeygateIntegrationTests",
                     dependencies: ["KeygateRedis", "KeygateCore", "KeygateNode", "KeygateDataPlane", "KeygateTestSupport", nio, nioPosix, serviceLifecycle, logging]),

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
 
-ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3
+ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 curl
 command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is required)" >&2; exit 1; }
 
 workdir=$(mktemp -d -t keygate-test.XXXXXX)

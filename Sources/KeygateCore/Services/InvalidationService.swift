@@ -28,7 +28,7 @@ public final class InvalidationService: Service, Sendable {
     private let settings: Settings
     private let eventLoop: any EventLoop
     private let logger: Logger
-    public let metrics = InvalidationMetrics()
+    public let metrics: InvalidationMetrics
     private let subscriber: RedisSubscriber
     /// The last Stream id whose invalidation is known applied.
     private let baseline = Mutex<StreamID?>(nil)
@@ -41,10 +41,16 @@ public final class InvalidationService: Service, Sendable {
         self.settings = settings
         self.eventLoop = eventLoop
         self.logger = logger
+        let metrics = InvalidationMetrics()
+        self.metrics = metrics
         self.subscriber = RedisSubscriber(configuration: subscriberConfiguration,
                                           channels: [store.layout.invalidationChannel],
                                           pingInterval: settings.pingInterval, pingTimeout: settings.pingTimeout,
-                                          eventLoop: eventLoop)
+                                          eventLoop: eventLoop) { _, payload in
+            // On the subscriber's event loop, as the message arrives.
+            metrics.received.add(1, ordering: .relaxed)
+            if let hash = KeyHash(hex: String(buffer: payload)) { cache.invalidate(hash) }
+        }
     }
 
     /// Seconds since the subscriber's last pong (nil before the first), for the metrics.
@@ -68,9 +74,8 @@ public final class InvalidationService: Service, Sendable {
             case .subscribed:
                 logger.info("invalidation channel subscribed", metadata: ["channel": "\(store.layout.invalidationChannel)"])
                 await catchUpUntilTrusted()
-            case .message(_, let payload):
-                metrics.received.add(1, ordering: .relaxed)
-                if let hash = KeyHash(hex: String(buffer: payload)) { cache.invalidate(hash) }
+            case .message:
+                break // handled on the event loop by the subscriber's message handler
             case .disconnected(let reason):
                 cache.markSuspect()
                 metrics.channelUp.store(false, ordering: .relaxed)

@@ -55,6 +55,11 @@ public final class KeyStore: Sendable {
 
     /// Issues a new key. The plaintext is in the result and nowhere else.
     public func create(_ request: NewKey, actor: String, now: Date = Date()) async throws(KeygateError) -> IssuedKey {
+        try await create(request, actor: actor, now: now, plaintext: format.generate())
+    }
+
+    /// `create` with a given plaintext: tests use it to cache a key as unknown before it exists.
+    func create(_ request: NewKey, actor: String, now: Date, plaintext: String) async throws(KeygateError) -> IssuedKey {
         try KeyValidation.user(request.user)
         try KeyValidation.name(request.name)
         try KeyValidation.scopes(request.scopes)
@@ -62,7 +67,6 @@ public final class KeyStore: Sendable {
         if let expiresAt = request.expiresAt, expiresAt <= now {
             throw KeygateError(.invalidArgument, "expires_at must be in the future", field: "expires_at")
         }
-        let plaintext = format.generate()
         let hash = hasher.hash(plaintext)
         let id = Self.newKeyID()
         let metadata = try KeyValidation.encodeMetadata(request.metadata)

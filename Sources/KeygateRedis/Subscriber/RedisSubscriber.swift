@@ -28,6 +28,8 @@ public final class RedisSubscriber: Sendable {
     private let eventLoop: any EventLoop
     /// Nanoseconds since boot (`NIODeadline.uptimeNanoseconds`) of the last pong; 0 before the first.
     private let lastPong = Atomic<UInt64>(0)
+    /// When set, messages go here, synchronously on the subscriber's event loop, instead of `events`.
+    private let messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)?
 
     /// - Parameters:
     ///   - configuration: connection settings; give it a `clientName` so operators can find it.
@@ -36,10 +38,15 @@ public final class RedisSubscriber: Sendable {
     ///   - pingTimeout: `Pt`, how long a pong may take before the connection is declared dead (default 1 s).
     ///   - bufferLimit: events queued for a slow consumer before the connection is dropped
     ///     (so an overflow is reported as a disconnect, never as silent loss).
+    ///   - messageHandler: receives messages on the event loop as they arrive (no task hop: the
+    ///     latency of an invalidation must not depend on how busy the cooperative pool is); `events`
+    ///     then carries only `.subscribed` and `.disconnected`.
     public init(configuration: RedisConfiguration, channels: [String],
                 pingInterval: Duration = .seconds(1), pingTimeout: Duration = .seconds(1),
                 bufferLimit: Int = 100_000,
-                eventLoop: any EventLoop) {
+                eventLoop: any EventLoop,
+                messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)? = nil) {
+        self.messageHandler = messageHandler
         precondition(!channels.isEmpty, "subscribe to at least one channel")
         self.configuration = configuration
         self.channels = channels
@@ -99,6 +106,10 @@ public final class RedisSubscriber: Sendable {
     // MARK: used by the session, on the event loop
 
     fileprivate func deliver(_ event: Event) -> Bool {
+        if let messageHandler, case .message(let channel, let payload) = event {
+            messageHandler(channel, payload)
+            return true
+        }
         if case .dropped = continuation.yield(event) { return false }
         return true
     }

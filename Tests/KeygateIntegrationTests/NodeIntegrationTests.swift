@@ -1,0 +1,286 @@
+import Foundation
+@testable import KeygateCore
+import KeygateDataPlane
+import KeygateNode
+import KeygateRedis
+import KeygateTestSupport
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Keygate nodes started in-process on ephemeral ports against a real redis-server.
+@Suite struct NodeIntegrationTests {
+    static func adminStore(url: String, namespace: String) throws -> KeyStore {
+        KeyStore(redis: try TestRedis.client(TestRedis.configuration(url: url)), layout: try KeyStoreLayout(namespace: namespace),
+                 format: try KeyFormat(), hasher: KeyHasher())
+    }
+
+    static func auth(_ key: String, port: Int, header: String = "X-API-Key", extra: [String] = []) async throws -> RawHTTP.Response {
+        try await RawHTTP.get("/auth", port: port, headers: ["\(header): \(key)"] + extra)
+    }
+
+    /// Polls every 2 ms (at most `limit`) until `port` refuses `key`; returns how long that took.
+    static func timeUntilRefused(_ key: String, port: Int, limit: Duration = .seconds(2)) async throws -> Duration? {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < limit {
+            if try await auth(key, port: port).status == 401 { return ContinuousClock.now - start }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        return nil
+    }
+
+    @Test func aRevokeReachesTheOtherNodeWithin100Milliseconds() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("node")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        try await TestNode.with(redisURL: url, namespace: ns) { a in
+            try await TestNode.with(redisURL: url, namespace: ns) { b in
+                let issued = try await store.create(.init(user: "alice", scopes: ["read"]), actor: "test")
+                for node in [a, b] {
+                    let response = try await Self.auth(issued.key, port: node.port)
+                    #expect(response.status == 200)
+                    #expect(response.header("X-Keygate-User") == "alice")
+                    #expect(response.header("X-Keygate-Key-Id") == issued.record.id)
+                    #expect(response.header("X-Keygate-Scopes") == "read")
+                }
+                // Warm: the next answers come from each node's cache.
+                #expect(try await Self.auth(issued.key, port: b.port).status == 200)
+
+                // A key cached as unknown on both nodes, created afterwards, works at once.
+                let later = store.format.generate()
+                for node in [a, b] { #expect(try await Self.auth(later, port: node.port).status == 401) }
+                _ = try await store.create(.init(user: "bob"), actor: "test", now: Date(), plaintext: later)
+                for node in [a, b] {
+                    let accepted = try await Self.timeUntilRefusedInverse(later, port: node.port)
+                    #expect(accepted != nil && accepted! < .milliseconds(100), "new key accepted after \(String(describing: accepted))")
+                }
+
+                try await store.revoke(id: issued.record.id, actor: "test")
+                for node in [b, a] {
+                    let elapsed = try await Self.timeUntilRefused(issued.key, port: node.port)
+                    #expect(elapsed != nil && elapsed! < .milliseconds(100), "revoked key refused after \(String(describing: elapsed))")
+                }
+            }
+        }
+    }
+
+    /// Polls until the key is accepted; returns how long that took.
+    static func timeUntilRefusedInverse(_ key: String, port: Int, limit: Duration = .seconds(2)) async throws -> Duration? {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < limit {
+            if try await auth(key, port: port).status == 200 { return ContinuousClock.now - start }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        return nil
+    }
+
+    @Test func aRevokeMadeWhileTheSubscriberWasDisconnectedIsReplayed() async throws {
+        try await RedisServerProcess.withServer { server in
+            let ns = TestRedis.uniqueNamespace("replay")
+            let store = try Self.adminStore(url: server.url, namespace: ns)
+            defer { Task { await store.redis.shutdown() } }
+            try await TestNode.with(redisURL: server.url, namespace: ns) { node in
+                let issued = try await store.create(.init(user: "alice"), actor: "test")
+                #expect(try await Self.auth(issued.key, port: node.port).status == 200)
+                #expect(try await Self.auth(issued.key, port: node.port).status == 200) // cached
+
+                // Kill the subscriber and revoke in one pipeline: the revoke lands while it is down,
+                // so its publish is lost and only the Stream replay can deliver it.
+                let hash = issued.record.hash
+                _ = try await store.redis.send(RedisCommand("SCRIPT", ["LOAD", .string(KeyStoreScripts.setStatus.source)]))
+                let replies = try await store.redis.pipeline([
+                    RedisCommand("CLIENT", ["KILL", "TYPE", "pubsub"]),
+                    RedisCommand("EVALSHA", [.string(KeyStoreScripts.setStatus.sha1), 3,
+                                             .string(store.layout.record(hash)), .string(store.layout.events), .string(store.layout.epoch),
+                                             .string(issued.record.id), "revoked", .string(String(Int64(Date().timeIntervalSince1970 * 1000))),
+                                             "test", "100000", .string(store.layout.invalidationChannel), .string(hash.hex)]),
+                ])
+                if case .error(let message) = replies[1], message.hasPrefix("NOSCRIPT") {
+                    Issue.record("script not loaded yet"); return
+                }
+                #expect(replies[0] == .integer(1))
+                let elapsed = try await Self.timeUntilRefused(issued.key, port: node.port, limit: .seconds(5))
+                #expect(elapsed != nil, "the revoked key is refused after the reconnect")
+                let deadline = ContinuousClock.now + .seconds(5)
+                while !node.node.isReady && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+                #expect(node.node.invalidation.metrics.losses.load(ordering: .relaxed) >= 1)
+                #expect(node.node.invalidation.metrics.replayedEvents.load(ordering: .relaxed) >= 1, "the revoke came from the Stream")
+                #expect(try await Self.auth(issued.key, port: node.port).status == 401, "and stays refused once the cache is trusted again")
+            }
+        }
+    }
+
+    @Test func usageTotalsEqualThe200sAfterAGracefulStop() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("usage")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        var keys: [IssuedKey] = []
+        for index in 0..<3 { keys.append(try await store.create(.init(user: "u\(index)"), actor: "test")) }
+        let a = try await TestNode.start(redisURL: url, namespace: ns) { $0.usage.interval = .seconds(30) } // only the final flush
+        let b = try await TestNode.start(redisURL: url, namespace: ns)
+        var ok = [0, 0, 0]
+        for request in 0..<300 {
+            let keyIndex = request % 3
+            let port = request % 2 == 0 ? a.port : b.port
+            if try await Self.auth(keys[keyIndex].key, port: port).status == 200 { ok[keyIndex] += 1 }
+        }
+        await a.stop()
+        await b.stop()
+        #expect(ok == [100, 100, 100])
+        for (index, key) in keys.enumerated() {
+            #expect(try await store.usage(id: key.record.id).total == Int64(ok[index]), "key \(index)")
+        }
+    }
+
+    @Test func malformedKeysCauseNoRedisCommands() async throws {
+        try await RedisServerProcess.withServer { server in
+            let ns = TestRedis.uniqueNamespace("malformed")
+            try await TestNode.with(redisURL: server.url, namespace: ns) { node in
+                let admin = try TestRedis.client(TestRedis.configuration(url: server.url))
+                defer { Task { await admin.shutdown() } }
+                let format = try KeyFormat()
+                let valid = format.generate()
+                var badChecksum = Array(valid)
+                badChecksum[10] = badChecksum[10] == "A" ? "B" : "A"
+                let keys = ["", "kg_", "short", "xx_" + valid.dropFirst(3), String(badChecksum), valid + "0",
+                            String(repeating: "A", count: 8_000), "kg_" + String(repeating: "!", count: 49)]
+                let before = try await Self.dataCommandCount(admin)
+                for round in 0..<25 {
+                    for key in keys { _ = try await Self.auth(key, port: node.port, extra: round == 0 ? [] : ["X-Round: \(round)"]) }
+                }
+                let after = try await Self.dataCommandCount(admin)
+                #expect(after - before == 1, "only our own INFO call: malformed keys cost zero Redis commands")
+            }
+        }
+    }
+
+    /// Calls of every command except the node's background ones (subscriber PING and SUBSCRIBE, the
+    /// replay's XINFO and XRANGE, CLIENT) and INFO itself.
+    static func dataCommandCount(_ client: RedisClient) async throws -> Int {
+        let info = try await client.send(RedisCommand("INFO", ["commandstats"])).string ?? ""
+        var total = 0
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+            let name = line.dropFirst(8).prefix { $0 != ":" }
+            if ["ping", "subscribe", "xinfo|stream", "xinfo", "xrange", "client|setname", "client|kill", "client|list", "client"].contains(String(name)) { continue }
+            if let calls = line.split(separator: ",").first?.split(separator: "=").last, let value = Int(calls) { total += value }
+        }
+        return total
+    }
+
+    @Test func withRedisGoneAnUncachedKeyGets503AndTheNodeStaysUp() async throws {
+        let server = try await RedisServerProcess.start()
+        let ns = TestRedis.uniqueNamespace("down")
+        let node = try await TestNode.start(redisURL: server.url, namespace: ns)
+        await server.stop()
+        let unknown = try KeyFormat().generate()
+        for _ in 0..<3 {
+            let response = try await Self.auth(unknown, port: node.port)
+            #expect(response.status == 503, "never 401 when the key could not be checked")
+            #expect(response.header("Retry-After") == "1")
+        }
+        #expect(try await RawHTTP.get("/health/live", port: node.port).status == 200)
+        let deadline = ContinuousClock.now + .seconds(5)
+        var ready = 200
+        while ready == 200 && ContinuousClock.now < deadline {
+            ready = try await RawHTTP.get("/health/ready", port: node.port).status
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(ready == 503)
+        await node.stop()
+    }
+
+    @Test func everyKindOfBadKeyGetsTheSameBytes() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("oracle")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        let revoked = try await store.create(.init(user: "u"), actor: "test")
+        try await store.revoke(id: revoked.record.id, actor: "test")
+        let disabled = try await store.create(.init(user: "u"), actor: "test")
+        try await store.setEnabled(id: disabled.record.id, false, actor: "test")
+        let expiring = try await store.create(.init(user: "u", expiresAt: Date().addingTimeInterval(0.5)), actor: "test")
+        try await TestNode.with(redisURL: url, namespace: ns) { node in
+            #expect(try await Self.auth(expiring.key, port: node.port).status == 200)
+            try await Task.sleep(for: .milliseconds(700)) // expired while cached: decided at request time
+            let responses = [
+                try await RawHTTP.get("/auth", port: node.port),
+                try await Self.auth("not-a-key", port: node.port),
+                try await Self.auth(store.format.generate(), port: node.port),
+                try await Self.auth(revoked.key, port: node.port),
+                try await Self.auth(disabled.key, port: node.port),
+                try await Self.auth(expiring.key, port: node.port),
+            ]
+            #expect(responses.allSatisfy { $0.status == 401 })
+            #expect(Set(responses.map(\.raw)).count == 1, "byte-identical: missing, malformed, unknown, revoked, disabled, expired")
+            #expect(responses[0].header("WWW-Authenticate") == "ApiKey realm=\"keygate\"")
+        }
+    }
+
+    @Test func theSeedExamplesWorkVerbatim() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("seed")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        let issued = try await store.create(.init(user: "alice"), actor: "test")
+        try await TestNode.with(redisURL: url, namespace: ns) { node in
+            let endpoint = "http://127.0.0.1:\(node.port)/auth"
+            let curl = try await runCommand(try which("curl"), ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "GET", endpoint,
+                                                               "-H", "X-API-Key: \(issued.key)"])
+            #expect(curl.stdout == "200")
+            for header in ["X-API-Key", "x-api-key"] {
+                let script = """
+                import requests
+                api_key = '\(issued.key)'
+                api_url = '\(endpoint)'
+                headers = { '\(header)': api_key }
+                response = requests.get(api_url, headers=headers)
+                print(response.status_code, response.headers.get('X-Keygate-User'))
+                """
+                let python = try await runCommand(try which("python3"), ["-c", script])
+                #expect(python.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "200 alice", "\(header): \(python.stderr)")
+            }
+        }
+    }
+
+    @Test func httpEdgeCases() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("http")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        let issued = try await store.create(.init(user: "alice", scopes: ["read"]), actor: "test")
+        try await TestNode.with(redisURL: url, namespace: ns) { node in
+            // Keep-alive and pipelining: three requests in one write, answered in order.
+            let pipelined = "GET /auth HTTP/1.1\r\nHost: x\r\nX-API-Key: \(issued.key)\r\n\r\n"
+                + "GET /auth HTTP/1.1\r\nHost: x\r\n\r\n"
+                + "GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            let raw = try await RawHTTP.exchange(Array(pipelined.utf8), port: node.port)
+            let statuses = raw.components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
+            #expect(statuses == ["200", "401", "200"])
+
+            #expect(try await Self.auth(issued.key, port: node.port, extra: ["X-Keygate-Required-Scopes: read"]).status == 200)
+            #expect(try await Self.auth(issued.key, port: node.port, extra: ["X-Keygate-Required-Scopes: read, admin"]).status == 403)
+            #expect(try await Self.auth(issued.key, port: node.port, extra: ["X-API-Key: \(issued.key)"]).status == 400, "two keys")
+            #expect(try await RawHTTP.get("/auth?api_key=\(issued.key)", port: node.port).status == 400, "key in the URL")
+            #expect(try await RawHTTP.get("/nope", port: node.port).status == 404)
+            #expect(try await RawHTTP.get("/v1/verify", port: node.port).status == 405)
+            // Identity headers come from the node only: a client's copy is not echoed back.
+            let spoofed = try await Self.auth(issued.key, port: node.port, extra: ["X-Keygate-User: mallory"])
+            #expect(spoofed.headers.filter { $0.0.lowercased() == "x-keygate-user" }.map(\.1) == ["alice"])
+
+            let big = try await Self.auth(String(repeating: "a", count: 16 * 1024), port: node.port)
+            #expect(big.status == 431)
+            let huge = try await Self.auth(String(repeating: "a", count: 1 << 20), port: node.port)
+            #expect(huge.status == 431 || huge.status == 400)
+            let garbage = try await RawHTTP.send("NOT HTTP AT ALL\r\n\r\n", port: node.port)
+            #expect(garbage.status == 400)
+
+            let body = "{\"key\":\"\(issued.key)\"}"
+            let verify = try await RawHTTP.send("POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)", port: node.port)
+            #expect(verify.status == 200 && verify.body.contains("\"valid\":true") && verify.body.contains("\"user\":\"alice\""))
+            let unknownBody = "{\"key\":\"\(store.format.generate())\"}"
+            let unknown = try await RawHTTP.send("POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Length: \(unknownBody.utf8.count)\r\nConnection: close\r\n\r\n\(unknownBody)", port: node.port)
+            #expect(unknown.status == 200 && unknown.body.contains("\"valid\":false") && unknown.body.contains("\"code\":\"INVALID\""))
+            let tooBig = String(repeating: "x", count: 10_000)
+            let large = try await RawHTTP.send("POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Length: \(tooBig.utf8.count)\r\nConnection: close\r\n\r\n\(tooBig)", port: node.port)
+            #expect(large.status == 413)
+            #expect(try await RawHTTP.get("/health/live", port: node.port).status == 200, "still up after all that")
+        }
+    }
+}
