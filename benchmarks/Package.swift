@@ -19,5 +19,14 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        .executableTarget(
+            name: "keygate-bench-keys",
+            dependencies: [
+                .product(name: "KeygateCore", package: "keygate"),
+                .product(name: "KeygateRedis", package: "keygate"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
     ]
 )

@@ -57,7 +57,7 @@ final class DataPlaneContext: Sendable {
             }
             metrics.count(.ok)
             if let hash { usage.record(hash, nowMilliseconds: Self.nowMilliseconds(), on: eventLoop) }
-            Responses.authorized(KeygateVerdictView(user: verdict.principal.user, keyID: verdict.keyID.description,
+            Responses.authorized(KeygateVerdictView(user: verdict.principal.user, keyID: verdict.keyID,
                                                     scopes: verdict.principal.scopesHeader), close: close, into: &buffer)
         case .invalid(let reason):
             metrics.count(DataPlaneMetrics.Outcome(reason))

@@ -228,7 +228,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     }
 
     static func route(_ head: HTTPRequestHead) -> Route {
-        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let uri = head.uri
+        let path = uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]
         if path == "/auth" || path.hasPrefix("/auth/") { return .forwardAuth }
         switch path {
         case "/v1/verify": return head.method == .POST ? .verify : .methodNotAllowed

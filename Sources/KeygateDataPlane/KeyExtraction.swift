@@ -24,14 +24,14 @@ struct KeyExtractor: Sendable {
     }
 
     func extract(_ head: HTTPRequestHead) -> Outcome {
-        if Self.urlCarriesKey(head.uri, prefix: keyPrefix) { return .inURL }
+        if head.uri.utf8.contains(UInt8(ascii: "?")), Self.urlCarriesKey(head.uri, prefix: keyPrefix) { return .inURL }
         var found: String?
         var count = 0
         for (name, value) in head.headers {
-            if names.contains(where: { $0.utf8.count == name.utf8.count && $0 == name.lowercased() }) {
+            if names.contains(where: { Self.equalsIgnoringASCIICase(name, lowercased: $0) }) {
                 count += 1
                 found = value
-            } else if acceptBearer, name.utf8.count == 13, name.lowercased() == "authorization" {
+            } else if acceptBearer, Self.equalsIgnoringASCIICase(name, lowercased: "authorization") {
                 let parts = value.split(separator: " ", maxSplits: 1)
                 if parts.count == 2, parts[0].lowercased() == "bearer" {
                     count += 1
@@ -41,6 +41,16 @@ struct KeyExtractor: Sendable {
         }
         if count > 1 { return .multiple }
         return found.map(Outcome.key) ?? .none
+    }
+
+    /// Compares without allocating (header names are ASCII tokens).
+    static func equalsIgnoringASCIICase(_ name: String, lowercased: String) -> Bool {
+        guard name.utf8.count == lowercased.utf8.count else { return false }
+        for (a, b) in zip(name.utf8, lowercased.utf8) {
+            let folded = (a >= UInt8(ascii: "A") && a <= UInt8(ascii: "Z")) ? a | 0x20 : a
+            if folded != b { return false }
+        }
+        return true
     }
 
     /// A query parameter named like a key, or any value with the key prefix.
@@ -57,7 +67,7 @@ struct KeyExtractor: Sendable {
     /// Required scopes set by the proxy for the route (`X-Keygate-Required-Scopes`, space or comma separated).
     static func requiredScopes(_ head: HTTPRequestHead) -> [Substring] {
         var scopes: [Substring] = []
-        for value in head.headers["X-Keygate-Required-Scopes"] {
+        for (name, value) in head.headers where equalsIgnoringASCIICase(name, lowercased: "x-keygate-required-scopes") {
             scopes += value.split(whereSeparator: { $0 == " " || $0 == "," })
         }
         return scopes

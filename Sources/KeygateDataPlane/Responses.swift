@@ -1,3 +1,4 @@
+import KeygateCore
 import NIOCore
 
 /// HTTP/1.1 responses written as bytes: the fixed ones are encoded once, the 200 of forward auth
@@ -47,7 +48,7 @@ enum Responses {
         buffer.writeStaticString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Keygate-User: ")
         buffer.writeString(verdict.user)
         buffer.writeStaticString("\r\nX-Keygate-Key-Id: ")
-        buffer.writeString(verdict.keyID)
+        verdict.keyID.write(into: &buffer)
         buffer.writeStaticString("\r\nX-Keygate-Scopes: ")
         buffer.writeString(verdict.scopes)
         buffer.writeStaticString("\r\n")
@@ -59,7 +60,7 @@ enum Responses {
 /// The identity of a valid key as header values.
 struct KeygateVerdictView {
     var user: String
-    var keyID: String
+    var keyID: InlineKeyID
     var scopes: String
 }
 

@@ -165,3 +165,40 @@ import Testing
         #expect(MemoryLayout<InlineKeyID>.size == 24)
     }
 }
+
+/// The LRU against a simple reference model, through random operations including collisions.
+@Suite struct LRUCacheModelTests {
+    @Test func randomOperationsMatchAReferenceModel() {
+        var lru = LRUCache<Int>(capacity: 64)
+        var model: [KeyHash: Int] = [:]
+        var order: [KeyHash] = [] // least recently used first
+        var generator = SystemRandomNumberGenerator()
+        // Hashes with few distinct `a` values force long probe chains and wrap-around.
+        let hashes = (0..<200).map { KeyHash(a: UInt64($0 % 7) << 60 | UInt64($0 % 3), b: UInt64($0), c: 0, d: 0) }
+        for step in 0..<20_000 {
+            let hash = hashes[Int.random(in: 0..<hashes.count, using: &generator)]
+            switch Int.random(in: 0..<3, using: &generator) {
+            case 0:
+                let evicted = lru.set(hash, step)
+                if model[hash] != nil {
+                    #expect(!evicted)
+                    order.removeAll { $0 == hash }
+                } else if model.count == 64 {
+                    #expect(evicted)
+                    model.removeValue(forKey: order.removeFirst())
+                }
+                model[hash] = step
+                order.append(hash)
+            case 1:
+                let value = lru.get(hash)
+                #expect(value == model[hash])
+                if value != nil { order.removeAll { $0 == hash }; order.append(hash) }
+            default:
+                let removed = lru.remove(hash)
+                #expect(removed == (model.removeValue(forKey: hash) != nil))
+                order.removeAll { $0 == hash }
+            }
+            #expect(lru.count == model.count)
+        }
+    }
+}

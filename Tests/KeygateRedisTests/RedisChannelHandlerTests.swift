@@ -165,6 +165,16 @@ import Testing
         #expect(Self.failure(future)?.code == .timeout, "100 ms deadline, not the 10 s handshake one")
     }
 
+    @Test func commandsSentInOneTickAreFlushedTogetherAtItsEnd() throws {
+        let harness = try Harness()
+        let futures = (0..<3).map { harness.send(RedisCommand("GET", [.string("k\($0)")])) }
+        #expect(try harness.channel.readOutbound(as: ByteBuffer.self) == nil, "not flushed one by one")
+        harness.loop.run()
+        #expect(try harness.written() == (0..<3).map { Self.encoded(RedisCommand("GET", [.string("k\($0)")])) }.joined())
+        try harness.reply("$1\r\na\r\n$1\r\nb\r\n$-1\r\n")
+        #expect(futures.compactMap { try? Self.outcome($0)?.get() } == [.bulkString(ByteBuffer(string: "a")), .bulkString(ByteBuffer(string: "b")), .null])
+    }
+
     @Test func answeredCommandsDoNotTimeOut() throws {
         let harness = try Harness { $0.commandTimeout = .milliseconds(100) }
         for round in 0..<10 {

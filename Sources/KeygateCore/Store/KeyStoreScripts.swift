@@ -132,10 +132,9 @@ enum KeyStoreScripts {
       redis.call('HINCRBY', usage, 'total', count)
       local previous = tonumber(redis.call('HGET', usage, 'last_used_at') or '0')
       if last > previous then redis.call('HSET', usage, 'last_used_at', last) end
-      redis.call('INCRBY', KEYS[3 + i * 3], count)
-      redis.call('EXPIRE', KEYS[3 + i * 3], ARGV[2])
-      redis.call('INCRBY', KEYS[4 + i * 3], count)
-      redis.call('EXPIRE', KEYS[4 + i * 3], ARGV[3])
+      -- A bucket's expiry is set when the bucket is created (its first increment), not every flush.
+      if redis.call('INCRBY', KEYS[3 + i * 3], count) == count then redis.call('EXPIRE', KEYS[3 + i * 3], ARGV[2]) end
+      if redis.call('INCRBY', KEYS[4 + i * 3], count) == count then redis.call('EXPIRE', KEYS[4 + i * 3], ARGV[3]) end
     end
     return 1
     """)

@@ -1,3 +1,5 @@
+public import NIOCore
+
 /// Who a valid key belongs to and what it may do: shared by every cached key with the same user and
 /// scopes, so a million cached keys of a few users do not hold a million copies of these strings.
 public final class Principal: Sendable {
@@ -40,6 +42,13 @@ public struct InlineKeyID: Hashable, Sendable, CustomStringConvertible {
         hasher.combine(storage.0)
         hasher.combine(storage.1)
         hasher.combine(storage.2)
+    }
+
+    /// Appends the id's bytes (no String in between).
+    public func write(into buffer: inout ByteBuffer) {
+        withUnsafeBytes(of: storage) { raw in
+            _ = buffer.writeBytes(UnsafeRawBufferPointer(rebasing: raw[0..<Int(raw[23])]))
+        }
     }
 
     public var description: String {

@@ -80,7 +80,8 @@ public final class Verifier: Sendable {
             return .decided(.unavailable)
         }
         metrics.lookups.add(1, ordering: .relaxed)
-        let command = RedisCommand("HGETALL", [.string(store.layout.record(hash))])
+        // Only the fields a verdict needs, as a fixed array: no dictionary, no metadata JSON.
+        let command = RedisCommand("HMGET", [.string(store.layout.record(hash)), "id", "user", "scopes", "status", "expires_at"])
         let future = store.redis.send(command, on: eventLoop).map { reply -> VerdictCache.LookupOutcome in
             self.outcome(for: hash, reply: reply)
         }.recover { _ in
@@ -96,22 +97,35 @@ public final class Verifier: Sendable {
         return .pending(future)
     }
 
-    /// Turns a record into a cache outcome; a malformed record counts as unavailable, never valid.
+    /// Turns `HMGET id user scopes status expires_at` into a cache outcome; a malformed record counts
+    /// as unavailable, never valid.
     private func outcome(for hash: KeyHash, reply: RESPValue) -> VerdictCache.LookupOutcome {
-        guard let fields = reply.stringPairs else { return .failed }
-        if fields.isEmpty { return .refused(.notFound) }
-        guard let record = KeyStoreDecoding.record(hash: hash, fields: fields) else {
+        guard let fields = reply.array, fields.count == 5 else { return .failed }
+        if fields[0].isNull { return .refused(.notFound) }
+        guard let id = fields[0].string, let user = fields[1].string, let status = fields[3].string else {
             metrics.malformedRecords.add(1, ordering: .relaxed)
             return .failed
         }
-        switch record.status {
-        case .revoked: return .refused(.revoked)
-        case .disabled: return .refused(.disabled)
-        case .expired, .active: break
+        switch status {
+        case "active": break
+        case "revoked": return .refused(.revoked)
+        case "disabled": return .refused(.disabled)
+        default:
+            metrics.malformedRecords.add(1, ordering: .relaxed)
+            return .failed
         }
-        guard let keyID = InlineKeyID(record.id) else { return .failed }
-        let principal = cache.principal(user: record.user, scopes: record.scopes, for: hash)
-        let expires = record.expiresAt.map { Int64(($0.timeIntervalSince1970 * 1000).rounded(.down)) } ?? Int64.max
+        guard let keyID = InlineKeyID(id) else { return .failed }
+        let scopes = (fields[2].string ?? "").split(separator: " ").map(String.init)
+        let expires: Int64
+        switch fields[4] {
+        case .null: expires = .max
+        case let value: expires = value.int ?? (value.string?.isEmpty == true ? .max : .min)
+        }
+        guard expires != .min else {
+            metrics.malformedRecords.add(1, ordering: .relaxed)
+            return .failed
+        }
+        let principal = cache.principal(user: user, scopes: scopes, for: hash)
         return .active(Verdict(keyID: keyID, principal: principal, expiresAtMilliseconds: expires))
     }
 

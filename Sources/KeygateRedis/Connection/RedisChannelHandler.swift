@@ -149,7 +149,11 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     // MARK: commands (called on the event loop by RedisConnection)
 
-    /// Queues one command and writes it with its own flush.
+    /// A flush is scheduled for the end of this event-loop tick.
+    private var flushScheduled = false
+
+    /// Queues one command; it is written now and flushed at the end of this event-loop tick, so the
+    /// lookups of every connection served in one tick leave in a single write.
     func send(_ command: RedisCommand, promise: EventLoopPromise<RESPValue>?) {
         guard let context else {
             promise?.fail(RedisError.closed("connection not attached"))
@@ -161,8 +165,20 @@ final class RedisChannelHandler: ChannelInboundHandler {
         case .write(let armTimer):
             var buffer = context.channel.allocator.buffer(capacity: 64)
             command.encode(into: &buffer)
-            context.writeAndFlush(NIOAny(buffer), promise: nil)
+            context.write(NIOAny(buffer), promise: nil)
+            scheduleFlush(context: context)
             if let armTimer { scheduleDeadlineCheck(at: armTimer, context: context) }
+        }
+    }
+
+    private func scheduleFlush(context: ChannelHandlerContext) {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = loopBound.value
+            handler.flushScheduled = false
+            context.flush()
         }
     }
 
