@@ -1,5 +1,6 @@
 import Foundation
 public import KeygateCore
+import Logging
 import NIOCore
 public import Synchronization
 
@@ -11,11 +12,17 @@ final class DataPlaneContext: Sendable {
     let extractor: KeyExtractor
     let metrics: DataPlaneMetrics
     let isReady: @Sendable () -> Bool
+    let logger: Logger
+    /// Per-request logs are debug level; checked once so a production node pays nothing for them.
+    let logsRequests: Bool
     private let draining = Atomic<Bool>(false)
+    private let requestCounter = Atomic<UInt64>(0)
 
     init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, metrics: DataPlaneMetrics,
-         isReady: @escaping @Sendable () -> Bool) {
+         logger: Logger, isReady: @escaping @Sendable () -> Bool) {
         self.settings = settings
+        self.logger = logger
+        self.logsRequests = logger.logLevel <= .debug
         self.verifier = verifier
         self.usage = usage
         self.metrics = metrics
@@ -47,7 +54,8 @@ final class DataPlaneContext: Sendable {
     }
 
     func writeAuthDecision(_ decision: Decision, hash: KeyHash?, required: [Substring], close: Bool, omitBody: Bool,
-                           eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+                           requestID: String? = nil, eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+        logDecision(decision, hash: hash, requestID: requestID)
         switch decision {
         case .valid(let verdict):
             guard verdict.principal.grants(required) else {
@@ -68,7 +76,9 @@ final class DataPlaneContext: Sendable {
         }
     }
 
-    func writeVerifyDecision(_ decision: Decision, hash: KeyHash?, close: Bool, eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+    func writeVerifyDecision(_ decision: Decision, hash: KeyHash?, close: Bool, requestID: String? = nil,
+                             eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+        logDecision(decision, hash: hash, requestID: requestID)
         var body: [String: Any]
         switch decision {
         case .valid(let verdict):
@@ -89,6 +99,33 @@ final class DataPlaneContext: Sendable {
         }
         let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data("{}".utf8)
         Responses.json(.ok, body: String(decoding: data, as: UTF8.self), close: close, into: &buffer)
+    }
+
+    /// One debug line per decided request: request id, outcome, and the key id (valid keys) or the
+    /// first 8 hex characters of the hash. Never the key, never the full hash.
+    func logDecision(_ decision: Decision, hash: KeyHash?, requestID: String?) {
+        guard logsRequests else { return }
+        let id = requestID ?? "kg-\(requestCounter.add(1, ordering: .relaxed).newValue)"
+        var metadata: Logger.Metadata = ["request_id": "\(id)"]
+        switch decision {
+        case .valid(let verdict):
+            metadata["outcome"] = "valid"
+            metadata["key_id"] = "\(verdict.keyID)"
+        case .invalid(let reason):
+            metadata["outcome"] = "\(reason)"
+            if let hash { metadata["key_hash_prefix"] = "\(hash.logPrefix)" }
+        case .unavailable:
+            metadata["outcome"] = "unavailable"
+        }
+        logger.debug("verified", metadata: metadata)
+    }
+
+    /// `X-Request-Id` from the proxy, reduced to a safe token (no CR/LF, at most 64 characters).
+    static func requestID(_ value: String?) -> String? {
+        guard let value else { return nil }
+        let safe = value.unicodeScalars.filter { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-_.:".unicodeScalars.contains($0)) }
+        guard !safe.isEmpty else { return nil }
+        return String(String.UnicodeScalarView(safe.prefix(64)))
     }
 
     static func nowMilliseconds() -> Int64 {

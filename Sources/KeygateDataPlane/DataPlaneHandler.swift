@@ -165,14 +165,15 @@ final class DataPlaneHandler: ChannelInboundHandler {
             Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
         case .key(let key):
             let required = KeyExtractor.requiredScopes(request.head)
+            let requestID = node.logsRequests ? DataPlaneContext.requestID(request.head.headers.first(name: "X-Request-Id")) : nil
             switch node.verify(key, on: context.eventLoop) {
             case .decided(let decision, let hash):
                 node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                       eventLoop: context.eventLoop, into: &buffer)
+                                       requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
             case .pending(let future, let hash):
                 waitForRedis(future, context: context) { decision, buffer in
                     self.node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                                eventLoop: context.eventLoop, into: &buffer)
+                                                requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
                 }
                 return
             }

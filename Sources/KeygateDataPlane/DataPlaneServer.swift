@@ -23,7 +23,8 @@ public final class DataPlaneServer: Service, Sendable {
         self.settings = settings
         self.group = group
         self.logger = logger
-        self.context = DataPlaneContext(settings: settings, verifier: verifier, usage: usage, metrics: metrics, isReady: isReady)
+        self.context = DataPlaneContext(settings: settings, verifier: verifier, usage: usage, metrics: metrics,
+                                        logger: logger, isReady: isReady)
     }
 
     /// The port actually bound (useful with port 0), or 0 before binding.

@@ -78,6 +78,48 @@ import Testing
         #expect(!events.stdout.contains("hash"), "the audit output shows no key hash")
     }
 
+    @Test func serveAnswersThenStopsGracefullyOnSIGTERMWithCountsFlushed() async throws {
+        let created = try await keygate("keys", "create", "--user", "carol", "--json")
+        let key = try #require((try json(created) as? [String: Any])?["key"] as? String)
+        let id = try #require((try json(created) as? [String: Any])?["id"] as? String)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let log = directory.appendingPathComponent("serve.log").path
+        var env = environment
+        env["KEYGATE_DATA_PORT"] = "0" // the kernel picks; the log says which
+        env["KEYGATE_USAGE_FLUSH_INTERVAL"] = "1h" // only the final flush on SIGTERM can count these
+        env["KEYGATE_USAGE_SPILL_PATH"] = directory.appendingPathComponent("spill.jsonl").path
+        env["KEYGATE_LOG_LEVEL"] = "debug" // per-request lines too: they must carry ids, never keys
+        let server = try ChildProcess(executable: binary, arguments: ["serve", "--threads", "2"], stdoutPath: log, stderrPath: log, environment: env)
+        let deadline = ContinuousClock.now + .seconds(15)
+        var port = 0
+        var ready = false
+        while !ready && ContinuousClock.now < deadline && server.isRunning {
+            if port == 0, let text = try? String(contentsOfFile: log, encoding: .utf8),
+               let range = text.range(of: "address=127.0.0.1:") {
+                port = Int(text[range.upperBound...].prefix { $0.isNumber }) ?? 0
+            }
+            if port != 0 { ready = (try? await RawHTTP.get("/health/ready", port: port).status) == 200 }
+            if !ready { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(ready, "serve became ready: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        var ok = 0
+        for _ in 0..<7 where try await RawHTTP.get("/auth", port: port, headers: ["X-API-Key: \(key)", "X-Request-Id: req-42 <b>"]).status == 200 { ok += 1 }
+        #expect(ok == 7)
+        let unknown = "kg_" + String(repeating: "A", count: 49)
+        _ = try await RawHTTP.get("/auth", port: port, headers: ["X-API-Key: \(unknown)"])
+        server.signal(SIGTERM)
+        await server.waitForExit(timeout: .seconds(15))
+        #expect(server.exitCode == 0)
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(!output.contains(key) && !output.contains(String(key.dropFirst(3).prefix(20))), "the log never holds a key")
+        #expect(!output.contains(unknown))
+        #expect(output.contains("key_id=\(id)") && output.contains("request_id=req-42b") && !output.contains("<b>"), "request lines carry ids")
+        let usage = try await keygate("keys", "usage", id, "--json")
+        #expect((try json(usage) as? [String: Any])?["total"] as? Int == 7)
+    }
+
     @Test func errorsGoToStderrWithAnExitCodeAndAHint() async throws {
         let missing = try await keygate("keys", "show", "key_doesnotexist")
         #expect(missing.exitCode == 3)
