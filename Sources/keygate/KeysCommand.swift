@@ -70,10 +70,7 @@ struct KeysCommand: AsyncParsableCommand {
         @Argument(help: "Key id (key_...).") var id: String
 
         func run() async throws {
-            try await reportingFailures {
-                let record = try await options.withStore { try await $0.revoke(id: id, actor: GlobalOptions.actor) }
-                if options.json { try Output.json(record) } else { print("revoked \(record.id) (version \(record.version))") }
-            }
+            try await changeStatus(options, verb: "revoked") { try await $0.revoke(id: id, actor: GlobalOptions.actor) }
         }
     }
 
@@ -83,10 +80,7 @@ struct KeysCommand: AsyncParsableCommand {
         @Argument(help: "Key id (key_...).") var id: String
 
         func run() async throws {
-            try await reportingFailures {
-                let record = try await options.withStore { try await $0.setEnabled(id: id, false, actor: GlobalOptions.actor) }
-                if options.json { try Output.json(record) } else { print("disabled \(record.id) (version \(record.version))") }
-            }
+            try await changeStatus(options, verb: "disabled") { try await $0.setEnabled(id: id, false, actor: GlobalOptions.actor) }
         }
     }
 
@@ -96,10 +90,7 @@ struct KeysCommand: AsyncParsableCommand {
         @Argument(help: "Key id (key_...).") var id: String
 
         func run() async throws {
-            try await reportingFailures {
-                let record = try await options.withStore { try await $0.setEnabled(id: id, true, actor: GlobalOptions.actor) }
-                if options.json { try Output.json(record) } else { print("enabled \(record.id) (version \(record.version))") }
-            }
+            try await changeStatus(options, verb: "enabled") { try await $0.setEnabled(id: id, true, actor: GlobalOptions.actor) }
         }
     }
 
@@ -143,6 +134,16 @@ struct KeysCommand: AsyncParsableCommand {
                     Output.table(["HOUR (UTC)", "COUNT"], recent.map { [$0.period, String($0.count)] })
                 }
             }
+        }
+    }
+}
+
+extension AsyncParsableCommand {
+    /// Revoke, disable and enable: run the change, print the record (JSON) or one line.
+    func changeStatus(_ options: GlobalOptions, verb: String, _ change: @escaping (KeyStore) async throws -> KeyRecord) async throws {
+        try await reportingFailures {
+            let record = try await options.withStore(change)
+            if options.json { try Output.json(record) } else { print("\(verb) \(record.id) (version \(record.version))") }
         }
     }
 }

@@ -19,14 +19,18 @@ import Testing
         try await RawHTTP.get("/auth", port: port, headers: ["\(header): \(key)"] + extra)
     }
 
-    /// Polls every 2 ms (at most `limit`) until `port` refuses `key`; returns how long that took.
-    static func timeUntilRefused(_ key: String, port: Int, limit: Duration = .seconds(2)) async throws -> Duration? {
+    /// Polls every 2 ms (at most `limit`) until `port` answers `key` with `status`; returns how long that took.
+    static func timeUntil(_ status: Int, _ key: String, port: Int, limit: Duration = .seconds(2)) async throws -> Duration? {
         let start = ContinuousClock.now
         while ContinuousClock.now - start < limit {
-            if try await auth(key, port: port).status == 401 { return ContinuousClock.now - start }
+            if try await auth(key, port: port).status == status { return ContinuousClock.now - start }
             try await Task.sleep(for: .milliseconds(2))
         }
         return nil
+    }
+
+    static func timeUntilRefused(_ key: String, port: Int, limit: Duration = .seconds(2)) async throws -> Duration? {
+        try await timeUntil(401, key, port: port, limit: limit)
     }
 
     @Test func aRevokeReachesTheOtherNodeWithin100Milliseconds() async throws {
@@ -51,7 +55,7 @@ import Testing
                 for node in [a, b] { #expect(try await Self.auth(later, port: node.port).status == 401) }
                 _ = try await store.create(.init(user: "bob"), actor: "test", now: Date(), plaintext: later)
                 for node in [a, b] {
-                    let accepted = try await Self.timeUntilRefusedInverse(later, port: node.port)
+                    let accepted = try await Self.timeUntil(200, later, port: node.port)
                     #expect(accepted != nil && accepted! < .milliseconds(100), "new key accepted after \(String(describing: accepted))")
                 }
 
@@ -62,16 +66,6 @@ import Testing
                 }
             }
         }
-    }
-
-    /// Polls until the key is accepted; returns how long that took.
-    static func timeUntilRefusedInverse(_ key: String, port: Int, limit: Duration = .seconds(2)) async throws -> Duration? {
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < limit {
-            if try await auth(key, port: port).status == 200 { return ContinuousClock.now - start }
-            try await Task.sleep(for: .milliseconds(2))
-        }
-        return nil
     }
 
     @Test func aRevokeMadeWhileTheSubscriberWasDisconnectedIsReplayed() async throws {
