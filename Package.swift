@@ -10,7 +10,6 @@ let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 let serviceLifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
-let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
 
 let package = Package(
     name: "keygate",
@@ -35,13 +34,14 @@ let package = Package(
 
         .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", nio, nioPosix, nioSSL, logging]),
         .target(name: "KeygateCore", dependencies: ["KeygateRedis", "CCrypto", nio, nioPosix, logging, serviceLifecycle]),
-        .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", nio, nioPosix, nioHTTP1, logging, serviceLifecycle]),
+        .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", nio, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateRedis", "KeygateDataPlane", nio, nioPosix, logging, serviceLifecycle]),
         .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", "KeygateNode", nio, nioPosix, logging, serviceLifecycle]),
 
         .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix]),
         .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto", nio, nioEmbedded, nioPosix]),
+        .testTarget(name: "KeygateDataPlaneTests", dependencies: ["KeygateDataPlane"]),
         // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
         .testTarget(name: "KeygateIntegrationTests",
                     dependencies: ["KeygateRedis", "KeygateCore", "KeygateNode", "KeygateDataPlane", "KeygateTestSupport", nio, nioPosix, serviceLifecycle, logging]),

@@ -9,7 +9,6 @@ final class DataPlaneContext: Sendable {
     let settings: DataPlaneSettings
     let verifier: Verifier
     let usage: UsageRecorder
-    let extractor: KeyExtractor
     let metrics: DataPlaneMetrics
     let isReady: @Sendable () -> Bool
     let logger: Logger
@@ -27,8 +26,6 @@ final class DataPlaneContext: Sendable {
         self.usage = usage
         self.metrics = metrics
         self.isReady = isReady
-        self.extractor = KeyExtractor(headerNames: settings.keyHeaders, acceptBearer: settings.acceptBearer,
-                                      keyPrefix: verifier.store.format.prefix)
     }
 
     var isDraining: Bool { draining.load(ordering: .relaxed) }
@@ -40,13 +37,9 @@ final class DataPlaneContext: Sendable {
     }
 
     /// Format and checksum first (a malformed key costs no hashing and no Redis command), then the verifier.
-    func verify(_ key: String, on eventLoop: any EventLoop) -> Outcome {
-        var key = key
-        let hash: KeyHash? = key.withUTF8 { bytes in
-            let raw = UnsafeRawBufferPointer(bytes)
-            return verifier.store.format.isWellFormed(raw) ? verifier.store.hasher.hash(raw) : nil
-        }
-        guard let hash else { return .decided(.invalid(.malformed), nil) }
+    func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Outcome {
+        guard verifier.store.format.isWellFormed(key) else { return .decided(.invalid(.malformed), nil) }
+        let hash = verifier.store.hasher.hash(key)
         switch verifier.verify(hash: hash, on: eventLoop) {
         case .decided(let decision): return .decided(decision, hash)
         case .pending(let future): return .pending(future, hash)

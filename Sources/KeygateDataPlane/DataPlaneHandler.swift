@@ -1,72 +1,53 @@
 import Foundation
 import KeygateCore
 import NIOCore
-import NIOHTTP1
 
-/// One data-plane connection: reads HTTP/1.1 requests and answers them in order.
+/// One data-plane connection: scans HTTP/1.1 requests straight from the socket's bytes and answers
+/// them in order.
 ///
-/// A cache hit is decided and written synchronously on the event loop; a miss waits for the Redis
-/// lookup on this loop's own connection while later pipelined requests queue behind it. Responses are
-/// written as bytes and flushed once per read burst.
+/// A cache hit is decided and written synchronously on the event loop, with the key hashed from the
+/// receive buffer (no String); a miss waits for the Redis lookup on this loop's own connection while
+/// later pipelined requests stay in the buffer. Responses are flushed once per read burst.
 final class DataPlaneHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-
-    private struct Request {
-        var head: HTTPRequestHead
-        var route: Route
-        var body: ByteBuffer?
-        var bodyTooLarge = false
-        var headersTooLarge = false
-    }
 
     enum Route {
         case forwardAuth, verify, live, ready, notFound, methodNotAllowed
     }
 
     private let node: DataPlaneContext
-    private var reading: Request?
-    private var queued = CircularBuffer<Request>(initialCapacity: 4)
-    /// A response is waiting for Redis; later requests wait in `queued`.
+    private let scanner: HTTPRequestScanner
+    /// Received bytes not yet answered (pipelined requests wait here).
+    private var inbound: ByteBuffer?
     private var waitingForRedis = false
     private var needsFlush = false
-    /// Close once the responses owed have been written (Connection: close, drain, protocol error).
+    /// Close once the responses owed have been written (Connection: close, drain, errors).
     private var closeAfterResponses = false
+    private var closed = false
 
     init(node: DataPlaneContext) {
         self.node = node
+        self.scanner = HTTPRequestScanner(keyHeaders: node.settings.keyHeaders, acceptBearer: node.settings.acceptBearer,
+                                          keyPrefix: node.verifier.store.format.prefix,
+                                          maxHeaderBytes: node.settings.maxHeaderBytes)
     }
 
     // MARK: reading
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            var headerBytes = head.uri.utf8.count + 16
-            for (name, value) in head.headers { headerBytes += name.utf8.count + value.utf8.count + 4 }
-            var request = Request(head: head, route: Self.route(head))
-            request.headersTooLarge = headerBytes > node.settings.maxHeaderBytes
-            if request.route == .verify { request.body = context.channel.allocator.buffer(capacity: 256) }
-            reading = request
-        case .body(var chunk):
-            guard var request = reading, request.body != nil, !request.bodyTooLarge else { return }
-            if request.body!.readableBytes + chunk.readableBytes > node.settings.maxBodyBytes {
-                request.bodyTooLarge = true
-                request.body = nil
-            } else {
-                request.body!.writeBuffer(&chunk)
-            }
-            reading = request
-        case .end:
-            guard let request = reading else { return }
-            reading = nil
-            if queued.count >= node.settings.maxPipelinedRequests {
-                context.close(promise: nil) // a client pipelining without reading its answers
-                return
-            }
-            queued.append(request)
-            processQueue(context: context)
+        var bytes = unwrapInboundIn(data)
+        if inbound == nil || inbound!.readableBytes == 0 {
+            inbound = bytes
+        } else {
+            inbound!.writeBuffer(&bytes)
         }
+        let limit = node.settings.maxHeaderBytes + node.settings.maxBodyBytes
+        if inbound!.readableBytes > limit * node.settings.maxPipelinedRequests {
+            context.close(promise: nil) // pipelining far ahead without reading the answers
+            return
+        }
+        processInbound(context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -77,7 +58,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private func flushIfNeeded(context: ChannelHandlerContext) {
         guard needsFlush else { return }
         needsFlush = false
-        if closeAfterResponses && queued.isEmpty && !waitingForRedis {
+        if closeAfterResponses && !waitingForRedis {
+            closed = true
             context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in context.close(promise: nil) }
         } else {
             context.flush()
@@ -86,7 +68,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent || event is DrainEvent {
-            if reading == nil && queued.isEmpty && !waitingForRedis {
+            if !waitingForRedis && (inbound?.readableBytes ?? 0) == 0 {
                 context.close(promise: nil)
             } else {
                 closeAfterResponses = true
@@ -96,44 +78,64 @@ final class DataPlaneHandler: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // Malformed HTTP: answer once, then close. Never crash, never echo the input.
-        var buffer = context.channel.allocator.buffer(capacity: 256)
-        if let parserError = error as? HTTPParserError, case .headerOverflow = parserError {
-            Responses.json(.headersTooLarge, body: Responses.headersTooLargeBody, close: true, into: &buffer)
-        } else {
-            Responses.json(.badRequest, body: Responses.badRequestBody, close: true, into: &buffer)
-        }
-        node.metrics.count(.badRequest)
-        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in context.close(promise: nil) }
-    }
-
     // MARK: answering
 
-    private func processQueue(context: ChannelHandlerContext) {
-        while !waitingForRedis, let request = queued.popFirst() {
-            let close = !request.head.isKeepAlive || closeAfterResponses || node.isDraining
-            handle(request, close: close, context: context)
-            if close {
-                closeAfterResponses = true
-                queued.removeAll()
+    /// Answers every complete request in the buffer, in order, until one must wait for Redis.
+    private func processInbound(context: ChannelHandlerContext) {
+        while !waitingForRedis && !closed && !closeAfterResponses, var buffer = inbound, buffer.readableBytes > 0 {
+            let consumed = buffer.withUnsafeReadableBytes { bytes -> Int? in
+                switch scanner.scan(bytes) {
+                case .incomplete:
+                    return nil
+                case .tooLarge:
+                    fail(.headersTooLarge, body: Responses.headersTooLargeBody, context: context)
+                    return nil
+                case .malformed:
+                    fail(.badRequest, body: Responses.badRequestBody, context: context)
+                    return nil
+                case .head(let head):
+                    if head.contentLength > node.settings.maxBodyBytes {
+                        fail(.payloadTooLarge, body: Responses.tooLargeBody, context: context)
+                        return nil
+                    }
+                    guard bytes.count >= head.length + head.contentLength else { return nil } // body still arriving
+                    let body = UnsafeRawBufferPointer(rebasing: bytes[head.length..<head.length + head.contentLength])
+                    handle(head, bytes: bytes, body: body, context: context)
+                    return head.length + head.contentLength
+                }
             }
+            guard let consumed else { break }
+            buffer.moveReaderIndex(forwardBy: consumed)
+            inbound = buffer
+        }
+        if var buffer = inbound, buffer.readerIndex > 4096 {
+            buffer.discardReadBytes()
+            inbound = buffer
         }
     }
 
-    private func handle(_ request: Request, close: Bool, context: ChannelHandlerContext) {
+    /// Answers malformed input once and closes. Never crashes, never echoes the input.
+    private func fail(_ status: HTTPStatusLine, body: String, context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 256)
-        let omitBody = request.head.method == .HEAD
-        if request.headersTooLarge {
-            Responses.json(.headersTooLarge, body: Responses.headersTooLargeBody, close: close, omitBody: omitBody, into: &buffer)
-            return write(buffer, context: context)
-        }
-        switch request.route {
+        Responses.json(status, body: body, close: true, into: &buffer)
+        node.metrics.count(.badRequest)
+        inbound = nil
+        closeAfterResponses = true
+        write(buffer, context: context)
+    }
+
+    private func handle(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer,
+                        context: ChannelHandlerContext) {
+        let close = !head.keepAlive || node.isDraining
+        if close { closeAfterResponses = true }
+        let omitBody = head.method == .head
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        switch head.route {
         case .forwardAuth:
-            authorize(request, close: close, context: context)
+            authorize(head, bytes: bytes, close: close, omitBody: omitBody, context: context)
             return
         case .verify:
-            verifyBody(request, close: close, context: context)
+            verifyBody(body, head: head, bytes: bytes, close: close, context: context)
             return
         case .live:
             Responses.json(.ok, body: Responses.liveBody, close: close, omitBody: omitBody, into: &buffer)
@@ -150,23 +152,19 @@ final class DataPlaneHandler: ChannelInboundHandler {
     }
 
     /// Forward auth (`/auth`, `/auth/...`, any method).
-    private func authorize(_ request: Request, close: Bool, context: ChannelHandlerContext) {
-        let omitBody = request.head.method == .HEAD
+    private func authorize(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, close: Bool, omitBody: Bool,
+                           context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 256)
-        switch node.extractor.extract(request.head) {
-        case .inURL:
+        if head.keyInURL {
             node.metrics.count(.badRequest)
             Responses.json(.badRequest, body: Responses.keyInURLBody, close: close, omitBody: omitBody, into: &buffer)
-        case .multiple:
+        } else if head.keyCount > 1 {
             node.metrics.count(.badRequest)
             Responses.json(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, into: &buffer)
-        case .none:
-            node.metrics.count(.missing)
-            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
-        case .key(let key):
-            let required = KeyExtractor.requiredScopes(request.head)
-            let requestID = node.logsRequests ? DataPlaneContext.requestID(request.head.headers.first(name: "X-Request-Id")) : nil
-            switch node.verify(key, on: context.eventLoop) {
+        } else if let keyRange = head.key {
+            let required = Self.scopes(head, bytes)
+            let requestID = node.logsRequests ? head.requestID.map { DataPlaneContext.requestID(Self.text(bytes, $0)) } ?? nil : nil
+            switch node.verify(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), on: context.eventLoop) {
             case .decided(let decision, let hash):
                 node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
                                        requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
@@ -177,31 +175,34 @@ final class DataPlaneHandler: ChannelInboundHandler {
                 }
                 return
             }
+        } else {
+            node.metrics.count(.missing)
+            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
         }
         write(buffer, context: context)
     }
 
     /// `POST /v1/verify` with `{"key": "..."}`: always 200 with `valid` and `code`, except 503 when the
     /// verdict cannot be established.
-    private func verifyBody(_ request: Request, close: Bool, context: ChannelHandlerContext) {
+    private func verifyBody(_ body: UnsafeRawBufferPointer, head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer,
+                            close: Bool, context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 256)
-        guard !request.bodyTooLarge else {
-            Responses.json(.payloadTooLarge, body: Responses.tooLargeBody, close: true, into: &buffer)
-            closeAfterResponses = true
-            return write(buffer, context: context)
-        }
-        guard let body = request.body, let key = VerifyJSON.key(from: body) else {
+        guard let key = VerifyJSON.key(from: body) else {
             node.metrics.count(.badRequest)
             Responses.json(.badRequest, body: Responses.badVerifyBody, close: close, into: &buffer)
             return write(buffer, context: context)
         }
-        switch node.verify(key, on: context.eventLoop) {
+        let requestID = node.logsRequests ? head.requestID.map { DataPlaneContext.requestID(Self.text(bytes, $0)) } ?? nil : nil
+        var keyText = key
+        let outcome = keyText.withUTF8 { node.verify(UnsafeRawBufferPointer($0), on: context.eventLoop) }
+        switch outcome {
         case .decided(let decision, let hash):
-            node.writeVerifyDecision(decision, hash: hash, close: close, eventLoop: context.eventLoop, into: &buffer)
+            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
             write(buffer, context: context)
         case .pending(let future, let hash):
             waitForRedis(future, context: context) { decision, buffer in
-                self.node.writeVerifyDecision(decision, hash: hash, close: close, eventLoop: context.eventLoop, into: &buffer)
+                self.node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID,
+                                              eventLoop: context.eventLoop, into: &buffer)
             }
         }
     }
@@ -218,7 +219,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
             var buffer = context.channel.allocator.buffer(capacity: 256)
             render((try? result.get()) ?? .unavailable, &buffer)
             handler.write(buffer, context: context)
-            handler.processQueue(context: context)
+            handler.processInbound(context: context)
             handler.flushIfNeeded(context: context)
         }
     }
@@ -228,16 +229,18 @@ final class DataPlaneHandler: ChannelInboundHandler {
         needsFlush = true
     }
 
-    static func route(_ head: HTTPRequestHead) -> Route {
-        let uri = head.uri
-        let path = uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]
-        if path == "/auth" || path.hasPrefix("/auth/") { return .forwardAuth }
-        switch path {
-        case "/v1/verify": return head.method == .POST ? .verify : .methodNotAllowed
-        case "/health/live": return .live
-        case "/health/ready": return .ready
-        default: return .notFound
-        }
+    /// Required scopes from `X-Keygate-Required-Scopes` (space or comma separated); empty without it.
+    /// Two such headers require the union of both... conservatively: an unknown extra header makes the
+    /// requirement impossible to satisfy rather than ignored.
+    private static func scopes(_ head: HTTPRequestScanner.Head, _ bytes: UnsafeRawBufferPointer) -> [Substring] {
+        guard let range = head.requiredScopes else { return [] }
+        var scopes = text(bytes, range)[...].split(whereSeparator: { $0 == " " || $0 == "," })
+        if head.extraScopeHeaders > 0 { scopes.append("\u{0}unsatisfiable") }
+        return scopes
+    }
+
+    private static func text(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String {
+        String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
     }
 }
 
@@ -246,8 +249,9 @@ struct DrainEvent {}
 
 /// The `/v1/verify` request body.
 enum VerifyJSON {
-    static func key(from body: ByteBuffer) -> String? {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+    static func key(from body: UnsafeRawBufferPointer) -> String? {
+        guard !body.isEmpty,
+              let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
               let key = object["key"] as? String else { return nil }
         return key
     }

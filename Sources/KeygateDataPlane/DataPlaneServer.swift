@@ -1,7 +1,6 @@
 public import KeygateCore
 public import Logging
 public import NIOCore
-import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
 import Synchronization
@@ -73,7 +72,6 @@ public final class DataPlaneServer: Service, Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(IdleStateHandler(readTimeout: idle))
-                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
                     try sync.addHandler(DataPlaneHandler(node: context))
                 }
             }

@@ -195,6 +195,7 @@ public final class VerdictCache: Sendable {
             shard.placeholders.removeValue(forKey: hash)
         }
         metrics.invalidationsApplied.add(1, ordering: .relaxed)
+        metrics.lastInvalidationUptimeNanoseconds.store(NIODeadline.now().uptimeNanoseconds, ordering: .relaxed)
     }
 
     /// The invalidation path was lost (rule 2): bump the generation so lookups in flight are not
@@ -239,5 +240,8 @@ public final class CacheMetrics: Sendable {
     public let evictions = Atomic<Int>(0)
     public let placeholderDiscards = Atomic<Int>(0)
     public let invalidationsApplied = Atomic<Int>(0)
+    /// When the last invalidation was applied (`NIODeadline.uptimeNanoseconds`): the node-side end of
+    /// a propagation measurement.
+    public let lastInvalidationUptimeNanoseconds = Atomic<UInt64>(0)
     public init() {}
 }

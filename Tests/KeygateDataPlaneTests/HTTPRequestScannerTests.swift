@@ -1,0 +1,93 @@
+import Testing
+@testable import KeygateDataPlane
+
+@Suite struct HTTPRequestScannerTests {
+    let scanner = HTTPRequestScanner(keyHeaders: ["X-API-Key"], acceptBearer: true, keyPrefix: "kg", maxHeaderBytes: 8192)
+
+    func scan(_ text: String) -> HTTPRequestScanner.Outcome {
+        Array(text.utf8).withUnsafeBytes { scanner.scan($0) }
+    }
+
+    func head(_ text: String) -> HTTPRequestScanner.Head? {
+        if case .head(let head) = scan(text) { return head }
+        return nil
+    }
+
+    func value(_ text: String, _ range: Range<Int>?) -> String? {
+        range.map { String(decoding: Array(text.utf8)[$0], as: UTF8.self) }
+    }
+
+    @Test func readsTheKeyTheRouteAndKeepAlive() throws {
+        let request = "GET /auth/orders?page=2 HTTP/1.1\r\nHost: x\r\nx-api-key:  kg_abc \r\nX-Request-Id: r1\r\n\r\n"
+        let parsed = try #require(head(request))
+        #expect(parsed.route == .forwardAuth && parsed.method == .get && parsed.keepAlive)
+        #expect(parsed.keyCount == 1 && value(request, parsed.key) == "kg_abc", "case-insensitive name, trimmed value")
+        #expect(!parsed.keyInURL && value(request, parsed.requestID) == "r1")
+        #expect(parsed.length == request.utf8.count)
+    }
+
+    @Test func connectionHandling() throws {
+        #expect(head("GET /auth HTTP/1.1\r\nConnection: close\r\n\r\n")?.keepAlive == false)
+        #expect(head("GET /auth HTTP/1.0\r\n\r\n")?.keepAlive == false)
+        #expect(head("GET /auth HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")?.keepAlive == true)
+    }
+
+    @Test func countsEveryKeyCarrier() throws {
+        #expect(head("GET /auth HTTP/1.1\r\nX-API-Key: a\r\nX-Api-Key: b\r\n\r\n")?.keyCount == 2)
+        #expect(head("GET /auth HTTP/1.1\r\nX-API-Key: a\r\nAuthorization: Bearer b\r\n\r\n")?.keyCount == 2)
+        let bearer = "GET /auth HTTP/1.1\r\nAuthorization: bearer kg_x\r\n\r\n"
+        #expect(value(bearer, head(bearer)?.key) == "kg_x")
+        #expect(head("GET /auth?api_key=z HTTP/1.1\r\n\r\n")?.keyInURL == true)
+        #expect(head("GET /auth?q=kg_secret HTTP/1.1\r\n\r\n")?.keyInURL == true)
+        #expect(head("GET /auth?q=1 HTTP/1.1\r\n\r\n")?.keyInURL == false)
+    }
+
+    @Test func routes() {
+        #expect(head("POST /v1/verify HTTP/1.1\r\nContent-Length: 2\r\n\r\n")?.route == .verify)
+        #expect(head("POST /v1/verify HTTP/1.1\r\nContent-Length: 2\r\n\r\n")?.contentLength == 2)
+        #expect(head("GET /v1/verify HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed)
+        #expect(head("GET /health/ready HTTP/1.1\r\n\r\n")?.route == .ready)
+        #expect(head("HEAD /auth HTTP/1.1\r\n\r\n")?.method == .head)
+        #expect(head("GET /authx HTTP/1.1\r\n\r\n")?.route == .notFound)
+    }
+
+    @Test(arguments: [
+        "GET /auth HTTP/1.1\nHost: x\n\n",                          // bare LF
+        "GET /auth HTTP/1.1\r\nHost : x\r\n\r\n",                   // space before the colon
+        "GET /auth HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",         // obsolete line folding
+        "GET /auth HTTP/1.1\r\nX-API-Key: a\u{1}b\r\n\r\n",         // control character
+        "GET /auth HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+        "GET /auth HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        "POST /v1/verify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GET auth HTTP/1.1\r\n\r\n",                                // not origin-form
+        "GET /auth HTTP/2.0\r\n\r\n",
+        "GE(T /auth HTTP/1.1\r\n\r\n",
+        "GET  /auth HTTP/1.1\r\n\r\n",
+        "NOT HTTP AT ALL\r\n\r\n",
+    ])
+    func refusesMalformedHeads(request: String) {
+        if case .malformed = scan(request) {} else { Issue.record("accepted: \(request.debugDescription)") }
+    }
+
+    @Test func waitsForAWholeHeadAndCapsItsSize() {
+        if case .incomplete = scan("GET /auth HTTP/1.1\r\nX-API-Key: a\r\n") {} else { Issue.record("expected incomplete") }
+        let huge = "GET /auth HTTP/1.1\r\nX-Pad: " + String(repeating: "a", count: 9000)
+        if case .tooLarge = scan(huge) {} else { Issue.record("expected tooLarge") }
+    }
+
+    @Test func neverTrapsOnRandomBytes() {
+        var generator = SystemRandomNumberGenerator()
+        let pieces = ["GET ", "/auth", " HTTP/1.1", "\r\n", "\r\n\r\n", ":", " ", "X-API-Key", "Content-Length: ", "9", "?", "kg_"]
+        for _ in 0..<20_000 {
+            var bytes: [UInt8] = []
+            for _ in 0..<Int.random(in: 0...12, using: &generator) {
+                if Bool.random(using: &generator) {
+                    bytes += Array(pieces.randomElement(using: &generator)!.utf8)
+                } else {
+                    bytes += (0..<Int.random(in: 1...6, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                }
+            }
+            _ = bytes.withUnsafeBytes { scanner.scan($0) }
+        }
+    }
+}
