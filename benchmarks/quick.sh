@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 source ../scripts/lib/packages.sh
 ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools nginx-light wrk curl python3
 
-duration=10; miss_keys=50000; memory_keys=200000
+duration=10; miss_keys=50000; memory_keys=1000000
 if [ "${1:-}" = "--quick" ]; then duration=2; miss_keys=5000; memory_keys=20000; fi
 
 echo "building release binaries..."
@@ -101,7 +101,7 @@ tail -n +"$((half + 1))" "$work/memory.txt" > "$work/memory-b.txt"
 warm() { # warm FILE COUNT: send requests round robin over FILE until COUNT have been served
     local served=0 n
     while [ "$served" -lt "$2" ]; do
-        n=$(KEYS_FILE="$1" requests -s scripts/keys.lua "http://127.0.0.1:$node_port/auth")
+        n=$(KEYS_FILE="$1" KEYS_START="$served" requests -s scripts/keys.lua "http://127.0.0.1:$node_port/auth")
         served=$((served + n))
     done
 }

@@ -230,8 +230,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     }
 
     /// Required scopes from `X-Keygate-Required-Scopes` (space or comma separated); empty without it.
-    /// Two such headers require the union of both... conservatively: an unknown extra header makes the
-    /// requirement impossible to satisfy rather than ignored.
+    /// The proxy sets exactly one; a second one makes the requirement unsatisfiable (403) rather than
+    /// letting a client-added header be ignored or merged.
     private static func scopes(_ head: HTTPRequestScanner.Head, _ bytes: UnsafeRawBufferPointer) -> [Substring] {
         guard let range = head.requiredScopes else { return [] }
         var scopes = text(bytes, range)[...].split(whereSeparator: { $0 == " " || $0 == "," })
