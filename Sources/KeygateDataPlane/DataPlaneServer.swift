@@ -65,8 +65,11 @@ public final class DataPlaneServer: Service, Sendable {
                     self.connections.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
                 }
                 if open > settings.maxConnections || context.isDraining {
+                    // Over the cap (or shutting down): a 503 the client can act on, then close.
                     metrics.refusedConnections.add(1, ordering: .relaxed)
-                    return channel.close()
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RefuseConnectionHandler(retryAfter: settings.retryAfterSeconds))
+                    }
                 }
                 self.connections.withLock { $0[ObjectIdentifier(channel)] = channel }
                 return channel.eventLoop.makeCompletedFuture {
@@ -81,4 +84,21 @@ public final class DataPlaneServer: Service, Sendable {
         bound.withLock { $0 = channel }
         return channel
     }
+}
+
+/// Answers a connection the node will not serve with one 503 and closes it.
+final class RefuseConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private let retryAfter: Int
+
+    init(retryAfter: Int) { self.retryAfter = retryAfter }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        Responses.unavailable(retryAfter: retryAfter, close: true, omitBody: false, into: &buffer)
+        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {} // nothing it sends is read
 }

@@ -258,6 +258,20 @@ import Testing
         }
     }
 
+    @Test func connectionsPastTheCapGet503() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("cap")
+        try await TestNode.with(redisURL: url, namespace: ns, configure: { $0.dataPlane.maxConnections = 1 }) { node in
+            // Hold the one allowed connection open, then try a second.
+            let holder = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(host: "127.0.0.1", port: node.port).get()
+            try await Task.sleep(for: .milliseconds(100))
+            let refused = try await RawHTTP.get("/health/live", port: node.port)
+            #expect(refused.status == 503 && refused.header("Retry-After") == "1")
+            #expect(node.node.dataPlane.metrics.refusedConnections.load(ordering: .relaxed) >= 1)
+            try await holder.close()
+        }
+    }
+
     @Test func httpEdgeCases() async throws {
         let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("http")
         let store = try Self.adminStore(url: url, namespace: ns)
