@@ -33,14 +33,12 @@ final class DataPlaneContext: Sendable {
 
     enum Outcome {
         case decided(Decision, KeyHash?)
-        case pending(EventLoopFuture<Decision>, KeyHash)
+        case pending(EventLoopFuture<Decision>, KeyHash?)
     }
 
-    /// Format and checksum first (a malformed key costs no hashing and no Redis command), then the verifier.
     func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Outcome {
-        guard verifier.store.format.isWellFormed(key) else { return .decided(.invalid(.malformed), nil) }
-        let hash = verifier.store.hasher.hash(key)
-        switch verifier.verify(hash: hash, on: eventLoop) {
+        let (result, hash) = verifier.verifyReturningHash(key, on: eventLoop)
+        switch result {
         case .decided(let decision): return .decided(decision, hash)
         case .pending(let future): return .pending(future, hash)
         }

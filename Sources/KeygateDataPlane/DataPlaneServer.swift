@@ -13,7 +13,6 @@ public final class DataPlaneServer: Service, Sendable {
     private let context: DataPlaneContext
     private let group: any EventLoopGroup
     private let logger: Logger
-    private let bound = Mutex<(any Channel)?>(nil)
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     private let boundPort = Atomic<Int>(0)
 
@@ -81,7 +80,6 @@ public final class DataPlaneServer: Service, Sendable {
             .bind(host: settings.host, port: settings.port)
             .get()
         boundPort.store(channel.localAddress?.port ?? settings.port, ordering: .releasing)
-        bound.withLock { $0 = channel }
         return channel
     }
 }

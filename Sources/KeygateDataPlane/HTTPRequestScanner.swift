@@ -22,7 +22,6 @@ struct HTTPRequestScanner {
         var requiredScopes: Range<Int>?
         var extraScopeHeaders = 0
         var requestID: Range<Int>?
-        var target: Range<Int>
     }
 
     enum Outcome {
@@ -35,13 +34,14 @@ struct HTTPRequestScanner {
     /// Lowercased names of the headers that carry a key.
     let keyHeaders: [[UInt8]]
     let acceptBearer: Bool
-    let keyPrefix: [UInt8]
+    /// Issued keys' prefix without the separator (`kg`).
+    let keyPrefix: String
     let maxHeaderBytes: Int
 
     init(keyHeaders: [String], acceptBearer: Bool, keyPrefix: String, maxHeaderBytes: Int) {
         self.keyHeaders = keyHeaders.map { Array($0.lowercased().utf8) }
         self.acceptBearer = acceptBearer
-        self.keyPrefix = Array((keyPrefix + "_").utf8)
+        self.keyPrefix = keyPrefix
         self.maxHeaderBytes = maxHeaderBytes
     }
 
@@ -89,9 +89,9 @@ struct HTTPRequestScanner {
         if let question = Self.find(UInt8(ascii: "?"), bytes, target.lowerBound, target.upperBound) {
             path = target.lowerBound..<question
             let uri = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[target]), as: UTF8.self)
-            keyInURL = KeyExtractor.urlCarriesKey(uri, prefix: String(decoding: keyPrefix.dropLast(), as: UTF8.self))
+            keyInURL = KeyExtractor.urlCarriesKey(uri, prefix: keyPrefix)
         }
-        var head = Head(method: method, route: Self.route(bytes, path, method: method), length: end, keepAlive: http11, target: target)
+        var head = Head(method: method, route: Self.route(bytes, path, method: method), length: end, keepAlive: http11)
         head.keyInURL = keyInURL
 
         // Header lines until the blank line.

@@ -4,7 +4,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Sendable {
             case connectionClosed, timeout, protocolError, serverError, circuitOpen, cancelled
-            case connectFailed, authenticationFailed, invalidURL, unexpectedReply
+            case connectFailed, authenticationFailed, invalidURL
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -27,8 +27,6 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let authenticationFailed = Code(.authenticationFailed)
         /// The Redis URL is malformed; `message` names the problem.
         public static let invalidURL = Code(.invalidURL)
-        /// Redis answered with a reply of an unexpected shape for the command.
-        public static let unexpectedReply = Code(.unexpectedReply)
 
         public var description: String { value.rawValue }
     }

@@ -6,6 +6,11 @@ public final class UsageRecorder: Sendable {
     struct Delta {
         var count: Int64
         var lastUsedMilliseconds: Int64
+
+        mutating func use(at milliseconds: Int64) {
+            count += 1
+            lastUsedMilliseconds = milliseconds
+        }
     }
 
     private final class LoopCounts {
@@ -31,8 +36,7 @@ public final class UsageRecorder: Sendable {
         guard let box = counts[ObjectIdentifier(eventLoop)] else {
             preconditionFailure("UsageRecorder.record called for an event loop outside its group")
         }
-        box.value.deltas[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].count += 1
-        box.value.deltas[hash]!.lastUsedMilliseconds = nowMilliseconds
+        box.value.deltas[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].use(at: nowMilliseconds) // one lookup
     }
 
     /// Takes every loop's counts, leaving them empty.

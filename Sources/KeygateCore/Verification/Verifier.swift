@@ -38,11 +38,17 @@ public final class Verifier: Sendable {
         self.staleWindow = UInt64(TimeAmount(settings.staleIfError).nanoseconds)
     }
 
-    /// Verifies `key` for a caller on `eventLoop`. A hit or a malformed key is answered at once.
-    public func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Result {
-        guard store.format.isWellFormed(key) else { return .decided(.invalid(.malformed)) }
+    /// Verifies `key` for a caller on `eventLoop`. A hit or a malformed key is answered at once; a
+    /// malformed key costs no hashing and no Redis command. Also returns the key's hash (nil when
+    /// malformed), which the caller needs to count the use.
+    public func verifyReturningHash(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> (Result, KeyHash?) {
+        guard store.format.isWellFormed(key) else { return (.decided(.invalid(.malformed)), nil) }
         let hash = store.hasher.hash(key)
-        return verify(hash: hash, on: eventLoop)
+        return (verify(hash: hash, on: eventLoop), hash)
+    }
+
+    public func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Result {
+        verifyReturningHash(key, on: eventLoop).0
     }
 
     public func verify(_ key: String, on eventLoop: any EventLoop) -> Result {
