@@ -82,8 +82,11 @@ public final class RedisConnection: Sendable {
                     handler = NIOLoopBound(try channel.pipeline.syncOperations.handler(type: RedisChannelHandler.self),
                                            eventLoop: channel.eventLoop)
                 } catch {
+                    // The channel closed before we got here (a refused TLS handshake tears the pipeline
+                    // down first): report it as a failed connect, not as a pipeline detail.
                     channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(error)
+                    return channel.eventLoop.makeFailedFuture(
+                        RedisError(.connectFailed, "connection to \(target) closed during setup", underlying: error))
                 }
                 return handler.value.ready.futureResult.map {
                     RedisConnection(channel: channel, handler: handler.value)
