@@ -10,6 +10,9 @@ let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 let serviceLifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let hummingbird = Target.Dependency.product(name: "Hummingbird", package: "hummingbird")
+let httpTypes = Target.Dependency.product(name: "HTTPTypes", package: "swift-http-types")
+let hummingbirdTesting = Target.Dependency.product(name: "HummingbirdTesting", package: "hummingbird")
 
 let package = Package(
     name: "keygate",
@@ -26,25 +29,34 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // C libraries from Debian: libhiredis-dev (RESP2 reader) and libssl-dev (libcrypto).
         .systemLibrary(name: "CHiredis", pkgConfig: "hiredis", providers: [.apt(["libhiredis-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
-        .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", nio, nioPosix, nioSSL, logging]),
-        .target(name: "KeygateCore", dependencies: ["KeygateRedis", "CCrypto", nio, nioPosix, logging, serviceLifecycle]),
-        .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", nio, nioPosix, logging, serviceLifecycle]),
-        .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateRedis", "KeygateDataPlane", nio, nioPosix, logging, serviceLifecycle]),
+        // Lock-free latency histograms and the Prometheus text writer, shared by every layer.
+        .target(name: "KeygateMetrics"),
+        .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", "KeygateMetrics", nio, nioPosix, nioSSL, logging]),
+        .target(name: "KeygateCore", dependencies: ["KeygateRedis", "KeygateMetrics", "CCrypto", nio, nioPosix, logging, serviceLifecycle]),
+        .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", "KeygateMetrics", nio, nioPosix, logging, serviceLifecycle]),
+        // The admin API, /metrics and /openapi.yaml (port 8081). The OpenAPI document is compiled in.
+        .target(name: "KeygateControlPlane", dependencies: ["KeygateCore", "KeygateMetrics", hummingbird, httpTypes, nio, logging, serviceLifecycle],
+                resources: [.embedInCode("openapi.yaml")]),
+        .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateMetrics", "KeygateRedis", "KeygateDataPlane", "KeygateControlPlane", nio, nioPosix, logging, serviceLifecycle]),
         .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", "KeygateNode", nio, nioPosix, logging, serviceLifecycle]),
 
         .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix]),
         .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto", nio, nioEmbedded, nioPosix]),
         .testTarget(name: "KeygateDataPlaneTests", dependencies: ["KeygateDataPlane"]),
+        .testTarget(name: "KeygateControlPlaneTests", dependencies: ["KeygateControlPlane", hummingbird, hummingbirdTesting]),
         // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
         .testTarget(name: "KeygateIntegrationTests",
-                    dependencies: ["KeygateRedis", "KeygateCore", "KeygateNode", "KeygateDataPlane", "KeygateTestSupport", nio, nioPosix, serviceLifecycle, logging]),
+                    dependencies: ["KeygateRedis", "KeygateCore", "KeygateNode", "KeygateDataPlane", "KeygateControlPlane", "KeygateTestSupport",
+                                   hummingbird, hummingbirdTesting, nio, nioPosix, serviceLifecycle, logging]),
     ]
 )
 

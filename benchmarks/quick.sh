@@ -10,6 +10,7 @@
 #   benchmarks/quick.sh [--quick]      # --quick: short runs, fewer keys (for CI)
 set -euo pipefail
 cd "$(dirname "$0")"
+# shellcheck source=../scripts/lib/packages.sh
 source ../scripts/lib/packages.sh
 ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools nginx-light wrk curl python3
 
@@ -55,7 +56,7 @@ start_node() {
     KEYGATE_LOG_LEVEL=warning taskset -c 0 "$keygate" serve --data-port "$port" --redis-url "$redis_url" --namespace bench \
         --threads 1 --usage-spill-path "$work/spill-$port.jsonl" "$@" &
     node_pid=$!
-    pids+=($node_pid)
+    pids+=("$node_pid")
     for _ in $(seq 1 200); do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/ready")" = 200 ] && return 0
         sleep 0.05

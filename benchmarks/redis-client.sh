@@ -6,6 +6,7 @@
 #   benchmarks/redis-client.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")"
+# shellcheck source=../scripts/lib/packages.sh
 source ../scripts/lib/packages.sh
 ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools python3
 

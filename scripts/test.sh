@@ -3,12 +3,15 @@
 # loopback port with persistence off, runs `swift test` against it, and stops Redis even on failure.
 #
 #   scripts/test.sh                  # every test
-#   scripts/test.sh --filter Redis   # extra arguments go to `swift test`
+#   scripts/test.sh --filter Redis   # extra arguments go to `swift test` (and skip the live checks)
+#
+# After `swift test`, scripts/check-control-plane.sh runs a real node for promtool, the OpenAPI
+# validator and schemathesis (Python tools from PyPI, installed in .venv/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
 
-ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 curl
+ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 python3-venv curl prometheus
 command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is required)" >&2; exit 1; }
 
 workdir=$(mktemp -d -t keygate-test.XXXXXX)
@@ -36,5 +39,9 @@ export REDIS_URL="redis://127.0.0.1:$port"
 echo "test Redis: $REDIS_URL (pid $redis_pid)"
 
 swift build --build-tests
-export KEYGATE_BIN="$(swift build --show-bin-path)/keygate"
+KEYGATE_BIN="$(swift build --show-bin-path)/keygate"
+export KEYGATE_BIN
 swift test --skip-build "$@"
+if [ $# -eq 0 ]; then
+    bash scripts/check-control-plane.sh "$KEYGATE_BIN" "$REDIS_URL"
+fi

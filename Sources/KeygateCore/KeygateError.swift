@@ -3,7 +3,7 @@
 public struct KeygateError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Sendable {
-            case notFound, duplicate, invalidArgument, invalidConfiguration, conflict, unavailable, internalError
+            case notFound, duplicate, invalidArgument, invalidConfiguration, conflict, limitReached, unavailable, internalError
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -18,6 +18,8 @@ public struct KeygateError: Error, Sendable, CustomStringConvertible {
         public static let invalidConfiguration = Code(.invalidConfiguration)
         /// The change conflicts with the key's state (rotating a key already rotated or revoked).
         public static let conflict = Code(.conflict)
+        /// The user already holds the most active keys self-service allows.
+        public static let limitReached = Code(.limitReached)
         /// Redis could not be reached or did not answer in time.
         public static let unavailable = Code(.unavailable)
         /// Redis answered something the store does not understand.

@@ -1,5 +1,6 @@
 import Foundation
 public import KeygateCore
+public import KeygateMetrics
 import Logging
 import NIOCore
 public import Synchronization
@@ -36,11 +37,18 @@ final class DataPlaneContext: Sendable {
         case pending(EventLoopFuture<Decision>, KeyHash?)
     }
 
+    /// Verifies and times the verification (a hit costs one more clock read and two atomic adds).
     func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Outcome {
+        let start = NIODeadline.now().uptimeNanoseconds
         let (result, hash) = verifier.verifyReturningHash(key, on: eventLoop)
         switch result {
-        case .decided(let decision): return .decided(decision, hash)
-        case .pending(let future): return .pending(future, hash)
+        case .decided(let decision):
+            metrics.latency.observe(nanoseconds: NIODeadline.now().uptimeNanoseconds &- start)
+            return .decided(decision, hash)
+        case .pending(let future):
+            let latency = metrics.latency
+            future.whenComplete { _ in latency.observe(nanoseconds: NIODeadline.now().uptimeNanoseconds &- start) }
+            return .pending(future, hash)
         }
     }
 
@@ -148,26 +156,21 @@ public final class DataPlaneMetrics: Sendable {
         }
     }
 
-    private let counters: [Atomic<Int>.Box]
+    private let counters: [AtomicCounter]
+    /// Time to a decision, from the key read to the verdict (cache hit or Redis lookup).
+    public let latency = LatencyHistogram()
     public let openConnections = Atomic<Int>(0)
     public let refusedConnections = Atomic<Int>(0)
 
     public init() {
-        counters = Outcome.allCases.map { _ in Atomic<Int>.Box() }
+        counters = Outcome.allCases.map { _ in AtomicCounter() }
     }
 
     func count(_ outcome: Outcome) {
-        counters[outcome.rawValue].value.add(1, ordering: .relaxed)
+        counters[outcome.rawValue].add()
     }
 
-    public func value(_ outcome: Outcome) -> Int {
-        counters[outcome.rawValue].value.load(ordering: .relaxed)
-    }
-}
-
-extension Atomic where Value == Int {
-    /// An atomic counter in a class, so it can live in an array.
-    final class Box: Sendable {
-        let value = Atomic<Int>(0)
+    public func value(_ outcome: Outcome) -> UInt64 {
+        counters[outcome.rawValue].load()
     }
 }

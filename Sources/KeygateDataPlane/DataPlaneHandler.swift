@@ -12,8 +12,9 @@ final class DataPlaneHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    enum Route {
-        case forwardAuth, verify, live, ready, notFound, methodNotAllowed
+    enum Route: Equatable {
+        case forwardAuth, verify, live, ready, notFound
+        case methodNotAllowed(allow: String)
     }
 
     private let node: DataPlaneContext
@@ -145,8 +146,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
                            close: close, omitBody: omitBody, into: &buffer)
         case .notFound:
             Responses.json(.notFound, body: Responses.notFoundBody, close: close, omitBody: omitBody, into: &buffer)
-        case .methodNotAllowed:
-            Responses.json(.methodNotAllowed, body: Responses.methodBody, extraHeaders: "Allow: POST\r\n", close: close, into: &buffer)
+        case .methodNotAllowed(let allow):
+            Responses.json(.methodNotAllowed, body: Responses.methodBody, extraHeaders: "Allow: \(allow)\r\n", close: close, into: &buffer)
         }
         write(buffer, context: context)
     }

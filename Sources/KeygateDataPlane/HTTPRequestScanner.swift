@@ -150,9 +150,10 @@ struct HTTPRequestScanner {
 
     static func route(_ bytes: UnsafeRawBufferPointer, _ path: Range<Int>, method: Method) -> DataPlaneHandler.Route {
         if equals(bytes, path, "/auth") || (path.count > 6 && equals(bytes, path.lowerBound, "/auth/")) { return .forwardAuth }
-        if equals(bytes, path, "/v1/verify") { return method == .post ? .verify : .methodNotAllowed }
-        if equals(bytes, path, "/health/live") { return .live }
-        if equals(bytes, path, "/health/ready") { return .ready }
+        if equals(bytes, path, "/v1/verify") { return method == .post ? .verify : .methodNotAllowed(allow: "POST") }
+        let readOnly = method == .get || method == .head
+        if equals(bytes, path, "/health/live") { return readOnly ? .live : .methodNotAllowed(allow: "GET, HEAD") }
+        if equals(bytes, path, "/health/ready") { return readOnly ? .ready : .methodNotAllowed(allow: "GET, HEAD") }
         return .notFound
     }
 

@@ -14,7 +14,7 @@ enum Responses {
     static let badVerifyBody = #"{"error":"bad_request","message":"Expected a JSON body {\"key\": \"...\"}."}"#
     static let tooLargeBody = #"{"error":"payload_too_large","message":"Request body too large."}"#
     static let headersTooLargeBody = #"{"error":"header_fields_too_large","message":"Request headers too large."}"#
-    static let methodBody = #"{"error":"method_not_allowed","message":"Use POST."}"#
+    static let methodBody = #"{"error":"method_not_allowed","message":"Method not allowed here; see the Allow header."}"#
     static let liveBody = #"{"status":"ok"}"#
     static let readyBody = #"{"status":"ready"}"#
     static let notReadyBody = #"{"status":"not_ready"}"#

@@ -1,3 +1,4 @@
+public import KeygateControlPlane
 public import KeygateCore
 public import KeygateDataPlane
 public import KeygateRedis
@@ -7,9 +8,11 @@ public import NIOPosix
 public import ServiceLifecycle
 
 /// One Keygate node: the parts, wired, and the services that run them in dependency order
-/// (Redis client, invalidation, usage flusher, data plane). Shutdown runs in reverse: stop
-/// accepting and drain, flush usage counts, stop the subscriber, close Redis.
+/// (Redis client, invalidation, usage flusher, control plane, data plane). Shutdown runs in reverse:
+/// stop accepting and drain, flush usage counts, stop the subscriber, close Redis.
 public final class KeygateNode: Sendable {
+    public static let version = "0.1.0"
+
     public let configuration: NodeConfiguration
     public let redis: RedisClient
     public let store: KeyStore
@@ -18,6 +21,7 @@ public final class KeygateNode: Sendable {
     public let usage: UsageRecorder
     public let flusher: UsageFlusher
     public let dataPlane: DataPlaneServer
+    public let controlPlane: ControlPlane
     public let eventLoopGroup: MultiThreadedEventLoopGroup
     private let logger: Logger
 
@@ -46,11 +50,17 @@ public final class KeygateNode: Sendable {
         let cache = verifier.cache
         self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage, group: group,
                                          logger: logger, isReady: { redis.isConnected && cache.isTrusted })
+        let metricsSource = MetricsSource()
+        self.controlPlane = ControlPlane(settings: configuration.controlPlane, store: store, verifier: verifier,
+                                         eventLoopGroup: group, logger: logger,
+                                         isReady: { redis.isConnected && cache.isTrusted },
+                                         metricsText: { metricsSource.node.map(NodeMetrics.render) ?? "" })
+        metricsSource.node = self
     }
 
     /// The services in dependency order.
     public var services: [any Service] {
-        [RedisClientService(client: redis, group: eventLoopGroup), invalidation, flusher, dataPlane]
+        [RedisClientService(client: redis, group: eventLoopGroup), invalidation, flusher, controlPlane, dataPlane]
     }
 
     /// Runs until SIGTERM or SIGINT (graceful: drain, flush, exit) or a service fails.
@@ -78,4 +88,10 @@ struct RedisClientService: Service {
         await client.shutdown()
         try? await group.shutdownGracefully()
     }
+}
+
+/// Lets the control plane's `/metrics` read the node that owns it (set once, after init).
+private final class MetricsSource: @unchecked Sendable {
+    // Written once in KeygateNode.init before any service runs; read-only afterwards.
+    weak var node: KeygateNode?
 }

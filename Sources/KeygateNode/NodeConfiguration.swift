@@ -1,3 +1,4 @@
+public import KeygateControlPlane
 public import KeygateCore
 public import KeygateDataPlane
 public import KeygateRedis
@@ -14,6 +15,7 @@ public struct NodeConfiguration: Sendable {
     /// HMAC pepper; nil for plain SHA-256.
     public var pepper: [UInt8]?
     public var dataPlane = DataPlaneSettings()
+    public var controlPlane = ControlPlaneSettings()
     public var verifier = Verifier.Settings()
     public var invalidation = InvalidationService.Settings()
     public var usage = UsageFlusher.Settings()

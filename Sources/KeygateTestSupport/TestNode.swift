@@ -11,6 +11,8 @@ public final class TestNode: Sendable {
 
     /// The data plane's port.
     public var port: Int { node.dataPlane.port }
+    /// The control plane's port.
+    public var controlPort: Int { node.controlPlane.port }
 
     /// Starts a node against `redisURL` in `namespace` and waits (at most 10 s) until it is ready.
     public static func start(redisURL: String, namespace: String,
@@ -20,6 +22,7 @@ public final class TestNode: Sendable {
         configuration.redis.commandTimeout = .seconds(2)
         configuration.namespace = namespace
         configuration.dataPlane.port = 0
+        configuration.controlPlane.port = 0
         configuration.eventLoopThreads = 2
         configuration.invalidation.pingInterval = .milliseconds(200)
         configuration.invalidation.pingTimeout = .milliseconds(500)
@@ -35,7 +38,7 @@ public final class TestNode: Sendable {
         let task = Task { try await group.run() }
         let testNode = TestNode(node: node, group: group, task: task)
         let deadline = ContinuousClock.now + .seconds(10)
-        while !(node.isReady && node.dataPlane.port != 0) {
+        while !(node.isReady && node.dataPlane.port != 0 && node.controlPlane.port != 0) {
             guard ContinuousClock.now < deadline else {
                 await testNode.stop()
                 throw TestSupportError("node did not become ready within 10 s")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KeygateNode
 
 /// `keygate`: the node and its operator CLI, one binary.
 @main
@@ -14,6 +15,7 @@ struct Keygate: AsyncParsableCommand {
 
         Exit codes: 0 success, 1 other error, 2 bad usage, 3 not found, 4 Redis unavailable, 5 conflict.
         """,
+        version: KeygateNode.version,
         subcommands: [ServeCommand.self, KeysCommand.self, UsersCommand.self, EventsCommand.self]
     )
 }

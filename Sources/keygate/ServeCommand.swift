@@ -11,9 +11,10 @@ import Logging
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
-        abstract: "Run a verification node (data plane on --data-port).",
+        abstract: "Run a verification node (data plane on --data-port, admin API and /metrics on --control-port).",
         discussion: """
-        Environment fallbacks: KEYGATE_HOST, KEYGATE_DATA_PORT, KEYGATE_REDIS_URL, KEYGATE_NAMESPACE, \
+        Environment fallbacks: KEYGATE_HOST, KEYGATE_DATA_PORT, KEYGATE_CONTROL_PORT, KEYGATE_CONTROL_HOST, \
+        KEYGATE_SELF_SERVICE_MAX_KEYS, KEYGATE_REDIS_URL, KEYGATE_NAMESPACE, \
         KEYGATE_KEY_PREFIX, KEYGATE_KEY_HEADERS (comma separated), KEYGATE_ACCEPT_BEARER, \
         KEYGATE_VERIFY_DETAILED_CODES, KEYGATE_CACHE_CAPACITY, KEYGATE_NEGATIVE_CACHE_CAPACITY, \
         KEYGATE_POSITIVE_MAX_AGE, KEYGATE_NEGATIVE_TTL, KEYGATE_STALE_IF_ERROR, KEYGATE_MAX_CONCURRENT_LOOKUPS, \
@@ -26,6 +27,10 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Option(help: "Address to listen on (KEYGATE_HOST, default 127.0.0.1).") var host: String?
     @Option(help: "Data plane port (KEYGATE_DATA_PORT, default 8080).") var dataPort: Int?
+    @Option(help: "Control plane port: admin API, /metrics, /openapi.yaml (KEYGATE_CONTROL_PORT, default 8081).") var controlPort: Int?
+    @Option(help: "Control plane address (KEYGATE_CONTROL_HOST, default: the same as --host).") var controlHost: String?
+    @Option(help: "Active keys a user may hold when creating keys with a keygate:self key (KEYGATE_SELF_SERVICE_MAX_KEYS, default 10).")
+    var selfServiceMaxKeys: Int?
     @Option(help: "Redis URL (KEYGATE_REDIS_URL, default redis://127.0.0.1:6379).") var redisURL: String?
     @Option(help: "Redis key and channel prefix (KEYGATE_NAMESPACE, default keygate).") var namespace: String?
     @Option(help: "Prefix of issued keys (KEYGATE_KEY_PREFIX, default kg).") var keyPrefix: String?
@@ -79,6 +84,9 @@ struct ServeCommand: AsyncParsableCommand {
         }
         config.dataPlane.host = try value(host, "KEYGATE_HOST", { $0 }) ?? "127.0.0.1"
         config.dataPlane.port = try value(dataPort, "KEYGATE_DATA_PORT", { Int($0) }) ?? 8080
+        config.controlPlane.host = try value(controlHost, "KEYGATE_CONTROL_HOST", { $0 }) ?? config.dataPlane.host
+        config.controlPlane.port = try value(controlPort, "KEYGATE_CONTROL_PORT", { Int($0) }) ?? 8081
+        if let v = try value(selfServiceMaxKeys, "KEYGATE_SELF_SERVICE_MAX_KEYS", { Int($0) }) { config.controlPlane.selfServiceMaxActiveKeys = v }
         let headers = keyHeaders.isEmpty ? (env["KEYGATE_KEY_HEADERS"].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? []) : keyHeaders
         if !headers.isEmpty { config.dataPlane.keyHeaders = headers }
         config.dataPlane.acceptBearer = try acceptBearer || (value(nil, "KEYGATE_ACCEPT_BEARER", bool) ?? false)
@@ -97,7 +105,8 @@ struct ServeCommand: AsyncParsableCommand {
         config.usage.spillPath = try value(usageSpillPath, "KEYGATE_USAGE_SPILL_PATH", { $0 }) ?? "keygate-usage-spill-\(config.dataPlane.port).jsonl"
         if let v = try value(threads, "KEYGATE_THREADS", { Int($0) }) { config.eventLoopThreads = v }
         guard config.verifier.cache.capacity > 0, config.verifier.cache.negativeCapacity > 0, config.verifier.maxConcurrentLookups > 0,
-              config.dataPlane.maxConnections > 0, (0...65_535).contains(config.dataPlane.port) else {
+              config.dataPlane.maxConnections > 0, config.controlPlane.selfServiceMaxActiveKeys > 0,
+              (0...65_535).contains(config.dataPlane.port), (0...65_535).contains(config.controlPlane.port) else {
             throw ValidationError("capacities, limits and ports must be positive")
         }
 
@@ -111,7 +120,7 @@ struct ServeCommand: AsyncParsableCommand {
         var logger = Logger(label: "keygate")
         logger[metadataKey: "node"] = "\(config.nodeID)"
         logger.info("starting", metadata: ["redis": "\(config.redis.redactedTarget)", "namespace": "\(config.namespace)",
-                                           "data_port": "\(config.dataPlane.port)"])
+                                           "data_port": "\(config.dataPlane.port)", "control_port": "\(config.controlPlane.port)"])
         let node = try KeygateNode(configuration: config, logger: logger)
         try await node.run()
         logger.info("stopped")

@@ -45,7 +45,9 @@ import Testing
     @Test func routes() {
         #expect(head("POST /v1/verify HTTP/1.1\r\nContent-Length: 2\r\n\r\n")?.route == .verify)
         #expect(head("POST /v1/verify HTTP/1.1\r\nContent-Length: 2\r\n\r\n")?.contentLength == 2)
-        #expect(head("GET /v1/verify HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed)
+        #expect(head("GET /v1/verify HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed(allow: "POST"))
+        #expect(head("TRACE /health/live HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed(allow: "GET, HEAD"))
+        #expect(head("HEAD /health/ready HTTP/1.1\r\n\r\n")?.route == .ready)
         #expect(head("GET /health/ready HTTP/1.1\r\n\r\n")?.route == .ready)
         #expect(head("HEAD /auth HTTP/1.1\r\n\r\n")?.method == .head)
         #expect(head("GET /authx HTTP/1.1\r\n\r\n")?.route == .notFound)

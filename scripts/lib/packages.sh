@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts: install missing Debian packages, find a free loopback port.
 
 # ensure_packages PKG...: installs the missing ones when root; otherwise prints the apt line and fails.

@@ -54,12 +54,14 @@ public final class KeyStore: Sendable {
     // MARK: mutations
 
     /// Issues a new key. The plaintext is in the result and nowhere else.
-    public func create(_ request: NewKey, actor: String, now: Date = Date()) async throws(KeygateError) -> IssuedKey {
-        try await create(request, actor: actor, now: now, plaintext: format.generate())
+    /// - Parameter maxActiveKeys: refuse (`limitReached`) when the user already holds this many active
+    ///   keys; nil for no limit. Self-service creation sets it.
+    public func create(_ request: NewKey, actor: String, maxActiveKeys: Int? = nil, now: Date = Date()) async throws(KeygateError) -> IssuedKey {
+        try await create(request, actor: actor, maxActiveKeys: maxActiveKeys, now: now, plaintext: format.generate())
     }
 
     /// `create` with a given plaintext: tests use it to cache a key as unknown before it exists.
-    func create(_ request: NewKey, actor: String, now: Date, plaintext: String) async throws(KeygateError) -> IssuedKey {
+    func create(_ request: NewKey, actor: String, maxActiveKeys: Int? = nil, now: Date, plaintext: String) async throws(KeygateError) -> IssuedKey {
         try KeyValidation.user(request.user)
         try KeyValidation.name(request.name)
         try KeyValidation.scopes(request.scopes)
@@ -74,7 +76,8 @@ public final class KeyStore: Sendable {
                           keys: [layout.record(hash), layout.idIndex(id), layout.userKeys(request.user), layout.events, layout.epoch],
                           arguments: [hash.hex, id, request.user, request.name, request.scopes.joined(separator: " "),
                                       request.expiresAt.map { String($0.milliseconds) } ?? "", metadata,
-                                      String(now.milliseconds), actor, String(streamMaxLength), layout.invalidationChannel])
+                                      String(now.milliseconds), actor, String(streamMaxLength), layout.invalidationChannel,
+                                      layout.namespace, String(max(0, maxActiveKeys ?? 0))])
         let record = KeyRecord(hash: hash, id: id, user: request.user, name: request.name, scopes: request.scopes,
                                status: .active, createdAt: now.truncatedToMilliseconds, expiresAt: request.expiresAt?.truncatedToMilliseconds,
                                revokedAt: nil, lastUsedAt: nil, version: 1, metadata: request.metadata,
@@ -299,6 +302,7 @@ public final class KeyStore: Sendable {
             if message.hasPrefix("NOTFOUND") { return KeygateError(.notFound, detail, underlying: error) }
             if message.hasPrefix("CONFLICT") { return KeygateError(.conflict, detail, underlying: error) }
             if message.hasPrefix("DUPLICATE") { return KeygateError(.duplicate, detail, underlying: error) }
+            if message.hasPrefix("LIMIT") { return KeygateError(.limitReached, detail, underlying: error) }
             return KeygateError(.internalError, "Redis refused the command: \(message)", underlying: error)
         }
         return KeygateError(.unavailable, "Redis is unavailable (\(redisError.code)): \(redisError.message)", underlying: error)

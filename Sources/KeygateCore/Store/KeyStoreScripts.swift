@@ -8,10 +8,26 @@ public import KeygateRedis
 /// Error replies start with a word the store maps to `KeygateError`: NOTFOUND, DUPLICATE, CONFLICT.
 enum KeyStoreScripts {
     /// KEYS: record, id index, user set, stream, epoch.
-    /// ARGV: hash, id, user, name, scopes, expires_at ms or "", metadata JSON, now ms, actor, maxlen, channel.
+    /// ARGV: hash, id, user, name, scopes, expires_at ms or "", metadata JSON, now ms, actor, maxlen, channel,
+    /// namespace, most active keys the user may hold (0: no limit; counted here so concurrent creates
+    /// cannot both pass the check).
     static let create = RedisScript("""
     if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('DUPLICATE a key with this hash exists') end
     if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('DUPLICATE a key with this id exists') end
+    local limit = tonumber(ARGV[13])
+    if limit > 0 then
+      local active = 0
+      for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+        local hash = redis.call('GET', ARGV[12] .. ':id:' .. id)
+        if hash then
+          local fields = redis.call('HMGET', ARGV[12] .. ':key:{' .. hash .. '}', 'status', 'expires_at')
+          if fields[1] == 'active' and (fields[2] == false or fields[2] == '' or tonumber(fields[2]) > tonumber(ARGV[8])) then
+            active = active + 1
+          end
+        end
+      end
+      if active >= limit then return redis.error_reply('LIMIT the user already has ' .. active .. ' active keys') end
+    end
     redis.call('HSET', KEYS[1], 'id', ARGV[2], 'user', ARGV[3], 'name', ARGV[4], 'scopes', ARGV[5],
       'status', 'active', 'created_at', ARGV[8], 'expires_at', ARGV[6], 'metadata', ARGV[7], 'version', 1)
     redis.call('SET', KEYS[2], ARGV[1])

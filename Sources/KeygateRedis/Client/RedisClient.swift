@@ -11,6 +11,7 @@ import Synchronization
 /// themselves; during a long outage commands fail fast with `RedisError.Code.circuitOpen`.
 public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
+    public let metrics = RedisClientMetrics()
     private let slots: [RedisConnectionSlot]
     private let slotByLoop: [ObjectIdentifier: RedisConnectionSlot]
     private let nextSlot = Atomic<UInt>(0)
@@ -25,7 +26,8 @@ public final class RedisClient: Sendable {
         var byLoop: [ObjectIdentifier: RedisConnectionSlot] = [:]
         let circuit = RedisCircuit(failFastAfter: configuration.failFastAfter)
         for loop in eventLoopGroup.makeIterator() {
-            let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, tlsContext: tls, circuit: circuit)
+            let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, tlsContext: tls, circuit: circuit,
+                                           metrics: metrics)
             slots.append(slot)
             byLoop[ObjectIdentifier(loop)] = slot
         }

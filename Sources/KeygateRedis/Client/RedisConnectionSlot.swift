@@ -12,6 +12,7 @@ final class RedisConnectionSlot: Sendable {
     private let configuration: RedisConfiguration
     private let tlsContext: NIOSSLContext?
     private let circuit: RedisCircuit
+    private let metrics: RedisClientMetrics
     private let state: NIOLoopBoundBox<State>
     /// Readable from any thread, so async callers can prefer a healthy slot.
     let isHealthy = Atomic<Bool>(false)
@@ -26,8 +27,10 @@ final class RedisConnectionSlot: Sendable {
         var everConnected = false
     }
 
-    init(eventLoop: any EventLoop, configuration: RedisConfiguration, tlsContext: NIOSSLContext?, circuit: RedisCircuit) {
+    init(eventLoop: any EventLoop, configuration: RedisConfiguration, tlsContext: NIOSSLContext?, circuit: RedisCircuit,
+         metrics: RedisClientMetrics) {
         self.eventLoop = eventLoop
+        self.metrics = metrics
         self.circuit = circuit
         self.configuration = configuration
         self.tlsContext = tlsContext
@@ -56,18 +59,18 @@ final class RedisConnectionSlot: Sendable {
     func send(_ command: RedisCommand) -> EventLoopFuture<RESPValue> {
         eventLoop.assertInEventLoop()
         if let connection = state.value.connection, connection.isActive {
-            return connection.send(command)
+            return metrics.measure(connection.send(command))
         }
-        return connection().flatMap { $0.send(command) }
+        return metrics.measure(connection().flatMap { $0.send(command) })
     }
 
     /// Sends a pipeline on this loop's connection (one flush, one reply array).
     func pipeline(_ commands: [RedisCommand]) -> EventLoopFuture<[RESPValue]> {
         eventLoop.assertInEventLoop()
         if let connection = state.value.connection, connection.isActive {
-            return connection.pipeline(commands)
+            return metrics.measure(connection.pipeline(commands))
         }
-        return connection().flatMap { $0.pipeline(commands) }
+        return metrics.measure(connection().flatMap { $0.pipeline(commands) })
     }
 
     func shutdown() -> EventLoopFuture<Void> {

@@ -1,0 +1,88 @@
+public import Hummingbird
+public import KeygateCore
+import KeygateMetrics
+public import Logging
+public import NIOCore
+public import ServiceLifecycle
+import Synchronization
+
+public struct ControlPlaneSettings: Sendable, Equatable {
+    public var host = "127.0.0.1"
+    public var port = 8081
+    /// Largest accepted request body.
+    public var maxBodyBytes = 64 * 1024
+    /// Active keys a user may hold when creating keys through self-service.
+    public var selfServiceMaxActiveKeys = 10
+    public var idleTimeout: Duration = .seconds(60)
+    public init() {}
+}
+
+/// The control plane (port 8081): the admin API, `/metrics`, `/health/*` and `/openapi.yaml`, a
+/// Hummingbird application sharing the node's store, verifier and event loops.
+public final class ControlPlane: Service, Sendable {
+    public let settings: ControlPlaneSettings
+    public let metrics = ControlPlaneMetrics()
+    private let store: KeyStore
+    private let verifier: Verifier
+    private let eventLoopGroup: any EventLoopGroup
+    private let logger: Logger
+    private let isReady: @Sendable () -> Bool
+    private let metricsText: @Sendable () -> String
+    private let boundPort = Atomic<Int>(0)
+
+    /// - Parameter metricsText: the node's metrics in Prometheus text format, built per scrape.
+    public init(settings: ControlPlaneSettings, store: KeyStore, verifier: Verifier, eventLoopGroup: any EventLoopGroup,
+                logger: Logger, isReady: @escaping @Sendable () -> Bool, metricsText: @escaping @Sendable () -> String) {
+        self.settings = settings
+        self.store = store
+        self.verifier = verifier
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.isReady = isReady
+        self.metricsText = metricsText
+    }
+
+    /// The port actually bound (useful with port 0), or 0 before binding.
+    public var port: Int { boundPort.load(ordering: .acquiring) }
+
+    public func makeRouter() -> Router<ControlPlaneContext> {
+        let router = Router(context: ControlPlaneContext.self, options: .autoGenerateHeadEndpoints)
+        let table = RouteTable()
+        router.add(middleware: ProblemMiddleware(routes: table))
+        let json = "application/json"
+        router.on("health/live", .get, recordIn: table) { _, _ in Self.text(#"{"status":"ok"}"#, contentType: json) }
+        router.on("health/ready", .get, recordIn: table) { [isReady] _, _ in
+            isReady() ? Self.text(#"{"status":"ready"}"#, contentType: json)
+                      : Self.text(#"{"status":"not_ready"}"#, contentType: json, status: .serviceUnavailable)
+        }
+        router.on("metrics", .get, recordIn: table) { [metricsText] _, _ in
+            Self.text(metricsText(), contentType: PrometheusText.contentType)
+        }
+        router.on("openapi.yaml", .get, recordIn: table) { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/yaml"],
+                     body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_yaml)))
+        }
+        let v1 = router.group("v1").add(middleware: CallerAuthentication(verifier: verifier, eventLoopGroup: eventLoopGroup, metrics: metrics))
+        KeyRoutes(store: store, settings: settings).register(on: v1, table: table)
+        return router
+    }
+
+    public func run() async throws {
+        let application = Application(
+            router: makeRouter(),
+            server: .http1(configuration: .init(idleTimeout: TimeAmount(settings.idleTimeout))),
+            configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
+            onServerRunning: { channel in
+                self.boundPort.store(channel.localAddress?.port ?? 0, ordering: .releasing)
+                self.logger.info("control plane listening", metadata: ["address": "\(self.settings.host):\(self.port)"])
+            },
+            eventLoopGroupProvider: .shared(eventLoopGroup),
+            logger: logger)
+        try await application.run()
+    }
+
+    static func text(_ body: String, contentType: String, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: contentType, .cacheControl: "no-store"],
+                 body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import KeygateCore
+
+/// The admin API under `/v1`. Admin keys (`keygate:admin`) may do everything; self-service keys
+/// (`keygate:self`) may list, create and revoke keys of their own user only, and another user's key
+/// looks to them as if it did not exist (404, no oracle). The key that authenticates a request cannot
+/// change, revoke or rotate itself, nor revoke its own user (409): an operator cannot lock themselves
+/// out by mistake; another admin key or the CLI can.
+struct KeyRoutes {
+    let store: KeyStore
+    let settings: ControlPlaneSettings
+
+    func register(on v1: RouterGroup<ControlPlaneContext>, table: RouteTable) {
+        func route(_ method: HTTPRequest.Method, _ path: String,
+                   _ handler: @Sendable @escaping (Request, ControlPlaneContext) async throws -> Response) {
+            v1.on(path, method, recordIn: table, prefix: "/v1", use: handler)
+        }
+        route(.post, "keys") { request, context in try await create(request, context) }
+        route(.get, "keys") { request, context in try await list(request, context) }
+        route(.get, "keys/:id") { _, context in
+            try requireAdmin(context)
+            return try JSONResponse.make(try await store.record(id: try context.parameters.require("id")))
+        }
+        route(.patch, "keys/:id") { request, context in try await update(request, context) }
+        route(.post, "keys/:id/revoke") { _, context in try await revoke(context) }
+        route(.post, "keys/:id/rotate") { request, context in try await rotate(request, context) }
+        route(.get, "keys/:id/usage") { request, context in try await usage(request, context) }
+        route(.post, "users/:user/revoke") { _, context in
+            let caller = try requireAdmin(context)
+            let user = try context.parameters.require("user")
+            guard user != caller.user else {
+                throw Problem(.selfModification, "the calling key belongs to user '\(user)'; revoke it with another admin key or the CLI")
+            }
+            let revoked = try await store.revokeAll(user: user, actor: caller.actor)
+            return try JSONResponse.make(UserRevocation(user: user, revoked: revoked))
+        }
+        route(.get, "events") { request, context in try await events(request, context) }
+    }
+
+    private func rejectSelf(_ id: String, _ caller: Caller) throws {
+        guard id != caller.keyID else {
+            throw Problem(.selfModification, "key \(id) authenticates this request; change it with another admin key or the CLI")
+        }
+    }
+
+    @discardableResult
+    private func requireAdmin(_ context: ControlPlaneContext) throws -> Caller {
+        let caller = try context.requireCaller()
+        guard caller.isAdmin else { throw Problem(.forbidden, "this endpoint needs scope keygate:admin") }
+        return caller
+    }
+
+    private func create(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let body = try await JSONBody.decode(CreateKeyBody.self, from: request, limit: settings.maxBodyBytes)
+        var limit: Int? = nil
+        let user: String
+        if caller.isAdmin {
+            guard let requested = body.user else { throw Problem(.invalidField, "user is required", field: "user") }
+            user = requested
+        } else {
+            user = body.user ?? caller.user
+            guard user == caller.user else {
+                throw Problem(.forbidden, "a self-service key may only create keys for its own user")
+            }
+            // A self-service key cannot grant more than it holds.
+            let extra = (body.scopes ?? []).filter { !caller.scopes.contains($0) }
+            guard extra.isEmpty else {
+                throw Problem(.forbidden, "a self-service key may only grant scopes it holds itself (not: \(extra.joined(separator: " ")))")
+            }
+            limit = settings.selfServiceMaxActiveKeys
+        }
+        let issued = try await store.create(
+            KeyStore.NewKey(user: user, name: body.name ?? "", scopes: body.scopes ?? [], expiresAt: body.expiresAt,
+                            metadata: body.metadata ?? [:]),
+            actor: caller.actor, maxActiveKeys: limit)
+        return try JSONResponse.make(issued, status: .created, location: "/v1/keys/\(issued.record.id)")
+    }
+
+    private func list(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let requested = request.uri.queryParameters.get("user")
+        let user: String
+        if caller.isAdmin {
+            guard let requested else { throw Problem(.invalidField, "the query parameter user is required", field: "user") }
+            user = requested
+        } else {
+            user = requested ?? caller.user
+            guard user == caller.user else { throw Problem(.forbidden, "a self-service key may only list its own user's keys") }
+        }
+        return try JSONResponse.make(KeyList(keys: try await store.list(user: user)))
+    }
+
+    private func update(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
+        let caller = try requireAdmin(context)
+        let id = try context.parameters.require("id")
+        try rejectSelf(id, caller)
+        let body = try await JSONBody.decode(UpdateKeyBody.self, from: request, limit: settings.maxBodyBytes)
+        var record = try await store.update(id: id, body.changes, actor: caller.actor)
+        if let enabled = body.enabled {
+            record = try await store.setEnabled(id: id, enabled, actor: caller.actor)
+        }
+        return try JSONResponse.make(record)
+    }
+
+    private func revoke(_ context: ControlPlaneContext) async throws -> Response {
+        let caller = try context.requireCaller()
+        let id = try context.parameters.require("id")
+        try rejectSelf(id, caller)
+        if !caller.isAdmin {
+            let record = try await store.record(id: id)
+            guard record.user == caller.user else { throw Problem(.notFound, "no key with id '\(id)'") }
+        }
+        return try JSONResponse.make(try await store.revoke(id: id, actor: caller.actor))
+    }
+
+    private func rotate(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
+        let caller = try requireAdmin(context)
+        let id = try context.parameters.require("id")
+        try rejectSelf(id, caller)
+        let body = try await JSONBody.decode(RotateKeyBody.self, from: request, limit: settings.maxBodyBytes, allowEmpty: true)
+        let issued = try await store.rotate(id: id, grace: .seconds(body.graceSeconds), actor: caller.actor)
+        return try JSONResponse.make(issued, status: .created, location: "/v1/keys/\(issued.record.id)")
+    }
+
+    private func usage(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
+        try requireAdmin(context)
+        let id = try context.parameters.require("id")
+        let days = try Self.integer(request, "days", default: 7, range: 1...KeyStoreLayout.dailyRetentionDays)
+        return try JSONResponse.make(try await store.usage(id: id, days: days))
+    }
+
+    private func events(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
+        try requireAdmin(context)
+        let after = request.uri.queryParameters.get("after")
+        if let after, !Self.isStreamID(after) {
+            throw Problem(.invalidField, "after must be an event id such as 1733011200000-0", field: "after")
+        }
+        let limit = try Self.integer(request, "limit", default: 100, range: 1...1_000)
+        let events = try await store.events(after: after, count: limit)
+        return try JSONResponse.make(EventPage(events: events, nextAfter: events.count == limit ? events.last?.id : nil))
+    }
+
+    static func integer(_ request: Request, _ name: String, default value: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let text = request.uri.queryParameters.get(name) else { return value }
+        guard let number = Int(text), range.contains(number) else {
+            throw Problem(.invalidField, "\(name) must be an integer in \(range.lowerBound)-\(range.upperBound)", field: name)
+        }
+        return number
+    }
+
+    static func isStreamID(_ text: String) -> Bool {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.count <= 20 && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }
+    }
+}
+
+struct KeyList: Encodable { var keys: [KeyRecord] }
+
+struct UserRevocation: Encodable { var user: String; var revoked: Int }
+
+struct EventPage: Encodable {
+    var events: [KeyEvent]
+    /// Pass as `after` for the next page; null when this page is the last.
+    var nextAfter: String?
+    enum CodingKeys: String, CodingKey { case events, nextAfter = "next_after" }
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(events, forKey: .events)
+        try container.encode(nextAfter, forKey: .nextAfter)
+    }
+}
+
+/// JSON responses with the same encoding as the CLI's `--json` (snake_case, RFC 3339 dates).
+enum JSONResponse {
+    static func make(_ value: some Encodable, status: HTTPResponse.Status = .ok, location: String? = nil) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
+        if let location { headers[.location] = location }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))
+    }
+}

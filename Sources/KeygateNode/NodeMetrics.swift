@@ -1,0 +1,83 @@
+import KeygateControlPlane
+import KeygateCore
+import KeygateDataPlane
+import KeygateMetrics
+import KeygateRedis
+
+/// The node's `/metrics`: every counter the parts keep, written in Prometheus text format at scrape
+/// time. Labels come from fixed sets only (plane, result, reason, code); nothing per key (rule 15).
+enum NodeMetrics {
+    static func render(_ node: KeygateNode) -> String {
+        var text = PrometheusText()
+        let data = node.dataPlane.metrics
+        let control = node.controlPlane.metrics
+        let verifier = node.verifier.metrics
+        let cache = verifier.cache
+        let invalidation = node.invalidation.metrics
+        let usage = node.flusher.metrics
+
+        text.gauge("keygate_build_info", help: "Always 1; the labels carry the version.",
+                   samples: [([("version", KeygateNode.version)], 1)])
+
+        let dataSamples = DataPlaneMetrics.Outcome.allCases.map { ([("plane", "data"), ("result", $0.label)], Double(data.value($0))) }
+        let controlSamples = ControlPlaneMetrics.Outcome.allCases.map { ([("plane", "control"), ("result", $0.label)], Double(control.value($0))) }
+        text.counter("keygate_verify_result_total", help: "Verification results by plane and outcome.",
+                     samples: dataSamples + controlSamples)
+        text.histogram("keygate_verify_duration_seconds", help: "Time from reading a key to its verdict (cache hit or Redis lookup).",
+                       samples: [([("plane", "data")], data.latency.snapshot()), ([("plane", "control")], control.latency.snapshot())])
+        text.counter("keygate_verify_stale_served_total", help: "Valid answers served from a stale entry while Redis was unreachable (stale-if-error).",
+                     verifier.staleServed.load(ordering: .relaxed))
+        text.counter("keygate_verify_shed_total", help: "Requests answered 503 because too many Redis lookups were in flight.",
+                     verifier.shed.load(ordering: .relaxed))
+        text.counter("keygate_verify_malformed_records_total", help: "Key records in Redis that could not be decoded.",
+                     verifier.malformedRecords.load(ordering: .relaxed))
+
+        text.counter("keygate_cache_hits_total", help: "Verdict cache hits (positive and negative).", cache.hits.load(ordering: .relaxed))
+        text.counter("keygate_cache_misses_total", help: "Verdict cache misses.", cache.misses.load(ordering: .relaxed))
+        text.counter("keygate_cache_lookups_total", help: "Redis lookups sent for cache misses (single-flight leaders).",
+                     verifier.lookups.load(ordering: .relaxed))
+        text.gauge("keygate_cache_entries", help: "Entries in the verdict caches.",
+                   samples: [([("cache", "positive")], Double(node.verifier.cache.count)),
+                             ([("cache", "negative")], Double(node.verifier.cache.negativeCount))])
+        text.counter("keygate_cache_evictions_total", help: "Entries evicted to make room (LRU).", cache.evictions.load(ordering: .relaxed))
+        text.counter("keygate_cache_placeholder_discards_total", help: "Lookups not cached because an invalidation raced them.",
+                     cache.placeholderDiscards.load(ordering: .relaxed))
+        text.gauge("keygate_cache_generation", help: "Cache generation; bumped whenever the invalidation path is lost.",
+                   Double(node.verifier.cache.generation))
+        text.gauge("keygate_cache_trusted", help: "1 while the cache is trusted (invalidation channel up and caught up).",
+                   node.verifier.cache.isTrusted ? 1 : 0)
+        text.counter("keygate_cache_flush_total", help: "Whole-cache flushes by reason.",
+                     samples: [([("reason", "replay_gap")], Double(invalidation.flushesReplayGap.load(ordering: .relaxed))),
+                               ([("reason", "no_baseline")], Double(invalidation.flushesNoBaseline.load(ordering: .relaxed)))])
+
+        text.gauge("keygate_invalidation_channel_up", help: "1 while subscribed to the invalidation channel and caught up.",
+                   invalidation.channelUp.load(ordering: .relaxed) ? 1 : 0)
+        text.gauge("keygate_invalidation_seconds_since_last_pong", help: "Seconds since the subscriber connection last answered a ping (-1: never).",
+                   node.invalidation.secondsSinceLastPong ?? -1)
+        text.counter("keygate_invalidations_received_total", help: "Invalidation messages received.", invalidation.received.load(ordering: .relaxed))
+        text.counter("keygate_invalidations_applied_total", help: "Cache entries evicted by invalidations.", cache.invalidationsApplied.load(ordering: .relaxed))
+        text.counter("keygate_invalidation_losses_total", help: "Times the invalidation path was lost (the cache turned suspect).",
+                     invalidation.losses.load(ordering: .relaxed))
+        text.counter("keygate_invalidation_replays_total", help: "Stream replays after reconnecting.", invalidation.replays.load(ordering: .relaxed))
+        text.counter("keygate_invalidation_replayed_events_total", help: "Events applied from Stream replays.",
+                     invalidation.replayedEvents.load(ordering: .relaxed))
+
+        text.histogram("keygate_redis_command_duration_seconds", help: "Redis command (or pipeline) latency on the node's data connections.",
+                       samples: [([], node.redis.metrics.commandLatency.snapshot())])
+        text.counter("keygate_redis_command_errors_total", help: "Failed Redis commands by error code.",
+                     samples: node.redis.metrics.errorCounts.map { ([("code", $0.code)], Double($0.count)) })
+
+        text.gauge("keygate_usage_pending_keys", help: "Keys with usage counts not yet acknowledged by Redis.", Double(usage.pendingKeys.load(ordering: .relaxed)))
+        text.counter("keygate_usage_flushed_batches_total", help: "Usage batches acknowledged by Redis.", usage.flushedBatches.load(ordering: .relaxed))
+        text.counter("keygate_usage_duplicate_batches_total", help: "Retried usage batches Redis had already applied (counted once).",
+                     usage.duplicateBatches.load(ordering: .relaxed))
+        text.counter("keygate_usage_flush_failures_total", help: "Usage flushes that failed and will be retried.", usage.flushFailures.load(ordering: .relaxed))
+        text.counter("keygate_usage_spilled_total", help: "Key counts written to the spill file while Redis was failing.", usage.spilled.load(ordering: .relaxed))
+        text.counter("keygate_usage_dropped_total", help: "Key counts dropped (no spill file, or it failed). Should stay 0.", usage.dropped.load(ordering: .relaxed))
+
+        text.gauge("keygate_data_plane_open_connections", help: "Open data-plane connections.", Double(data.openConnections.load(ordering: .relaxed)))
+        text.counter("keygate_data_plane_refused_connections_total", help: "Connections answered 503 because the connection cap was reached.",
+                     data.refusedConnections.load(ordering: .relaxed))
+        return text.text
+    }
+}

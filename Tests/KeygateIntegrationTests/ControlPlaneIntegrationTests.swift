@@ -1,0 +1,260 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+@testable import KeygateCore
+import KeygateNode
+import KeygateRedis
+import KeygateTestSupport
+import NIOCore
+import Testing
+
+/// The admin API against a real node and redis-server, through Hummingbird's router test client
+/// (the node's own router, store and verifier), plus live HTTP for /metrics and the data plane.
+@Suite struct ControlPlaneIntegrationTests {
+    struct Reply {
+        var status: HTTPResponse.Status
+        var headers: HTTPFields
+        var text: String
+        var json: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:] }
+        var problemType: String? { (json["type"] as? String)?.replacingOccurrences(of: "https://keygate.dev/problems/", with: "") }
+    }
+
+    /// Runs `body` with a node in a fresh namespace, a router client for its control plane, and the
+    /// plaintext of an admin key created through the store (the CLI's bootstrap path).
+    static func withAPI(configure: (inout NodeConfiguration) -> Void = { _ in },
+                        _ body: @escaping @Sendable (TestNode, Client, String) async throws -> Void) async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("api")
+        try await TestNode.with(redisURL: url, namespace: ns, configure: configure) { node in
+            let admin = try await node.node.store.create(.init(user: "ops", scopes: ["keygate:admin"]), actor: "test")
+            let application = Application(router: node.node.controlPlane.makeRouter())
+            try await application.test(.router) { client in
+                try await body(node, Client(client: client), admin.key)
+            }
+        }
+    }
+
+    struct Client: Sendable {
+        let client: any TestClientProtocol
+
+        func call(_ method: HTTPRequest.Method, _ uri: String, key: String?, json: String? = nil,
+                  headers: HTTPFields = [:]) async throws -> Reply {
+            var headers = headers
+            if let key { headers[HTTPField.Name("X-API-Key")!] = key }
+            if json != nil, headers[.contentType] == nil { headers[.contentType] = "application/json" }
+            let response = try await client.executeRequest(uri: uri, method: method, headers: headers,
+                                                           body: json.map { ByteBuffer(string: $0) })
+            return Reply(status: response.status, headers: response.headers, text: String(buffer: response.body))
+        }
+    }
+
+    @Test func authenticationFailuresAreProblems() async throws {
+        try await Self.withAPI { node, api, _ in
+            let missing = try await api.call(.get, "/v1/keys?user=alice", key: nil)
+            #expect(missing.status == .unauthorized)
+            #expect(missing.headers[.contentType] == "application/problem+json")
+            #expect(missing.headers[.wwwAuthenticate] == "ApiKey realm=\"keygate\"")
+            #expect(missing.problemType == "unauthorized")
+            #expect(missing.json["status"] as? Int == 401)
+
+            let bogus = try await api.call(.get, "/v1/keys?user=alice", key: "kg_notakey")
+            #expect(bogus.status == .unauthorized)
+
+            let plain = try await node.node.store.create(.init(user: "alice", scopes: ["orders:read"]), actor: "test")
+            let forbidden = try await api.call(.get, "/v1/keys?user=alice", key: plain.key)
+            #expect(forbidden.status == .forbidden && forbidden.problemType == "forbidden")
+        }
+    }
+
+    @Test func adminLifecycleThroughTheAPI() async throws {
+        try await Self.withAPI { node, api, admin in
+            let created = try await api.call(.post, "/v1/keys", key: admin,
+                                             json: #"{"user":"alice","name":"ci","scopes":["orders:read"],"metadata":{"plan":"pro"}}"#)
+            #expect(created.status == .created)
+            let id = try #require(created.json["id"] as? String)
+            let key = try #require(created.json["key"] as? String)
+            #expect(created.headers[.location] == "/v1/keys/\(id)")
+            #expect(key.hasPrefix("kg_"))
+
+            let shown = try await api.call(.get, "/v1/keys/\(id)", key: admin)
+            #expect(shown.status == .ok && shown.json["name"] as? String == "ci" && shown.json["key"] == nil, "no secret after create")
+
+            let listed = try await api.call(.get, "/v1/keys?user=alice", key: admin)
+            #expect((listed.json["keys"] as? [[String: Any]])?.map { $0["id"] as? String } == [id])
+
+            let patched = try await api.call(.patch, "/v1/keys/\(id)", key: admin,
+                                             json: #"{"name":"deploy","expires_at":"2099-01-01T00:00:00Z","enabled":false}"#)
+            #expect(patched.status == .ok)
+            #expect(patched.json["name"] as? String == "deploy" && patched.json["status"] as? String == "disabled")
+            #expect(patched.json["expires_at"] as? String == "2099-01-01T00:00:00Z")
+            let enabled = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"enabled":true,"expires_at":null}"#)
+            #expect(enabled.json["status"] as? String == "active" && enabled.json["expires_at"] is NSNull)
+
+            let rotated = try await api.call(.post, "/v1/keys/\(id)/rotate", key: admin, json: #"{"grace_seconds":60}"#)
+            #expect(rotated.status == .created && rotated.json["rotated_from"] as? String == id)
+            let successor = try #require(rotated.json["id"] as? String)
+            #expect(try await api.call(.get, "/v1/keys/\(id)", key: admin).json["rotated_to"] as? String == successor)
+            let again = try await api.call(.post, "/v1/keys/\(id)/rotate", key: admin)
+            #expect(again.status == .conflict && again.problemType == "conflict", "a key is rotated once")
+
+            let usage = try await api.call(.get, "/v1/keys/\(id)/usage?days=3", key: admin)
+            #expect(usage.status == .ok && (usage.json["daily"] as? [Any])?.count == 3 && usage.json["total"] as? Int == 0)
+
+            let revoked = try await api.call(.post, "/v1/keys/\(id)/revoke", key: admin)
+            #expect(revoked.status == .ok && revoked.json["status"] as? String == "revoked")
+            let patchRevoked = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"name":"x"}"#)
+            #expect(patchRevoked.status == .conflict)
+
+            let everything = try await api.call(.post, "/v1/users/alice/revoke", key: admin)
+            #expect(everything.status == .ok && everything.json["revoked"] as? Int == 1, "the successor")
+
+            // The audit trail, paged: every change above, with the API key as the actor.
+            var after: String? = nil
+            var events: [[String: Any]] = []
+            repeat {
+                let page = try await api.call(.get, "/v1/events?limit=2" + (after.map { "&after=\($0)" } ?? ""), key: admin)
+                #expect(page.status == .ok)
+                events += page.json["events"] as? [[String: Any]] ?? []
+                after = page.json["next_after"] as? String
+            } while after != nil && events.count < 50
+            let mine = events.filter { $0["user"] as? String == "alice" }
+            #expect(mine.map { $0["type"] as? String } == ["created", "updated", "disabled", "updated", "enabled", "rotated", "revoked", "revoked"],
+                    "a PATCH applies its fields, then enabled")
+            #expect(mine.allSatisfy { ($0["actor"] as? String)?.hasPrefix("api:key_") == true })
+            _ = node
+        }
+    }
+
+    @Test func errorsNameTheProblem() async throws {
+        try await Self.withAPI { _, api, admin in
+            let missing = try await api.call(.get, "/v1/keys/key_doesnotexist123", key: admin)
+            #expect(missing.status == .notFound && missing.problemType == "not-found")
+            let badScope = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"alice","scopes":["has space"]}"#)
+            #expect(badScope.status == .unprocessableContent && badScope.json["field"] as? String == "scopes")
+            let unknownField = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"alice","admin":true}"#)
+            #expect(unknownField.status == .unprocessableContent && unknownField.json["field"] as? String == "admin")
+            let noUser = try await api.call(.post, "/v1/keys", key: admin, json: #"{}"#)
+            #expect(noUser.status == .unprocessableContent && noUser.json["field"] as? String == "user")
+            let past = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"alice","expires_at":"2001-01-01T00:00:00Z"}"#)
+            #expect(past.status == .unprocessableContent && past.json["field"] as? String == "expires_at")
+            let malformed = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"#)
+            #expect(malformed.status == .badRequest && malformed.problemType == "malformed-body")
+            let form = try await api.call(.post, "/v1/keys", key: admin, json: "user=alice",
+                                          headers: [.contentType: "application/x-www-form-urlencoded"])
+            #expect(form.status == .unsupportedMediaType)
+            let huge = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"alice","name":""# + String(repeating: "a", count: 70_000) + #""}"#)
+            #expect(huge.status == .contentTooLarge && huge.problemType == "body-too-large")
+            let badDays = try await api.call(.get, "/v1/keys/key_doesnotexist123/usage?days=500", key: admin)
+            #expect(badDays.status == .unprocessableContent && badDays.json["field"] as? String == "days")
+            let badAfter = try await api.call(.get, "/v1/events?after=yesterday", key: admin)
+            #expect(badAfter.status == .unprocessableContent && badAfter.json["field"] as? String == "after")
+            let trace = try await api.call(.init(rawValue: "TRACE")!, "/v1/keys", key: admin)
+            #expect(trace.status == .methodNotAllowed && trace.headers[.allow] == "GET, HEAD, POST")
+            let nowhere = try await api.call(.get, "/v1/nothing", key: admin)
+            #expect(nowhere.status == .notFound && nowhere.headers[.contentType] == "application/problem+json")
+        }
+    }
+
+    @Test func aKeyCannotLockItselfOut() async throws {
+        try await Self.withAPI { node, api, admin in
+            let adminID = try #require(try await node.node.store.list(user: "ops").first?.id)
+            for (method, path, json) in [(HTTPRequest.Method.post, "/v1/keys/\(adminID)/revoke", nil as String?),
+                                         (.patch, "/v1/keys/\(adminID)", #"{"enabled":false}"#),
+                                         (.post, "/v1/keys/\(adminID)/rotate", nil), (.post, "/v1/users/ops/revoke", nil)] {
+                let reply = try await api.call(method, path, key: admin, json: json)
+                #expect(reply.status == .conflict && reply.problemType == "self-modification", "\(method) \(path)")
+            }
+            #expect(try await api.call(.get, "/v1/keys?user=ops", key: admin).status == .ok, "still works")
+        }
+    }
+
+    @Test func selfServiceKeysManageOnlyTheirOwnUser() async throws {
+        try await Self.withAPI(configure: { $0.controlPlane.selfServiceMaxActiveKeys = 3 }) { node, api, admin in
+            let mine = try await node.node.store.create(.init(user: "alice", scopes: ["keygate:self", "orders:read"]), actor: "test")
+            let theirs = try await node.node.store.create(.init(user: "bob", scopes: ["orders:read"]), actor: "test")
+
+            let created = try await api.call(.post, "/v1/keys", key: mine.key, json: #"{"name":"laptop","scopes":["orders:read"]}"#)
+            #expect(created.status == .created && created.json["user"] as? String == "alice")
+            let createdID = try #require(created.json["id"] as? String)
+
+            let forBob = try await api.call(.post, "/v1/keys", key: mine.key, json: #"{"user":"bob"}"#)
+            #expect(forBob.status == .forbidden)
+            let escalate = try await api.call(.post, "/v1/keys", key: mine.key, json: #"{"scopes":["keygate:admin"]}"#)
+            #expect(escalate.status == .forbidden, "cannot grant a scope it does not hold")
+
+            let listed = try await api.call(.get, "/v1/keys", key: mine.key)
+            #expect((listed.json["keys"] as? [[String: Any]])?.count == 2)
+            #expect(try await api.call(.get, "/v1/keys?user=bob", key: mine.key).status == .forbidden)
+
+            let revokeBob = try await api.call(.post, "/v1/keys/\(theirs.record.id)/revoke", key: mine.key)
+            #expect(revokeBob.status == .notFound, "another user's key looks absent")
+            #expect(try await node.node.store.record(id: theirs.record.id).status == .active)
+            #expect(try await api.call(.post, "/v1/keys/\(createdID)/revoke", key: mine.key).status == .ok)
+
+            // Admin-only endpoints.
+            for (method, path) in [(HTTPRequest.Method.get, "/v1/keys/\(createdID)"), (.get, "/v1/events"),
+                                   (.post, "/v1/keys/\(createdID)/rotate"), (.get, "/v1/keys/\(createdID)/usage"),
+                                   (.post, "/v1/users/bob/revoke")] {
+                #expect(try await api.call(method, path, key: mine.key).status == .forbidden, "\(method) \(path)")
+            }
+
+            // The limit counts active keys: alice holds 1 (the caller); two more fit, the fourth does not.
+            #expect(try await api.call(.post, "/v1/keys", key: mine.key, json: "{}").status == .created)
+            #expect(try await api.call(.post, "/v1/keys", key: mine.key, json: "{}").status == .created)
+            let over = try await api.call(.post, "/v1/keys", key: mine.key, json: "{}")
+            #expect(over.status == .conflict && over.problemType == "key-limit-reached")
+            // Admins are not limited.
+            #expect(try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"alice"}"#).status == .created)
+        }
+    }
+
+    @Test func aRevokeThroughTheAPIIsSeenByTheDataPlane() async throws {
+        try await Self.withAPI { node, api, admin in
+            let created = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"carol"}"#)
+            let key = try #require(created.json["key"] as? String), id = try #require(created.json["id"] as? String)
+            #expect(try await NodeIntegrationTests.auth(key, port: node.port).status == 200)
+            #expect(try await api.call(.post, "/v1/keys/\(id)/revoke", key: admin).status == .ok)
+            #expect(try await NodeIntegrationTests.timeUntilRefused(key, port: node.port, limit: .seconds(1)) != nil)
+        }
+    }
+
+    @Test func metricsMoveWithTraffic() async throws {
+        try await Self.withAPI { node, api, admin in
+            func okCount() async throws -> Double {
+                let metrics = try await RawHTTP.get("/metrics", port: node.controlPort)
+                #expect(metrics.status == 200 && metrics.header("Content-Type")?.hasPrefix("text/plain; version=0.0.4") == true)
+                let line = metrics.body.split(separator: "\n").first { $0.hasPrefix(#"keygate_verify_result_total{plane="data",result="ok"}"#) }
+                return Double(line?.split(separator: " ").last ?? "") ?? -1
+            }
+            let created = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"dave"}"#)
+            let key = try #require(created.json["key"] as? String)
+            let before = try await okCount()
+            for _ in 0..<3 { #expect(try await NodeIntegrationTests.auth(key, port: node.port).status == 200) }
+            #expect(try await okCount() == before + 3)
+            let metrics = try await RawHTTP.get("/metrics", port: node.controlPort).body
+            #expect(!metrics.contains(key) && !metrics.contains(String(key.dropFirst(3).prefix(12))), "no key material in metrics")
+            #expect(metrics.contains("keygate_invalidation_channel_up 1"))
+            let spec = try await RawHTTP.get("/openapi.yaml", port: node.controlPort)
+            #expect(spec.status == 200 && spec.body.hasPrefix("openapi: 3.1.0"))
+        }
+    }
+
+    @Test func redisDownGives503NotA401() async throws {
+        try await RedisServerProcess.withServer { redis in
+            try await TestNode.with(redisURL: redis.url, namespace: "down", configure: { $0.redis.commandTimeout = .milliseconds(300) }) { node in
+                let admin = try await node.node.store.create(.init(user: "ops", scopes: ["keygate:admin"]), actor: "test")
+                let application = Application(router: node.node.controlPlane.makeRouter())
+                try await application.test(.router) { client in
+                    let api = Client(client: client)
+                    #expect(try await api.call(.get, "/v1/keys?user=x", key: admin.key).status == .ok) // caches the admin key
+                    await redis.stop()
+                    let down = try await api.call(.get, "/v1/keys?user=x", key: admin.key)
+                    #expect(down.status == .serviceUnavailable && down.problemType == "unavailable")
+                    #expect(down.headers[.retryAfter] != nil)
+                    let unknown = try await api.call(.get, "/v1/keys?user=x", key: try node.node.store.format.generate())
+                    #expect(unknown.status == .serviceUnavailable, "an uncached key cannot be checked: 503, never 401")
+                }
+            }
+        }
+    }
+}
