@@ -15,10 +15,7 @@ repo=$(pwd)
 
 # Python tools from PyPI, pinned, in a venv kept out of git.
 venv="$repo/.venv"
-if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "4.32.5" || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
-fi
+ensure_python_tools "$venv"
 
 echo "== openapi-spec-validator openapi.yaml"
 "$venv/bin/openapi-spec-validator" openapi.yaml
@@ -58,7 +55,14 @@ echo "== metrics: keygate_verify_result_total{plane=\"data\",result=\"ok\"} $bef
 [ "$after" -eq $((before + 3)) ] || { echo "error: the ok counter did not move by 3" >&2; exit 1; }
 
 echo "== promtool check metrics"
-curl -sf "http://127.0.0.1:$control_port/metrics" | promtool check metrics
+curl -sf "http://127.0.0.1:$control_port/metrics" > "$workdir/metrics.txt"
+promtool check metrics < "$workdir/metrics.txt"
+
+echo "== every metric the alerts and the Grafana dashboard use is exported"
+grep -oh 'keygate_[a-z_]*' deploy/prometheus/alerts.yml deploy/grafana/keygate-dashboard.json | sed -E 's/_(bucket|sum|count)$//' \
+    | sort -u | while read -r metric; do
+        grep -q "^# TYPE $metric " "$workdir/metrics.txt" || { echo "error: $metric is used but not exported" >&2; exit 1; }
+    done
 
 schemathesis() {
     # Run from the work folder: schemathesis keeps its example database in the current directory.

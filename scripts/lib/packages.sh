@@ -34,3 +34,14 @@ for _ in range(100):
     except OSError:
         s.close()'
 }
+
+# ensure_python_tools: the pinned PyPI tools the checks use, in .venv/ at the repository root (kept
+# out of git). Prints nothing when they are already there.
+python_tools=("schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "kubernetes-validate==1.37.0")
+ensure_python_tools() {
+    local venv="$1"
+    if [ -f "$venv/.tools" ] && [ "$(cat "$venv/.tools")" = "${python_tools[*]}" ]; then return 0; fi
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "${python_tools[@]}"
+    echo "${python_tools[*]}" > "$venv/.tools"
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Runs a local Keygate cluster: redis-server (AOF on, its own data folder), three Keygate nodes and
+# nginx on 127.0.0.1:8000 as the load balancer (auth_request to the three nodes, then a demo API that
+# echoes the identity it received). Creates an admin key and a demo key and prints how to use them.
+#
+#   deploy/local/up.sh [--with-prometheus]
+#
+# Safe to run twice: what already runs is left alone, and the keys are kept. Stop with down.sh.
+# KEYGATE_BIN=/path/to/keygate skips the release build (the tests use their debug build).
+set -euo pipefail
+# shellcheck source=deploy/local/common.sh
+source "$(dirname "$0")/common.sh"
+# shellcheck source=scripts/lib/packages.sh
+source "$repo/scripts/lib/packages.sh"
+
+with_prometheus=false
+for arg in "$@"; do
+    case $arg in
+        --with-prometheus) with_prometheus=true ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "error: unknown option $arg (see --help)" >&2; exit 64 ;;
+    esac
+done
+
+packages=(libhiredis-dev libssl-dev pkg-config redis-server redis-tools nginx-light curl python3)
+$with_prometheus && packages+=(prometheus)
+ensure_packages "${packages[@]}"
+
+bin=${KEYGATE_BIN:-}
+if [ -z "$bin" ]; then
+    command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is required)" >&2; exit 1; }
+    echo "building keygate (release; the first build takes several minutes)..."
+    (cd "$repo" && swift build -c release --product keygate)
+    bin="$repo/.build/release/keygate"
+fi
+mkdir -p "$run_dir/redis" "$run_dir/nginx-tmp" "$run_dir/nginx"
+chmod 700 "$run_dir"
+
+# Redis: loopback only, append-only file on, so keys and usage survive a restart.
+if alive redis; then
+    echo "redis-server already running (pid $(cat "$run_dir/redis.pid"))"
+else
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$run_dir/redis" --appendonly yes \
+        --appendfsync everysec --save '' --maxmemory-policy noeviction \
+        --daemonize yes --pidfile "$run_dir/redis.pid" --logfile "$run_dir/redis.log"
+    for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    redis-cli -p "$redis_port" ping >/dev/null || { echo "error: redis-server did not start; see $run_dir/redis.log" >&2; exit 1; }
+    echo "redis-server on 127.0.0.1:$redis_port (data in $run_dir/redis)"
+fi
+
+export KEYGATE_REDIS_URL=$redis_url
+for i in "${nodes[@]}"; do
+    if alive "node$i"; then
+        echo "node $i already running (pid $(cat "$run_dir/node$i.pid"))"
+        continue
+    fi
+    KEYGATE_THREADS=${KEYGATE_THREADS:-1} nohup "$bin" serve --data-port "$(data_port "$i")" --control-port "$(control_port "$i")" \
+        --usage-spill-path "$run_dir/node$i-usage-spill.jsonl" >> "$run_dir/node$i.log" 2>&1 &
+    echo $! > "$run_dir/node$i.pid"
+done
+for i in "${nodes[@]}"; do
+    wait_for "http://127.0.0.1:$(control_port "$i")/health/ready" \
+        || { echo "error: node $i is not ready; see $run_dir/node$i.log" >&2; exit 1; }
+    echo "node $i: data plane 127.0.0.1:$(data_port "$i"), control plane 127.0.0.1:$(control_port "$i")"
+done
+
+# nginx: the repo's configuration with this cluster's addresses.
+servers=""
+for i in "${nodes[@]}"; do servers+="        server 127.0.0.1:$(data_port "$i") max_fails=1 fail_timeout=5s;"$'\n'; done
+for file in keygate.conf keygate-subrequest.conf keygate-identity.conf; do
+    sed -e "s|@RUN_DIR@|$run_dir|g" -e "s|@CONF_DIR@|$run_dir/nginx|g" -e "s|@LB_PORT@|$lb_port|g" \
+        -e "s|@DEMO_PORT@|$demo_port|g" "$repo/deploy/nginx/$file" \
+        | awk -v servers="${servers%$'\n'}" '{ if ($0 == "@KEYGATE_SERVERS@") print servers; else print }' > "$run_dir/nginx/$file"
+done
+nginx -t -q -c "$run_dir/nginx/keygate.conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
+if alive nginx; then
+    nginx -s reload -c "$run_dir/nginx/keygate.conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
+    echo "nginx already running: configuration reloaded"
+else
+    nginx -c "$run_dir/nginx/keygate.conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
+fi
+wait_for "http://127.0.0.1:$demo_port/" || { echo "error: nginx did not start; see $run_dir/nginx-error.log" >&2; exit 1; }
+echo "nginx load balancer on 127.0.0.1:$lb_port (demo API on 127.0.0.1:$demo_port)"
+
+if $with_prometheus; then
+    targets=""
+    for i in "${nodes[@]}"; do targets+="'127.0.0.1:$(control_port "$i")', "; done
+    sed -e "s|\['127.0.0.1:8081', '127.0.0.1:8083', '127.0.0.1:8085'\]|[${targets%, }]|" \
+        "$repo/deploy/prometheus/prometheus.yml" > "$run_dir/prometheus.yml"
+    cp "$repo/deploy/prometheus/alerts.yml" "$run_dir/alerts.yml"
+    if alive prometheus; then
+        kill -HUP "$(cat "$run_dir/prometheus.pid")"
+        echo "prometheus already running: configuration reloaded"
+    else
+        nohup prometheus --config.file="$run_dir/prometheus.yml" --storage.tsdb.path="$run_dir/prometheus" \
+            --web.listen-address="127.0.0.1:$prometheus_port" >> "$run_dir/prometheus.log" 2>&1 &
+        echo $! > "$run_dir/prometheus.pid"
+        wait_for "http://127.0.0.1:$prometheus_port/-/ready" || { echo "error: prometheus did not start; see $run_dir/prometheus.log" >&2; exit 1; }
+        echo "prometheus on http://127.0.0.1:$prometheus_port (scraping the three nodes every 5 s)"
+    fi
+fi
+
+# Keys: created once, kept in $run_dir/keys.env (mode 600). Keygate itself stores only hashes.
+key_of() { python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])'; }
+if [ -f "$run_dir/keys.env" ]; then
+    # shellcheck source=/dev/null
+    source "$run_dir/keys.env"
+fi
+if [ -z "${ADMIN_KEY:-}" ] || [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $ADMIN_KEY" \
+        "http://127.0.0.1:$(control_port 1)/v1/keys?user=demo")" != 200 ]; then
+    ADMIN_KEY=$("$bin" keys create --user local-admin --name "local cluster admin" --scope keygate:admin --json | key_of)
+    DEMO_KEY=$("$bin" keys create --user demo --name "demo key" --scope orders:read --json | key_of)
+    umask 077
+    printf 'ADMIN_KEY=%s\nDEMO_KEY=%s\n' "$ADMIN_KEY" "$DEMO_KEY" > "$run_dir/keys.env"
+fi
+
+cat <<INFO
+
+Keygate is running. Keys (also in $run_dir/keys.env):
+  admin key (scope keygate:admin): $ADMIN_KEY
+  demo key  (user demo, scope orders:read): $DEMO_KEY
+
+Through the load balancer (nginx asks Keygate, then calls the demo API, which echoes the identity):
+  curl -i -H "X-API-Key: $DEMO_KEY" http://127.0.0.1:$lb_port/hello
+  curl -i -H "X-API-Key: $DEMO_KEY" http://127.0.0.1:$lb_port/orders/42     # needs scope orders:read
+  curl -i http://127.0.0.1:$lb_port/hello                                   # 401
+
+  python3 -c 'import requests; r = requests.get("http://127.0.0.1:$lb_port/hello", headers={"X-API-Key": "$DEMO_KEY"}); print(r.status_code, r.json())'
+
+Manage keys (admin API on any node's control port, or the CLI with KEYGATE_REDIS_URL=$redis_url):
+  curl -s -H "X-API-Key: $ADMIN_KEY" -H 'Content-Type: application/json' \\
+       -d '{"user":"alice","scopes":["orders:read"]}' http://127.0.0.1:$(control_port 1)/v1/keys
+  KEYGATE_REDIS_URL=$redis_url $bin keys list --user demo
+  curl -s http://127.0.0.1:$(control_port 1)/metrics | grep keygate_verify_result_total
+
+Status: deploy/local/status.sh    Stop: deploy/local/down.sh
+INFO

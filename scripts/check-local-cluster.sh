@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# End-to-end test of the local cluster (deploy/local/up.sh) with the real nginx and Prometheus, on
+# free loopback ports and a throwaway state folder. Called by scripts/test.sh.
+#
+#   scripts/check-local-cluster.sh KEYGATE_BIN
+#
+# Checks: a key through the balancer gives 200 and the API sees X-Keygate-User (a client-sent one is
+# overwritten, the key is not forwarded); no key or a bad key 401; a missing scope 403; after
+# `keygate keys revoke` returns, every request through the balancer started 100 ms later or more gets
+# 401, whichever node answers; with one node killed, requests still succeed; Prometheus reports up == 1
+# for the three nodes; up.sh twice changes nothing; after down.sh the usage totals in Redis (read back
+# from the append-only file) equal the number of 200s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/packages.sh
+export KEYGATE_BIN=$1
+
+KEYGATE_LOCAL_DIR=$(mktemp -d -t keygate-cluster.XXXXXX)
+export KEYGATE_LOCAL_DIR
+KEYGATE_LOCAL_LB_PORT=$(free_port) KEYGATE_LOCAL_REDIS_PORT=$(free_port) KEYGATE_LOCAL_DEMO_PORT=$(free_port)
+KEYGATE_LOCAL_PROMETHEUS_PORT=$(free_port)
+export KEYGATE_LOCAL_LB_PORT KEYGATE_LOCAL_REDIS_PORT KEYGATE_LOCAL_DEMO_PORT KEYGATE_LOCAL_PROMETHEUS_PORT
+# Three nodes need six consecutive free ports.
+for _ in $(seq 1 50); do
+    first=$(free_port)
+    python3 -c "import socket, sys
+for p in range($first, $first + 6):
+    s = socket.socket(); s.bind(('127.0.0.1', p)); s.close()" 2>/dev/null && break
+done
+export KEYGATE_LOCAL_FIRST_PORT=$first
+check_redis_pid=""
+cleanup() {
+    deploy/local/down.sh >/dev/null 2>&1 || true
+    if [ -n "$check_redis_pid" ]; then kill "$check_redis_pid" 2>/dev/null || true; fi
+    rm -rf "$KEYGATE_LOCAL_DIR"
+}
+trap cleanup EXIT INT TERM
+fail() { echo "error: $*" >&2; for log in "$KEYGATE_LOCAL_DIR"/*.log; do echo "--- $log" >&2; tail -5 "$log" >&2; done; exit 1; }
+
+echo "== up.sh --with-prometheus"
+deploy/local/up.sh --with-prometheus > "$KEYGATE_LOCAL_DIR/up.out" || fail "up.sh failed: $(cat "$KEYGATE_LOCAL_DIR/up.out")"
+# shellcheck source=/dev/null
+source "$KEYGATE_LOCAL_DIR/keys.env"
+first_keys=$(cat "$KEYGATE_LOCAL_DIR/keys.env")
+echo "== up.sh again (nothing breaks, the keys stay)"
+deploy/local/up.sh --with-prometheus > "$KEYGATE_LOCAL_DIR/up2.out" || fail "the second up.sh failed"
+[ "$(cat "$KEYGATE_LOCAL_DIR/keys.env")" = "$first_keys" ] || fail "the second up.sh replaced the keys"
+grep -q "already running" "$KEYGATE_LOCAL_DIR/up2.out" || fail "the second up.sh restarted things"
+deploy/local/status.sh || fail "status.sh reports a problem"
+
+echo "== Prometheus: up == 1 for the three nodes"
+prometheus_up() {
+    curl -s "http://127.0.0.1:$KEYGATE_LOCAL_PROMETHEUS_PORT/api/v1/query?query=up%7Bjob%3D%22keygate%22%7D" \
+        | python3 -c 'import json, sys; print(" ".join(sorted(r["metric"]["instance"] + "=" + r["value"][1] for r in json.load(sys.stdin)["data"]["result"])))'
+}
+ups=""
+for _ in $(seq 1 60); do
+    ups=$(prometheus_up)
+    [ "$(echo "$ups" | tr ' ' '\n' | grep -c '=1$')" -eq 3 ] && break
+    sleep 0.5
+done
+echo "up: $ups"
+[ "$(echo "$ups" | tr ' ' '\n' | grep -c '=1$')" -eq 3 ] || fail "Prometheus does not report up == 1 for the three nodes"
+promtool check config "$KEYGATE_LOCAL_DIR/prometheus.yml" >/dev/null
+
+export KEYGATE_REDIS_URL="redis://127.0.0.1:$KEYGATE_LOCAL_REDIS_PORT"
+victim_json=$("$KEYGATE_BIN" keys create --user victim --json)
+victim_key=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["key"])' "$victim_json")
+victim_id=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["id"])' "$victim_json")
+demo_id=$("$KEYGATE_BIN" keys list --user demo --json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["id"])')
+
+echo "== requests through nginx, revocation across the nodes, a node killed"
+python3 - "$KEYGATE_LOCAL_LB_PORT" "$DEMO_KEY" "$ADMIN_KEY" "$victim_key" "$victim_id" "$KEYGATE_BIN" \
+    "$KEYGATE_LOCAL_DIR" > "$KEYGATE_LOCAL_DIR/counts.json" <<'PY' || fail "the cluster checks failed"
+import http.client, json, os, signal, subprocess, sys, time
+port, demo, admin, victim, victim_id, binary, run_dir = sys.argv[1:8]
+connection = http.client.HTTPConnection("127.0.0.1", int(port), timeout=5)
+oks = {"demo": 0, "victim": 0}
+
+def get(path, headers):
+    connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    return response.status, response.read(), response
+
+def expect(condition, message):
+    if not condition:
+        print("FAILED: " + message, file=sys.stderr)
+        sys.exit(1)
+
+status, body, _ = get("/hello", {"X-API-Key": demo, "X-Keygate-User": "mallory"})
+expect(status == 200, f"a valid key gave {status}")
+oks["demo"] += 1
+seen = json.loads(body)
+expect(seen["x_keygate_user"] == "demo", f"the API saw user {seen['x_keygate_user']!r}, not the key's user")
+expect(seen["x_api_key"] == "", "the API key was forwarded to the API")
+status, body, _ = get("/orders/7", {"X-API-Key": demo})
+expect(status == 200 and json.loads(body)["x_keygate_scopes"] == "orders:read", "the scoped route refused a key with the scope")
+oks["demo"] += 1
+status, _, response = get("/hello", {})
+expect(status == 401 and response.getheader("WWW-Authenticate") == 'ApiKey realm="keygate"', f"no key gave {status}")
+expect(get("/hello", {"X-API-Key": "kg_not_a_key"})[0] == 401, "a bad key was not refused")
+expect(get("/orders/7", {"X-API-Key": admin})[0] == 403, "a key without the route's scope was not refused with 403")
+
+# Warm the victim's key on every node (nginx round-robins the auth subrequests), then revoke it.
+for _ in range(9):
+    expect(get("/hello", {"X-API-Key": victim})[0] == 200, "the victim key was refused before its revocation")
+    oks["victim"] += 1
+subprocess.run([binary, "keys", "revoke", victim_id], check=True, stdout=subprocess.DEVNULL)
+acknowledged = time.monotonic()
+late_successes, first_refusal = [], None
+while time.monotonic() - acknowledged < 0.6:
+    started = time.monotonic() - acknowledged
+    status = get("/hello", {"X-API-Key": victim})[0]
+    if status == 200:
+        oks["victim"] += 1
+        if started >= 0.1:
+            late_successes.append(round(started * 1000, 1))
+    elif first_refusal is None:
+        first_refusal = started
+expect(not late_successes, f"200s for a revoked key at {late_successes} ms after the revoke returned")
+print(f"revoked key refused through the balancer {first_refusal * 1000:.1f} ms after the revoke returned", file=sys.stderr)
+
+# Usage of a node is flushed every second: wait so the node about to die owes nothing, then kill it.
+for _ in range(20):
+    expect(get("/hello", {"X-API-Key": demo})[0] == 200, "the demo key was refused")
+    oks["demo"] += 1
+time.sleep(2.5)
+with open(os.path.join(run_dir, "node2.pid")) as pid_file:
+    os.kill(int(pid_file.read()), signal.SIGKILL)
+time.sleep(0.2)
+for _ in range(30):
+    status = get("/hello", {"X-API-Key": demo})[0]
+    expect(status == 200, f"with one node killed a request got {status}")
+    oks["demo"] += 1
+print(json.dumps(oks))
+PY
+cat "$KEYGATE_LOCAL_DIR/counts.json"
+
+echo "== down.sh, then the usage totals from the append-only file"
+deploy/local/down.sh
+for name in redis node1 node2 node3 nginx prometheus; do
+    [ ! -f "$KEYGATE_LOCAL_DIR/$name.pid" ] || fail "down.sh left $name.pid"
+done
+check_port=$(free_port)
+redis-server --port "$check_port" --bind 127.0.0.1 --dir "$KEYGATE_LOCAL_DIR/redis" --appendonly yes --save '' \
+    --logfile "$KEYGATE_LOCAL_DIR/check-redis.log" &
+check_redis_pid=$!
+for _ in $(seq 1 100); do redis-cli -p "$check_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+export KEYGATE_REDIS_URL="redis://127.0.0.1:$check_port"
+demo_total=$("$KEYGATE_BIN" keys usage "$demo_id" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["total"])')
+victim_total=$("$KEYGATE_BIN" keys usage "$victim_id" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["total"])')
+expected_demo=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["demo"])' "$KEYGATE_LOCAL_DIR/counts.json")
+expected_victim=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["victim"])' "$KEYGATE_LOCAL_DIR/counts.json")
+echo "usage totals: demo $demo_total (200s: $expected_demo), victim $victim_total (200s: $expected_victim)"
+if [ "$demo_total" != "$expected_demo" ] || [ "$victim_total" != "$expected_victim" ]; then
+    fail "usage totals differ from the 200s"
+fi
+echo "local cluster checks passed"
