@@ -5,13 +5,15 @@
 #   scripts/test.sh                  # every test
 #   scripts/test.sh --filter Redis   # extra arguments go to `swift test` (and skip the live checks)
 #
-# After `swift test`, scripts/check-control-plane.sh runs a real node for promtool, the OpenAPI
-# validator and schemathesis (Python tools from PyPI, installed in .venv/).
+# After `swift test`: scripts/check-control-plane.sh runs a real node for promtool, the OpenAPI
+# validator and schemathesis (Python tools from PyPI, installed in .venv/); check-local-cluster.sh
+# runs deploy/local/up.sh end to end with nginx and Prometheus; check-deploy.sh validates the
+# deployment files offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
 
-ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 python3-venv curl prometheus
+ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 python3-venv curl prometheus nginx-light shellcheck
 command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is required)" >&2; exit 1; }
 
 workdir=$(mktemp -d -t keygate-test.XXXXXX)
@@ -44,4 +46,6 @@ export KEYGATE_BIN
 swift test --skip-build "$@"
 if [ $# -eq 0 ]; then
     bash scripts/check-control-plane.sh "$KEYGATE_BIN" "$REDIS_URL"
+    bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
+    bash scripts/check-deploy.sh "$KEYGATE_BIN"
 fi
