@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline validation of the deployment files (called by scripts/test.sh): shellcheck on every
 # script, promtool on the Prometheus files, kubernetes-validate on the manifests, systemd-analyze on
-# the unit, and the Grafana dashboard parsed. No Docker engine runs here: the Dockerfile is not built.
+# the unit, the Traefik/Envoy examples and the Grafana dashboard parsed. No Docker engine runs here: the Dockerfile is not built.
 #
 #   scripts/check-deploy.sh KEYGATE_BIN
 set -euo pipefail
@@ -33,6 +33,10 @@ if command -v systemd-analyze >/dev/null; then
 else
     echo "systemd-analyze not available: skipped"
 fi
+
+echo "== Traefik and Envoy examples (YAML syntax)"
+"$venv/bin/python" -c 'import sys, yaml; [yaml.safe_load(open(path)) for path in sys.argv[1:]]' \
+    deploy/traefik/keygate.yml deploy/envoy/keygate.yaml
 
 echo "== Grafana dashboard"
 python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["panels"], "no panels"; print(len(d["panels"]), "panels")' \

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
 
 ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 python3-venv curl prometheus nginx-light shellcheck
-command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is required)" >&2; exit 1; }
+command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.2 or newer is required)" >&2; exit 1; }
 
 workdir=$(mktemp -d -t keygate-test.XXXXXX)
 redis_pid=""

@@ -28,7 +28,7 @@ ensure_packages "${packages[@]}"
 
 bin=${KEYGATE_BIN:-}
 if [ -z "$bin" ]; then
-    command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.1 or newer is required)" >&2; exit 1; }
+    command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.2 or newer is required)" >&2; exit 1; }
     echo "building keygate (release; the first build takes several minutes)..."
     (cd "$repo" && swift build -c release --product keygate)
     bin="$repo/.build/release/keygate"
