@@ -166,8 +166,10 @@ import Testing
         try await Task.sleep(for: .milliseconds(300))
         let started = ContinuousClock.now
         let later = await #expect(throws: RedisError.self) { try await client.send(RedisCommand("PING")) }
+        // circuitOpen itself says it did not wait (that would be a timeout); the clock bound is loose
+        // because a loaded 2-core CI machine can stall the test task itself.
         #expect(later?.code == .circuitOpen)
-        #expect(ContinuousClock.now - started < .seconds(1), "an open circuit answers without waiting for the 3 s deadline")
+        #expect(ContinuousClock.now - started < .milliseconds(2_500), "an open circuit answers without waiting for the 3 s deadline")
         withExtendedLifetime(reserved) {}
     }
 }

@@ -33,6 +33,8 @@ public final class RedisClient: Sendable {
         }
         self.slots = slots
         self.slotByLoop = byLoop
+        let allSlots = slots
+        circuit.onRecovery { for slot in allSlots { slot.reconnectNow() } }
     }
 
     /// Sends a command on `eventLoop`'s own connection. Call it on that loop for the no-hop path;

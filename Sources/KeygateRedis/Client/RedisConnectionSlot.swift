@@ -20,6 +20,9 @@ final class RedisConnectionSlot: Sendable {
     private struct State {
         var connection: RedisConnection?
         var attempt: EventLoopFuture<RedisConnection>?
+        /// The connect of `attempt` while it waits out its backoff delay.
+        var pendingConnect: Scheduled<Void>?
+        var pendingPromise: EventLoopPromise<RedisConnection>?
         var consecutiveFailures = 0
         var isShutDown = false
         /// Before the first connection a caller waits up to the connect timeout (starting up is not an
@@ -92,7 +95,9 @@ final class RedisConnectionSlot: Sendable {
         let configuration = self.configuration
         let tlsContext = self.tlsContext
         let eventLoop = self.eventLoop
-        eventLoop.scheduleTask(in: delay) {
+        state.value.pendingPromise = promise
+        state.value.pendingConnect = eventLoop.scheduleTask(in: delay) {
+            self.state.value.pendingConnect = nil
             RedisConnection.connect(configuration: configuration, tlsContext: tlsContext, eventLoop: eventLoop)
                 .cascade(to: promise)
         }
@@ -100,8 +105,22 @@ final class RedisConnectionSlot: Sendable {
         return promise.futureResult
     }
 
+    /// Redis is reachable again (another slot connected): forget the backoff, and skip the rest of
+    /// a pending delay.
+    func reconnectNow() {
+        eventLoop.execute {
+            self.state.value.consecutiveFailures = 0
+            guard let pending = self.state.value.pendingConnect, let promise = self.state.value.pendingPromise else { return }
+            pending.cancel()
+            self.state.value.pendingConnect = nil
+            RedisConnection.connect(configuration: self.configuration, tlsContext: self.tlsContext, eventLoop: self.eventLoop)
+                .cascade(to: promise)
+        }
+    }
+
     private func attemptFinished(_ result: Result<RedisConnection, any Error>) {
         state.value.attempt = nil
+        state.value.pendingPromise = nil
         switch result {
         case .success(let connection):
             if state.value.isShutDown {

@@ -1,0 +1,195 @@
+import Foundation
+@testable import KeygateCore
+import KeygateNode
+import KeygateRedis
+import KeygateTestSupport
+import Testing
+
+/// The fault suite (numbering from the reliability notes): Redis broken on purpose through the fault
+/// proxy, with the history checker asserting the revocation bound and exact usage counts.
+/// `KEYGATE_FAULT_ITERATIONS` raises the loop counts for longer local runs (CI uses the defaults).
+@Suite struct FaultTests {
+    static func iterations(_ ci: Int) -> Int {
+        ProcessInfo.processInfo.environment["KEYGATE_FAULT_ITERATIONS"].flatMap(Int.init) ?? ci
+    }
+
+    static func auth(_ key: String, _ node: TestNode) async throws -> Int {
+        try await NodeIntegrationTests.auth(key, port: node.port).status
+    }
+
+    /// Polls `condition` every 5 ms for at most `limit`.
+    static func eventually(_ limit: Duration = .seconds(3), _ condition: () async throws -> Bool) async rethrows -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if try await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return try await condition()
+    }
+
+    /// F1: warm caches on three nodes (a valid key, and a cached miss for a key created afterwards);
+    /// revoke and create; every node refuses the revoked key within 100 ms of the revoke returning and
+    /// accepts the new key at once (its creation evicts the cached miss).
+    @Test func f1PropagationBoundOnThreeNodes() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("f1")
+        let store = try NodeIntegrationTests.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        let history = History()
+        try await TestNode.with(redisURL: url, namespace: ns) { a in
+            try await TestNode.with(redisURL: url, namespace: ns) { b in
+                try await TestNode.with(redisURL: url, namespace: ns) { c in
+                    let nodes = [a, b, c]
+                    var slowestCreate: Duration = .zero
+                    for _ in 0..<Self.iterations(30) {
+                        let revokedKey = try await store.create(.init(user: "f1"), actor: "test")
+                        let laterKey = store.format.generate()
+                        for (index, node) in nodes.enumerated() {
+                            #expect(try await history.record(node: index, key: revokedKey.key) { try await Self.auth(revokedKey.key, node) } == 200)
+                            #expect(try await Self.auth(laterKey, node) == 401, "cached as unknown")
+                        }
+                        try await store.revoke(id: revokedKey.record.id, actor: "test")
+                        history.revoked(revokedKey.key)
+                        let created = ContinuousClock.now
+                        _ = try await store.create(.init(user: "f1"), actor: "test", now: Date(), plaintext: laterKey)
+                        for (index, node) in nodes.enumerated() {
+                            let refused = try await Self.eventually(.seconds(2)) {
+                                try await history.record(node: index, key: revokedKey.key) { try await Self.auth(revokedKey.key, node) } == 401
+                            }
+                            #expect(refused)
+                            #expect(try await Self.eventually(.seconds(5)) { try await Self.auth(laterKey, node) == 200 })
+                            slowestCreate = max(slowestCreate, ContinuousClock.now - created)
+                        }
+                    }
+                    #expect(slowestCreate < .seconds(5), "a new key is accepted within the negative TTL")
+                }
+            }
+        }
+        let violations = history.violations(bound: .milliseconds(100))
+        #expect(violations.isEmpty, "\(violations.prefix(5))")
+    }
+
+    /// F6: Redis black-holed (connections accepted, nothing forwarded, nothing closed). Uncached keys
+    /// get 503 within the deadline, the invalidation channel is reported down, and a revoke made
+    /// meanwhile is honoured once the path is back.
+    @Test func f6BlackHoleThenRecovery() async throws {
+        try await RedisServerProcess.withServer { redis in
+            let proxy = try await FaultProxy.start(upstreamPort: redis.port)
+            defer { Task { await proxy.stop() } }
+            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f6")
+            defer { Task { await store.redis.shutdown() } }
+            try await TestNode.with(redisURL: proxy.url, namespace: "f6", configure: {
+                $0.redis.commandTimeout = .milliseconds(300)
+            }) { node in
+                let warm = try await store.create(.init(user: "f6"), actor: "test")
+                let cold = try await store.create(.init(user: "f6"), actor: "test")
+                #expect(try await Self.auth(warm.key, node) == 200)
+
+                proxy.set(.blackHole)
+                let start = ContinuousClock.now
+                let coldStatus = try await Self.auth(cold.key, node)
+                let elapsed = ContinuousClock.now - start
+                #expect(coldStatus == 503, "an uncached key cannot be checked: 503, never 401")
+                #expect(elapsed < .seconds(2), "no pile-up beyond the deadline (took \(elapsed))")
+                #expect(await Self.eventually(.seconds(3)) { !node.node.invalidation.metrics.channelUp.load(ordering: .relaxed) },
+                        "the channel is reported down within ping interval + timeout")
+                #expect(try await Self.auth(warm.key, node) == 503, "without stale-if-error a suspect cache is not trusted")
+                try await store.revoke(id: warm.record.id, actor: "test")
+
+                // Recovered: both event loops' connections answer again (four requests in a row each
+                // way), within 2 s of the path coming back; the revoke made meanwhile is honoured.
+                proxy.set(.pass)
+                let restored = ContinuousClock.now
+                let recovered = try await Self.eventually(.seconds(5)) {
+                    for _ in 0..<4 {
+                        guard try await Self.auth(cold.key, node) == 200, try await Self.auth(warm.key, node) == 401 else { return false }
+                    }
+                    return true
+                }
+                let recovery = ContinuousClock.now - restored
+                #expect(recovered && recovery < .seconds(2), "recovered: \(recovered) after \(recovery)")
+            }
+        }
+    }
+
+    /// F10: a usage flush whose reply is lost (the write happened) is retried with the same batch id
+    /// and counted exactly once.
+    @Test func f10AmbiguousUsageFlushCountsOnce() async throws {
+        try await RedisServerProcess.withServer { redis in
+            let proxy = try await FaultProxy.start(upstreamPort: redis.port)
+            defer { Task { await proxy.stop() } }
+            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f10")
+            defer { Task { await store.redis.shutdown() } }
+            try await TestNode.with(redisURL: proxy.url, namespace: "f10", configure: {
+                $0.redis.commandTimeout = .milliseconds(300)
+            }) { node in
+                let keys = try await (0..<5).asyncMap { _ in try await store.create(.init(user: "f10"), actor: "test") }
+                for key in keys { #expect(try await Self.auth(key.key, node) == 200) } // cached from now on
+                try await Task.sleep(for: .milliseconds(300)) // the warm-up uses are flushed
+                let flushed = node.node.flusher.metrics.flushedBatches.load(ordering: .relaxed)
+
+                proxy.set(.dropReplies, of: .data)
+                var oks = 0
+                for round in 0..<40 { if try await Self.auth(keys[round % keys.count].key, node) == 200 { oks += 1 } }
+                #expect(oks == 40, "cache hits need no Redis")
+                #expect(await Self.eventually(.seconds(5)) { node.node.flusher.metrics.flushFailures.load(ordering: .relaxed) > 0 })
+                proxy.set(.pass)
+                #expect(await Self.eventually(.seconds(5)) {
+                    node.node.flusher.metrics.flushedBatches.load(ordering: .relaxed) > flushed
+                        && node.node.flusher.metrics.pendingKeys.load(ordering: .relaxed) == 0
+                })
+                var total: Int64 = 0
+                for key in keys { total += try await store.usage(id: key.record.id).total }
+                #expect(total == 5 + 40, "every use counted once, none twice")
+                #expect(node.node.flusher.metrics.duplicateBatches.load(ordering: .relaxed) >= 1,
+                        "the retry found its batch already applied")
+            }
+        }
+    }
+
+    /// F12: the lookup/invalidation race. The data connection's replies are delayed 50 ms; a key is
+    /// looked up, revoked 10 ms later (the invalidation arrives before the lookup's reply), and the
+    /// next request must not be a 200 from a cached stale verdict.
+    @Test func f12LookupRacingAnInvalidationIsNeverCached() async throws {
+        try await RedisServerProcess.withServer { redis in
+            let proxy = try await FaultProxy.start(upstreamPort: redis.port)
+            defer { Task { await proxy.stop() } }
+            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f12")
+            defer { Task { await store.redis.shutdown() } }
+            try await TestNode.with(redisURL: proxy.url, namespace: "f12") { node in
+                proxy.set(.delay(toRedis: .zero, toClient: .milliseconds(50)), of: .data)
+                var staleAnswers = 0, cases = 0
+                for _ in 0..<Self.iterations(20) {
+                    // Five keys at once per round: five independent races.
+                    let results = try await withThrowingTaskGroup(of: Int.self) { group in
+                        for _ in 0..<5 {
+                            group.addTask {
+                                let key = try await store.create(.init(user: "f12"), actor: "test")
+                                async let first = Self.auth(key.key, node)
+                                try await Task.sleep(for: .milliseconds(10))
+                                try await store.revoke(id: key.record.id, actor: "test")
+                                _ = try await first // started before the revoke: either answer is allowed
+                                return try await Self.auth(key.key, node)
+                            }
+                        }
+                        return try await group.reduce(into: [Int]()) { $0.append($1) }
+                    }
+                    cases += results.count
+                    staleAnswers += results.filter { $0 == 200 }.count
+                    let understood = results.allSatisfy { [200, 401].contains($0) }
+                    #expect(understood, "\(results)")
+                }
+                #expect(staleAnswers == 0, "\(staleAnswers) of \(cases) requests after a revoke got 200")
+                #expect(node.node.verifier.metrics.cache.placeholderDiscards.load(ordering: .relaxed) > 0,
+                        "the race actually happened")
+            }
+        }
+    }
+}
+
+extension Sequence {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var result: [T] = []
+        for element in self { result.append(try await transform(element)) }
+        return result
+    }
+}
