@@ -8,8 +8,8 @@
 # overwritten, the key is not forwarded); no key or a bad key 401; a missing scope 403; after
 # `keygate keys revoke` returns, every request through the balancer started 100 ms later or more gets
 # 401, whichever node answers; with one node killed, requests still succeed; Prometheus reports up == 1
-# for the three nodes; up.sh twice changes nothing; after down.sh the usage totals in Redis (read back
-# from the append-only file) equal the number of 200s.
+# for the three nodes; up.sh twice changes nothing; the failure limiter answers 429 through nginx; after
+# down.sh the usage totals in Redis (read back from the append-only file) equal the number of 200s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
@@ -108,9 +108,11 @@ for _ in range(9):
 subprocess.run([binary, "keys", "revoke", victim_id], check=True, stdout=subprocess.DEVNULL)
 acknowledged = time.monotonic()
 late_successes, first_refusal = [], None
+# The polling clients here all share 127.0.0.1, nginx's own (trusted) address, so each phase names
+# itself with X-Forwarded-For: the failure limiter then counts this loop's refusals separately.
 while time.monotonic() - acknowledged < 0.6:
     started = time.monotonic() - acknowledged
-    status = get("/hello", {"X-API-Key": victim})[0]
+    status = get("/hello", {"X-API-Key": victim, "X-Forwarded-For": "192.0.2.10"})[0]
     if status == 200:
         oks["victim"] += 1
         if started >= 0.1:
@@ -132,6 +134,19 @@ for _ in range(30):
     status = get("/hello", {"X-API-Key": demo})[0]
     expect(status == 200, f"with one node killed a request got {status}")
     oks["demo"] += 1
+# The failure limiter through nginx: past 100 failures per node from this address, 429 with
+# Retry-After (nginx maps it back from its auth error), while the cached demo key still works.
+statuses = []
+for _ in range(400):
+    status, _, response = get("/hello", {"X-API-Key": "kg_not_a_key", "X-Forwarded-For": "192.0.2.99"})
+    statuses.append(status)
+    if status == 429:
+        expect(response.getheader("Retry-After") not in (None, ""), "a 429 without Retry-After")
+        break
+expect(statuses[-1] == 429 and set(statuses[:-1]) == {401}, f"no 429 after {len(statuses)} failures: {set(statuses)}")
+status = get("/hello", {"X-API-Key": demo, "X-Forwarded-For": "192.0.2.99"})[0]
+expect(status == 200, f"a cached valid key from a limited address got {status}")
+oks["demo"] += 1
 print(json.dumps(oks))
 PY
 cat "$KEYGATE_LOCAL_DIR/counts.json"

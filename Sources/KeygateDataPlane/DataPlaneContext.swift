@@ -11,6 +11,7 @@ final class DataPlaneContext: Sendable {
     let verifier: Verifier
     let usage: UsageRecorder
     let metrics: DataPlaneMetrics
+    let limiter: FailureLimiter
     let isReady: @Sendable () -> Bool
     let logger: Logger
     /// Per-request logs are debug level; checked once so a production node pays nothing for them.
@@ -27,6 +28,31 @@ final class DataPlaneContext: Sendable {
         self.usage = usage
         self.metrics = metrics
         self.isReady = isReady
+        self.limiter = FailureLimiter(limit: settings.failureLimit, window: settings.failureWindow,
+                                      trustedProxies: settings.trustedProxies)
+    }
+
+    enum LimitCheck {
+        case proceed
+        /// Over the limit, but a valid key already cached: serve it (no Redis cost).
+        case serveCached(Decision, KeyHash)
+        /// Over the limit: 429 with this Retry-After.
+        case refuse(retryAfter: Int)
+    }
+
+    /// What to do with a request from `client` given the failure limiter.
+    func checkLimit(_ key: UnsafeRawBufferPointer, client: FailureLimiter.Client?) -> LimitCheck {
+        guard let client, limiter.isEnabled else { return .proceed }
+        let now = NIODeadline.now().uptimeNanoseconds
+        guard limiter.isBlocked(client, now: now) else { return .proceed }
+        if let (decision, hash) = verifier.cachedValid(key) { return .serveCached(decision, hash) }
+        metrics.count(.rateLimited)
+        return .refuse(retryAfter: limiter.retryAfterSeconds(client, now: now))
+    }
+
+    private func countFailure(_ client: FailureLimiter.Client?) {
+        guard let client, limiter.isEnabled else { return }
+        limiter.recordFailure(client, now: NIODeadline.now().uptimeNanoseconds)
     }
 
     var isDraining: Bool { draining.load(ordering: .relaxed) }
@@ -53,7 +79,8 @@ final class DataPlaneContext: Sendable {
     }
 
     func writeAuthDecision(_ decision: Decision, hash: KeyHash?, required: [Substring], close: Bool, omitBody: Bool,
-                           requestID: String? = nil, eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+                           requestID: String? = nil, client: FailureLimiter.Client? = nil, eventLoop: any EventLoop,
+                           into buffer: inout ByteBuffer) {
         logDecision(decision, hash: hash, requestID: requestID)
         switch decision {
         case .valid(let verdict):
@@ -68,6 +95,7 @@ final class DataPlaneContext: Sendable {
                                                     scopes: verdict.principal.scopesHeader), close: close, into: &buffer)
         case .invalid(let reason):
             metrics.count(DataPlaneMetrics.Outcome(reason))
+            countFailure(client)
             Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
         case .unavailable:
             metrics.count(.unavailable)
@@ -76,7 +104,7 @@ final class DataPlaneContext: Sendable {
     }
 
     func writeVerifyDecision(_ decision: Decision, hash: KeyHash?, close: Bool, requestID: String? = nil,
-                             eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+                             client: FailureLimiter.Client? = nil, eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
         logDecision(decision, hash: hash, requestID: requestID)
         var body: [String: Any]
         switch decision {
@@ -89,6 +117,7 @@ final class DataPlaneContext: Sendable {
                         : ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(verdict.expiresAtMilliseconds) / 1000))]
         case .invalid(let reason):
             metrics.count(DataPlaneMetrics.Outcome(reason))
+            countFailure(client)
             body = ["valid": false, "code": settings.detailedVerifyCodes ? reason.code : "INVALID", "user": NSNull(),
                     "key_id": NSNull(), "scopes": [String](), "expires_at": NSNull()]
         case .unavailable:
@@ -135,7 +164,7 @@ final class DataPlaneContext: Sendable {
 /// Verification results by outcome, read by the metrics endpoint.
 public final class DataPlaneMetrics: Sendable {
     public enum Outcome: Int, CaseIterable, Sendable {
-        case ok, missing, malformed, unknown, revoked, disabled, expired, forbidden, unavailable, badRequest
+        case ok, missing, malformed, unknown, revoked, disabled, expired, forbidden, unavailable, badRequest, rateLimited
 
         init(_ reason: InvalidReason) {
             switch reason {
@@ -151,6 +180,7 @@ public final class DataPlaneMetrics: Sendable {
         public var label: String {
             switch self {
             case .badRequest: return "bad_request"
+            case .rateLimited: return "ratelimited"
             default: return "\(self)"
             }
         }

@@ -26,6 +26,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// Close once the responses owed have been written (Connection: close, drain, errors).
     private var closeAfterResponses = false
     private var closed = false
+    /// The peer's address, for the failure limiter (nil for a Unix socket); read on first use.
+    private var peer: FailureLimiter.Client??
 
     init(node: DataPlaneContext) {
         self.node = node
@@ -165,14 +167,27 @@ final class DataPlaneHandler: ChannelInboundHandler {
         } else if let keyRange = head.key {
             let required = Self.scopes(head, bytes)
             let requestID = node.logsRequests ? head.requestID.map { DataPlaneContext.requestID(Self.text(bytes, $0)) } ?? nil : nil
-            switch node.verify(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), on: context.eventLoop) {
-            case .decided(let decision, let hash):
+            let key = UnsafeRawBufferPointer(rebasing: bytes[keyRange])
+            let client = limiterClient(head, bytes, context: context)
+            switch node.checkLimit(key, client: client) {
+            case .proceed:
+                break
+            case .serveCached(let decision, let hash):
                 node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
                                        requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
+                return write(buffer, context: context)
+            case .refuse(let retryAfter):
+                Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: omitBody, into: &buffer)
+                return write(buffer, context: context)
+            }
+            switch node.verify(key, on: context.eventLoop) {
+            case .decided(let decision, let hash):
+                node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
+                                       requestID: requestID, client: client, eventLoop: context.eventLoop, into: &buffer)
             case .pending(let future, let hash):
                 waitForRedis(future, context: context) { decision, buffer in
                     self.node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                                requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
+                                                requestID: requestID, client: client, eventLoop: context.eventLoop, into: &buffer)
                 }
                 return
             }
@@ -195,17 +210,39 @@ final class DataPlaneHandler: ChannelInboundHandler {
         }
         let requestID = node.logsRequests ? head.requestID.map { DataPlaneContext.requestID(Self.text(bytes, $0)) } ?? nil : nil
         var keyText = key
+        let client = limiterClient(head, bytes, context: context)
+        switch keyText.withUTF8({ node.checkLimit(UnsafeRawBufferPointer($0), client: client) }) {
+        case .proceed:
+            break
+        case .serveCached(let decision, let hash):
+            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
+            return write(buffer, context: context)
+        case .refuse(let retryAfter):
+            Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: false, into: &buffer)
+            return write(buffer, context: context)
+        }
         let outcome = keyText.withUTF8 { node.verify(UnsafeRawBufferPointer($0), on: context.eventLoop) }
         switch outcome {
         case .decided(let decision, let hash):
-            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
+            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, client: client,
+                                     eventLoop: context.eventLoop, into: &buffer)
             write(buffer, context: context)
         case .pending(let future, let hash):
             waitForRedis(future, context: context) { decision, buffer in
-                self.node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID,
+                self.node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, client: client,
                                               eventLoop: context.eventLoop, into: &buffer)
             }
         }
+    }
+
+    /// The address failures are counted against: the peer, or from `X-Forwarded-For` when the peer
+    /// is a trusted proxy. Nil when the limiter is off or the peer is a Unix socket.
+    private func limiterClient(_ head: HTTPRequestScanner.Head, _ bytes: UnsafeRawBufferPointer,
+                               context: ChannelHandlerContext) -> FailureLimiter.Client? {
+        guard node.limiter.isEnabled else { return nil }
+        if peer == nil { peer = .some(FailureLimiter.Client(context.channel.remoteAddress)) }
+        guard let peer = peer ?? nil else { return nil }
+        return node.limiter.client(peer: peer, forwardedFor: head.forwardedFor.map { UnsafeRawBufferPointer(rebasing: bytes[$0]) })
     }
 
     /// Holds the connection's later requests until the lookup answers, then writes and continues.

@@ -22,6 +22,14 @@ public struct DataPlaneSettings: Sendable, Equatable {
     public var maxPipelinedRequests = 32
     /// Seconds suggested in `Retry-After` with a 503.
     public var retryAfterSeconds = 1
+    /// Failed verifications per client address within `failureWindow` before 429; 0 (the default)
+    /// turns the limiter off. Off by default because behind a proxy every request comes from the
+    /// proxy's address: enable it together with `trustedProxies` (the proxy must set
+    /// X-Forwarded-For), or when clients connect directly.
+    public var failureLimit = 0
+    public var failureWindow: Duration = .seconds(10)
+    /// Proxies whose `X-Forwarded-For` names the client (for the failure limiter); none by default.
+    public var trustedProxies: [CIDR] = []
 
     public init() {}
 }

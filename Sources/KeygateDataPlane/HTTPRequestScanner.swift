@@ -22,6 +22,8 @@ struct HTTPRequestScanner {
         var requiredScopes: Range<Int>?
         var extraScopeHeaders = 0
         var requestID: Range<Int>?
+        /// The last `X-Forwarded-For` (read only from trusted proxies).
+        var forwardedFor: Range<Int>?
     }
 
     enum Outcome {
@@ -143,6 +145,8 @@ struct HTTPRequestScanner {
                 if head.requiredScopes == nil { head.requiredScopes = value } else { head.extraScopeHeaders += 1 }
             } else if Self.equalsIgnoringCase(bytes, name, "x-request-id") {
                 head.requestID = value
+            } else if Self.equalsIgnoringCase(bytes, name, "x-forwarded-for") {
+                head.forwardedFor = value
             }
         }
         return .head(head)

@@ -12,6 +12,7 @@ enum Responses {
     static let keyInURLBody = #"{"error":"bad_request","message":"API keys must not be sent in the URL; use the X-API-Key header."}"#
     static let badRequestBody = #"{"error":"bad_request","message":"Malformed request."}"#
     static let badVerifyBody = #"{"error":"bad_request","message":"Expected a JSON body {\"key\": \"...\"}."}"#
+    static let rateLimitedBody = #"{"error":"too_many_requests","message":"Too many failed verifications from this address. Retry later."}"#
     static let tooLargeBody = #"{"error":"payload_too_large","message":"Request body too large."}"#
     static let headersTooLargeBody = #"{"error":"header_fields_too_large","message":"Request headers too large."}"#
     static let methodBody = #"{"error":"method_not_allowed","message":"Method not allowed here; see the Allow header."}"#
@@ -40,6 +41,11 @@ enum Responses {
 
     static func unavailable(retryAfter: Int, close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
         json(.serviceUnavailable, body: unavailableBody, extraHeaders: "Retry-After: \(retryAfter)\r\n", close: close,
+             omitBody: omitBody, into: &buffer)
+    }
+
+    static func rateLimited(retryAfter: Int, close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
+        json(.tooManyRequests, body: rateLimitedBody, extraHeaders: "Retry-After: \(retryAfter)\r\n", close: close,
              omitBody: omitBody, into: &buffer)
     }
 
@@ -72,6 +78,7 @@ enum HTTPStatusLine: String {
     case notFound = "HTTP/1.1 404 Not Found\r\n"
     case methodNotAllowed = "HTTP/1.1 405 Method Not Allowed\r\n"
     case payloadTooLarge = "HTTP/1.1 413 Payload Too Large\r\n"
+    case tooManyRequests = "HTTP/1.1 429 Too Many Requests\r\n"
     case headersTooLarge = "HTTP/1.1 431 Request Header Fields Too Large\r\n"
     case serviceUnavailable = "HTTP/1.1 503 Service Unavailable\r\n"
 }

@@ -9,7 +9,9 @@ import Synchronization
 /// connection. Each class has its own mode, switchable at any time:
 /// - `pass`: forward both ways;
 /// - `delay`: forward after a fixed delay per direction (order kept);
-/// - `blackHole`: accept and keep connections open, forward nothing, never close;
+/// - `blackHole`: accept and keep connections open, forward nothing, never close; what was sent
+///   meanwhile is delivered when the mode changes back, as TCP retransmission would after a real
+///   network black hole;
 /// - `reset`: close connections with a TCP reset (existing ones at once, new ones on accept);
 /// - `dropReplies`: forward requests to Redis, swallow Redis's answers;
 /// - `stall`: stop reading from Redis (its output buffer for this client fills up).
@@ -40,6 +42,8 @@ public final class FaultProxy: Sendable {
         let client: any Channel
         let upstream: EventLoopFuture<any Channel>
         let connectionClass = Mutex<ConnectionClass?>(nil)
+        /// Bytes held while black-holed, per direction, delivered in order on release.
+        let held = Mutex<(toRedis: [ByteBuffer], toClient: [ByteBuffer])>(([], []))
         init(client: any Channel, upstream: EventLoopFuture<any Channel>) {
             self.client = client
             self.upstream = upstream
@@ -129,6 +133,7 @@ public final class FaultProxy: Sendable {
     }
 
     private func apply(_ mode: Mode, to pair: Pair) {
+        if mode != .blackHole { release(pair) }
         switch mode {
         case .reset:
             Self.reset(pair)
@@ -136,6 +141,29 @@ public final class FaultProxy: Sendable {
             pair.upstream.whenSuccess { $0.setOption(.autoRead, value: false).whenComplete { _ in } }
         default:
             pair.upstream.whenSuccess { $0.setOption(.autoRead, value: true).whenComplete { _ in } }
+        }
+    }
+
+    /// Delivers what a black hole held, in order (on the pair's event loop, which both sides share).
+    private func release(_ pair: Pair) {
+        pair.client.eventLoop.execute { Self.drainHeld(pair) }
+    }
+
+    /// On the pair's event loop: writes held bytes before anything newer.
+    static func drainHeld(_ pair: Pair) {
+        let (toRedis, toClient) = pair.held.withLock { held in
+            defer { held = ([], []) }
+            return (held.toRedis, held.toClient)
+        }
+        if !toRedis.isEmpty {
+            pair.upstream.whenSuccess { redis in
+                for buffer in toRedis { redis.write(buffer, promise: nil) }
+                redis.flush()
+            }
+        }
+        if !toClient.isEmpty {
+            for buffer in toClient { pair.client.write(buffer, promise: nil) }
+            pair.client.flush()
         }
     }
 
@@ -172,14 +200,20 @@ public final class FaultProxy: Sendable {
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let buffer = unwrapInboundIn(data)
             if direction == .toRedis { classify(buffer) }
-            switch proxy.mode(of: pair) {
+            let mode = proxy.mode(of: pair)
+            if mode != .blackHole { FaultProxy.drainHeld(pair) }
+            switch mode {
             case .pass:
                 forward(buffer, after: nil, eventLoop: context.eventLoop)
             case .delay(let toRedis, let toClient):
                 forward(buffer, after: direction == .toRedis ? toRedis : toClient, eventLoop: context.eventLoop)
             case .dropReplies:
                 if direction == .toRedis { forward(buffer, after: nil, eventLoop: context.eventLoop) }
-            case .blackHole, .reset, .stall:
+            case .blackHole:
+                pair.held.withLock { held in
+                    if direction == .toRedis { held.toRedis.append(buffer) } else { held.toClient.append(buffer) }
+                }
+            case .reset, .stall:
                 break
             }
         }

@@ -19,6 +19,7 @@ struct ServeCommand: AsyncParsableCommand {
         KEYGATE_VERIFY_DETAILED_CODES, KEYGATE_CACHE_CAPACITY, KEYGATE_NEGATIVE_CACHE_CAPACITY, \
         KEYGATE_POSITIVE_MAX_AGE, KEYGATE_NEGATIVE_TTL, KEYGATE_STALE_IF_ERROR, KEYGATE_MAX_CONCURRENT_LOOKUPS, \
         KEYGATE_PING_INTERVAL, KEYGATE_PING_TIMEOUT, KEYGATE_USAGE_FLUSH_INTERVAL, KEYGATE_USAGE_SPILL_PATH, \
+        KEYGATE_FAILURE_LIMIT, KEYGATE_FAILURE_WINDOW, KEYGATE_TRUSTED_PROXIES, \
         KEYGATE_MAX_CONNECTIONS, KEYGATE_IDLE_TIMEOUT, KEYGATE_REDIS_TIMEOUT, KEYGATE_THREADS, KEYGATE_LOG_LEVEL; \
         KEYGATE_PEPPER or KEYGATE_PEPPER_FILE. SIGTERM or SIGINT: stop accepting, finish in-flight requests, \
         flush usage counters, exit 0.
@@ -39,6 +40,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Also accept Authorization: Bearer <key> (KEYGATE_ACCEPT_BEARER).") var acceptBearer = false
     @Flag(help: "POST /v1/verify reports detailed failure codes (KEYGATE_VERIFY_DETAILED_CODES). An oracle: trusted callers only.")
     var verifyDetailedCodes = false
+    @Option(help: "Failed verifications per client address and window before 429 (KEYGATE_FAILURE_LIMIT, default 0 = off).")
+    var failureLimit: Int?
+    @Option(help: "Window of --failure-limit (KEYGATE_FAILURE_WINDOW, default 10s).") var failureWindow: HumanDuration?
+    @Option(name: .customLong("trusted-proxy"), help: "Address or CIDR of a proxy whose X-Forwarded-For names the client; repeat for several (KEYGATE_TRUSTED_PROXIES, comma separated).")
+    var trustedProxies: [String] = []
     @Option(help: "Cached valid keys (KEYGATE_CACHE_CAPACITY, default 1000000).") var cacheCapacity: Int?
     @Option(help: "Cached unknown/revoked keys (KEYGATE_NEGATIVE_CACHE_CAPACITY, default 100000).") var negativeCacheCapacity: Int?
     @Option(help: "Hard maximum age of a cached valid key (KEYGATE_POSITIVE_MAX_AGE, default 60s).") var positiveMaxAge: HumanDuration?
@@ -93,6 +99,13 @@ struct ServeCommand: AsyncParsableCommand {
         config.dataPlane.detailedVerifyCodes = try verifyDetailedCodes || (value(nil, "KEYGATE_VERIFY_DETAILED_CODES", bool) ?? false)
         if let v = try value(maxConnections, "KEYGATE_MAX_CONNECTIONS", { Int($0) }) { config.dataPlane.maxConnections = v }
         if let v = try value(idleTimeout, "KEYGATE_IDLE_TIMEOUT", duration) { config.dataPlane.idleTimeout = v.duration }
+        if let v = try value(failureLimit, "KEYGATE_FAILURE_LIMIT", { Int($0) }) { config.dataPlane.failureLimit = v }
+        if let v = try value(failureWindow, "KEYGATE_FAILURE_WINDOW", duration) { config.dataPlane.failureWindow = v.duration }
+        let proxies = trustedProxies.isEmpty ? (env["KEYGATE_TRUSTED_PROXIES"].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? []) : trustedProxies
+        config.dataPlane.trustedProxies = try proxies.map { text in
+            guard let cidr = CIDR(text) else { throw ValidationError("--trusted-proxy '\(text)' is not an address or CIDR (10.0.0.0/8, ::1)") }
+            return cidr
+        }
         if let v = try value(cacheCapacity, "KEYGATE_CACHE_CAPACITY", { Int($0) }) { config.verifier.cache.capacity = v }
         if let v = try value(negativeCacheCapacity, "KEYGATE_NEGATIVE_CACHE_CAPACITY", { Int($0) }) { config.verifier.cache.negativeCapacity = v }
         if let v = try value(positiveMaxAge, "KEYGATE_POSITIVE_MAX_AGE", duration) { config.verifier.cache.positiveMaxAge = v.duration }
@@ -104,7 +117,7 @@ struct ServeCommand: AsyncParsableCommand {
         if let v = try value(usageFlushInterval, "KEYGATE_USAGE_FLUSH_INTERVAL", duration) { config.usage.interval = v.duration }
         config.usage.spillPath = try value(usageSpillPath, "KEYGATE_USAGE_SPILL_PATH", { $0 }) ?? "keygate-usage-spill-\(config.dataPlane.port).jsonl"
         if let v = try value(threads, "KEYGATE_THREADS", { Int($0) }) { config.eventLoopThreads = v }
-        guard config.verifier.cache.capacity > 0, config.verifier.cache.negativeCapacity > 0, config.verifier.maxConcurrentLookups > 0,
+        guard config.dataPlane.failureLimit >= 0, config.dataPlane.failureWindow > .zero, config.verifier.cache.capacity > 0, config.verifier.cache.negativeCapacity > 0, config.verifier.maxConcurrentLookups > 0,
               config.dataPlane.maxConnections > 0, config.controlPlane.selfServiceMaxActiveKeys > 0,
               (0...65_535).contains(config.dataPlane.port), (0...65_535).contains(config.controlPlane.port) else {
             throw ValidationError("capacities, limits and ports must be positive")

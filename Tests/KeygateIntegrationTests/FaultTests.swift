@@ -85,11 +85,14 @@ import Testing
                 #expect(try await Self.auth(warm.key, node) == 200)
 
                 proxy.set(.blackHole)
-                let start = ContinuousClock.now
+                // Timed on the node (the verification latency histogram), not through the test client,
+                // which a loaded 2-core machine can stall on its own.
+                let latency = node.node.dataPlane.metrics.latency
+                let withinASecond = { latency.snapshot().cumulativeCounts[latency.bounds.firstIndex(of: 1)!] }
+                let before = withinASecond()
                 let coldStatus = try await Self.auth(cold.key, node)
-                let elapsed = ContinuousClock.now - start
                 #expect(coldStatus == 503, "an uncached key cannot be checked: 503, never 401")
-                #expect(elapsed < .seconds(2), "no pile-up beyond the deadline (took \(elapsed))")
+                #expect(withinASecond() == before + 1, "answered within 1 s (the deadline is 300 ms): no pile-up")
                 #expect(await Self.eventually(.seconds(3)) { !node.node.invalidation.metrics.channelUp.load(ordering: .relaxed) },
                         "the channel is reported down within ping interval + timeout")
                 #expect(try await Self.auth(warm.key, node) == 503, "without stale-if-error a suspect cache is not trusted")

@@ -1,6 +1,6 @@
 import Foundation
 @testable import KeygateCore
-import KeygateDataPlane
+@testable import KeygateDataPlane
 import KeygateNode
 import KeygateRedis
 import KeygateTestSupport
@@ -145,6 +145,44 @@ import Testing
         #expect(ok == [100, 100, 100])
         for (index, key) in keys.enumerated() {
             #expect(try await store.usage(id: key.record.id).total == Int64(ok[index]), "key \(index)")
+        }
+    }
+
+    /// B6: a flood of random well-formed keys from one address. Past the limit the address gets 429
+    /// and causes no more Redis lookups; a valid key it already used is still served; other
+    /// addresses (by X-Forwarded-For from a trusted proxy) are not affected; a spoofed leftmost entry
+    /// does not help.
+    @Test func enumerationIsLimitedPerClientAddress() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("b6")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        try await TestNode.with(redisURL: url, namespace: ns, configure: {
+            $0.dataPlane.failureLimit = 20
+            $0.dataPlane.failureWindow = .seconds(60)
+            $0.dataPlane.trustedProxies = [CIDR("127.0.0.1")!]
+        }) { node in
+            let valid = try await store.create(.init(user: "b6"), actor: "test")
+            let fresh = try await store.create(.init(user: "b6"), actor: "test")
+            let attacker = ["X-Forwarded-For: 203.0.113.9"]
+            #expect(try await Self.auth(valid.key, port: node.port, extra: attacker).status == 200)
+            let lookupsBefore = node.node.verifier.metrics.lookups.load(ordering: .relaxed)
+            var statuses: [Int: Int] = [:]
+            for _ in 0..<200 {
+                statuses[try await Self.auth(store.format.generate(), port: node.port, extra: attacker).status, default: 0] += 1
+            }
+            let lookups = node.node.verifier.metrics.lookups.load(ordering: .relaxed) - lookupsBefore
+            #expect(statuses == [401: 20, 429: 180], "\(statuses)")
+            #expect(lookups == 20, "Redis lookups stop at the limit (\(lookups))")
+            let limited = try await Self.auth(store.format.generate(), port: node.port, extra: attacker)
+            #expect(limited.status == 429 && Int(limited.header("Retry-After") ?? "") ?? 0 >= 1)
+            #expect(try await Self.auth(valid.key, port: node.port, extra: attacker).status == 200, "a cached valid key still works")
+            #expect(try await Self.auth(fresh.key, port: node.port, extra: attacker).status == 429, "an uncached key would cost a lookup")
+            #expect(try await Self.auth(fresh.key, port: node.port, extra: ["X-Forwarded-For: 198.51.100.4"]).status == 200,
+                    "another client is not affected")
+            #expect(try await Self.auth(store.format.generate(), port: node.port,
+                                        extra: ["X-Forwarded-For: 198.51.100.77, 203.0.113.9"]).status == 429,
+                    "a spoofed leftmost entry does not escape the limit")
+            #expect(node.node.dataPlane.metrics.value(.rateLimited) >= 182)
         }
     }
 

@@ -54,8 +54,10 @@ for i in "${nodes[@]}"; do
         echo "node $i already running (pid $(cat "$run_dir/node$i.pid"))"
         continue
     fi
+    # The failure limiter counts per client: nginx (loopback) passes the client's address on.
     KEYGATE_THREADS=${KEYGATE_THREADS:-1} nohup "$bin" serve --data-port "$(data_port "$i")" --control-port "$(control_port "$i")" \
-        --usage-spill-path "$run_dir/node$i-usage-spill.jsonl" >> "$run_dir/node$i.log" 2>&1 &
+        --usage-spill-path "$run_dir/node$i-usage-spill.jsonl" --failure-limit 100 --trusted-proxy 127.0.0.1 \
+        >> "$run_dir/node$i.log" 2>&1 &
     echo $! > "$run_dir/node$i.pid"
 done
 for i in "${nodes[@]}"; do

@@ -127,6 +127,15 @@ public final class VerdictCache: Sendable {
         }
     }
 
+    /// A fresh valid entry, if the cache is trusted and holds one; never starts a lookup.
+    func peekValid(_ hash: KeyHash, now: UInt64) -> Verdict? {
+        guard isTrusted else { return nil }
+        return shard(hash).state.withLock { shard in
+            guard let entry = shard.positive.get(hash), now &- entry.cachedAt < positiveMaxAge else { return nil }
+            return entry.verdict
+        }
+    }
+
     /// Ends a lookup: stores the outcome only if its placeholder survived (no invalidation, no
     /// generation change), and returns the waiters to answer.
     func finish(_ hash: KeyHash, _ placeholder: Placeholder, outcome: LookupOutcome, now: UInt64) -> [EventLoopPromise<Decision>] {

@@ -64,6 +64,18 @@ public final class Verifier: Sendable {
         }
     }
 
+    /// The decision for `key` when it is a valid key already in the cache (and not expired); nil
+    /// otherwise. Costs no Redis command and starts no lookup: the failure limiter serves such keys
+    /// to an address that is over its limit.
+    public func cachedValid(_ key: UnsafeRawBufferPointer) -> (Decision, KeyHash)? {
+        guard store.format.isWellFormed(key) else { return nil }
+        let hash = store.hasher.hash(key)
+        guard let verdict = cache.peekValid(hash, now: NIODeadline.now().uptimeNanoseconds) else { return nil }
+        let decision = decideAtRequestTime(.valid(verdict))
+        guard case .valid = decision else { return nil }
+        return (decision, hash)
+    }
+
     /// Verifies a key already known to be well formed, by hash.
     public func verify(hash: KeyHash, on eventLoop: any EventLoop) -> Result {
         let now = NIODeadline.now().uptimeNanoseconds

@@ -68,10 +68,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
         machine = Machine(handshakeCommands: handshake.count)
         reader = RESPReplyReader(maxArrayElements: configuration.maxArrayElements,
                                  maxReplyBytes: configuration.maxReplyBytes)
-        // The handshake (AUTH, SELECT, CLIENT SETNAME) is a round of commands: a Redis that accepted
-        // the connection but does not answer is caught at the command deadline, not the longer
-        // connect timeout (TCP connect and TLS are bounded by the bootstrap's own timeout).
-        handshakeTimeout = TimeAmount(min(configuration.connectTimeout, max(configuration.commandTimeout, .milliseconds(250))))
+        handshakeTimeout = TimeAmount(configuration.connectTimeout)
         commandTimeout = TimeAmount(configuration.commandTimeout)
         ready = eventLoop.makePromise()
     }
