@@ -10,7 +10,9 @@ public final class RedisServerProcess: @unchecked Sendable {
     /// The TLS port when started with `tls:`.
     public let tlsPort: Int?
     public let directory: URL
-    private let process: ChildProcess
+    /// Replaced by `restart()`; touched by the test's task only.
+    private var process: ChildProcess
+    private var arguments: [String] = []
 
     /// TLS material for `--tls-port`: PEM paths for the server and the CA that signed it.
     public struct TLSFiles: Sendable {
@@ -69,6 +71,7 @@ public final class RedisServerProcess: @unchecked Sendable {
         }
         let process = try ChildProcess(executable: try which("redis-server"), arguments: arguments + extraArguments)
         let server = RedisServerProcess(port: port, tlsPort: tlsPort, directory: directory, process: process)
+        server.arguments = arguments + extraArguments
         do {
             try await server.waitUntilReady()
         } catch {
@@ -89,6 +92,14 @@ public final class RedisServerProcess: @unchecked Sendable {
 
     public var pid: Int32 { process.pid }
     public var url: String { "redis://127.0.0.1:\(port)" }
+
+    /// Stops the server (SIGTERM: with `--appendonly yes` it syncs the append-only file) and starts it
+    /// again on the same port with the same folder and arguments, as a Redis restart.
+    public func restart() async throws {
+        await process.terminate()
+        process = try ChildProcess(executable: try which("redis-server"), arguments: arguments)
+        try await waitUntilReady()
+    }
 
     /// SIGSTOP: the server keeps its sockets open but answers nothing (a hung Redis).
     public func pause() { process.signal(SIGSTOP) }

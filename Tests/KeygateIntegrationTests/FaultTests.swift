@@ -114,6 +114,39 @@ import Testing
         }
     }
 
+    /// F7: Redis restarts (append-only file on). The node notices, flushes its cache (a new
+    /// generation), resubscribes, keeps serving keys that survived in the AOF, honours a revoke made
+    /// after the restart, and counts every use exactly once.
+    @Test func f7RedisRestartWithAOF() async throws {
+        try await RedisServerProcess.withServer(extraArguments: ["--appendonly", "yes", "--appendfsync", "always"]) { redis in
+            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f7")
+            defer { Task { await store.redis.shutdown() } }
+            let history = History()
+            let (key, other) = try await TestNode.with(redisURL: redis.url, namespace: "f7") { node in
+                let key = try await store.create(.init(user: "f7"), actor: "test")
+                let other = try await store.create(.init(user: "f7"), actor: "test")
+                for _ in 0..<5 { #expect(try await history.record(node: 0, key: key.key) { try await Self.auth(key.key, node) } == 200) }
+                let generation = node.node.verifier.cache.generation
+
+                try await redis.restart()
+                #expect(await Self.eventually(.seconds(5)) { node.node.verifier.cache.generation > generation && node.node.isReady },
+                        "the loss was noticed (new cache generation) and the node is ready again")
+                #expect(try await Self.auth(other.key, node) == 200, "a key that survived in the AOF")
+                for _ in 0..<5 { #expect(try await history.record(node: 0, key: key.key) { try await Self.auth(key.key, node) } == 200) }
+                try await store.revoke(id: key.record.id, actor: "test")
+                history.revoked(key.key)
+                #expect(try await Self.eventually(.seconds(2)) {
+                    try await history.record(node: 0, key: key.key) { try await Self.auth(key.key, node) } == 401
+                })
+                return (key, other)
+            }
+            // The node has stopped gracefully: every count is in Redis, once.
+            #expect(try await store.usage(id: key.record.id).total == Int64(history.successes(of: key.key)))
+            #expect(try await store.usage(id: other.record.id).total == 1)
+            #expect(history.violations(bound: .milliseconds(100)).isEmpty)
+        }
+    }
+
     /// F10: a usage flush whose reply is lost (the write happened) is retried with the same batch id
     /// and counted exactly once.
     @Test func f10AmbiguousUsageFlushCountsOnce() async throws {

@@ -310,6 +310,39 @@ import Testing
         }
     }
 
+    /// B2: abusive header values over raw sockets get a 4xx (never a 5xx or a crash), and the node
+    /// keeps answering; a valid key padded with spaces is still the key.
+    @Test func headerAbuseGetsA4xxAndNeverCrashes() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("b2")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        let issued = try await store.create(.init(user: "b2"), actor: "test")
+        try await TestNode.with(redisURL: url, namespace: ns) { node in
+            let headerLines: [(String, [UInt8])] = [
+                ("empty value", Array("X-API-Key: \r\n".utf8)),
+                ("NUL", Array("X-API-Key: kg_ab".utf8) + [0] + Array("cd\r\n".utf8)),
+                ("bare CR", Array("X-API-Key: kg_ab\rcd\r\n".utf8)),
+                ("bare LF", Array("X-API-Key: kg_ab\ncd\r\n".utf8)),
+                ("folded line", Array("X-API-Key: kg_abc\r\n continued\r\n".utf8)),
+                ("non-UTF-8", Array("X-API-Key: kg_".utf8) + [0xFF, 0xFE, 0xC3, 0x28] + Array("\r\n".utf8)),
+                ("space before the colon", Array("X-API-Key : \(issued.key)\r\n".utf8)),
+                ("DEL character", Array("X-API-Key: kg_ab".utf8) + [0x7F] + Array("\r\n".utf8)),
+                ("8 KiB key", Array("X-API-Key: kg_\(String(repeating: "a", count: 8_192))\r\n".utf8)),
+                ("duplicated header", Array("X-API-Key: \(issued.key)\r\nx-api-key: \(issued.key)\r\n".utf8)),
+            ]
+            for (name, line) in headerLines {
+                let request = Array("GET /auth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".utf8) + line + Array("\r\n".utf8)
+                let raw = try await RawHTTP.exchange(request, port: node.port)
+                let status = Int(raw.dropFirst("HTTP/1.1 ".count).prefix(3)) ?? 0
+                #expect((400..<500).contains(status), "\(name): \(status)")
+                #expect(!raw.contains(issued.key), "\(name): the key is never echoed")
+                #expect(try await RawHTTP.get("/health/live", port: node.port).status == 200, "alive after \(name)")
+            }
+            let padded = try await Self.auth("  \(issued.key)\t", port: node.port)
+            #expect(padded.status == 200, "surrounding whitespace is not part of the value (RFC 9110)")
+        }
+    }
+
     @Test func httpEdgeCases() async throws {
         let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("http")
         let store = try Self.adminStore(url: url, namespace: ns)
