@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-60}
-flags=(-Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library)
+flags=(-Xswiftc "-sanitize=fuzzer,address" -Xswiftc -parse-as-library)
 swift build --product fuzz-key "${flags[@]}"
 swift build --product fuzz-resp "${flags[@]}"
 bin=$(swift build --show-bin-path "${flags[@]}")

@@ -11,7 +11,7 @@ bin=$1
 venv="$PWD/.venv"
 
 echo "== shellcheck"
-shellcheck -x -P SCRIPTDIR:. scripts/*.sh scripts/lib/*.sh deploy/local/*.sh .ci/run
+shellcheck -x -P SCRIPTDIR:. scripts/*.sh scripts/lib/*.sh deploy/local/*.sh fuzz/run.sh .ci/run
 (cd benchmarks && shellcheck -x ./*.sh)
 
 echo "== promtool check config / rules"

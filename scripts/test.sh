@@ -8,7 +8,7 @@
 # After `swift test`: scripts/check-control-plane.sh runs a real node for promtool, the OpenAPI
 # validator and schemathesis (Python tools from PyPI, installed in .venv/); check-local-cluster.sh
 # runs deploy/local/up.sh end to end with nginx and Prometheus; check-deploy.sh validates the
-# deployment files offline.
+# deployment files offline; fuzz/run.sh runs the libFuzzer targets for 20 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
@@ -48,4 +48,5 @@ if [ $# -eq 0 ]; then
     bash scripts/check-control-plane.sh "$KEYGATE_BIN" "$REDIS_URL"
     bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
     bash scripts/check-deploy.sh "$KEYGATE_BIN"
+    bash fuzz/run.sh 20
 fi
