@@ -11,10 +11,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
+        .target(name: "FuzzDriver"),
         // The key parser and checksum (KeyFormat.isWellFormed), which every request runs first.
-        .executableTarget(name: "fuzz-key", dependencies: [.product(name: "KeygateCore", package: "keygate")]),
+        .executableTarget(name: "fuzz-key", dependencies: ["FuzzDriver", .product(name: "KeygateCore", package: "keygate")]),
         // The guarded hiredis reader that parses every byte Redis sends.
         .executableTarget(name: "fuzz-resp", dependencies: [
+            "FuzzDriver",
             .product(name: "KeygateRedis", package: "keygate"),
             .product(name: "NIOCore", package: "swift-nio"),
         ]),

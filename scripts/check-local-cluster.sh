@@ -31,8 +31,11 @@ export KEYGATE_LOCAL_FIRST_PORT=$first
 check_redis_pid=""
 cleanup() {
     deploy/local/down.sh >/dev/null 2>&1 || true
-    if [ -n "$check_redis_pid" ]; then kill "$check_redis_pid" 2>/dev/null || true; fi
-    rm -rf "$KEYGATE_LOCAL_DIR"
+    if [ -n "$check_redis_pid" ]; then
+        kill "$check_redis_pid" 2>/dev/null || true
+        wait "$check_redis_pid" 2>/dev/null || true # it writes its files on the way out
+    fi
+    rm -rf "$KEYGATE_LOCAL_DIR" 2>/dev/null || { sleep 1; rm -rf "$KEYGATE_LOCAL_DIR" || true; }
 }
 trap cleanup EXIT INT TERM
 fail() { echo "error: $*" >&2; for log in "$KEYGATE_LOCAL_DIR"/*.log; do echo "--- $log" >&2; tail -5 "$log" >&2; done; exit 1; }

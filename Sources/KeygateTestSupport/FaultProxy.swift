@@ -13,8 +13,7 @@ import Synchronization
 ///   meanwhile is delivered when the mode changes back, as TCP retransmission would after a real
 ///   network black hole;
 /// - `reset`: close connections with a TCP reset (existing ones at once, new ones on accept);
-/// - `dropReplies`: forward requests to Redis, swallow Redis's answers;
-/// - `stall`: stop reading from Redis (its output buffer for this client fills up).
+/// - `dropReplies`: forward requests to Redis, swallow Redis's answers.
 public final class FaultProxy: Sendable {
     public enum Mode: Sendable, Equatable {
         case pass
@@ -22,7 +21,6 @@ public final class FaultProxy: Sendable {
         case blackHole
         case reset
         case dropReplies
-        case stall
     }
 
     public enum ConnectionClass: Sendable, CaseIterable { case data, subscriber }
@@ -56,7 +54,6 @@ public final class FaultProxy: Sendable {
         let box = ProxyBox()
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.autoRead, value: true)
             .childChannelInitializer { client in
                 guard let proxy = box.proxy else { return client.close() }
                 return proxy.accept(client)
@@ -106,7 +103,6 @@ public final class FaultProxy: Sendable {
 
     private func accept(_ client: any Channel) -> EventLoopFuture<Void> {
         let upstream = ClientBootstrap(group: client.eventLoop)
-            .channelOption(.autoRead, value: true)
             .connect(host: "127.0.0.1", port: upstreamPort)
         let pair = Pair(client: client, upstream: upstream)
         state.withLock { $0.pairs[ObjectIdentifier(client)] = pair }
@@ -122,7 +118,6 @@ public final class FaultProxy: Sendable {
                     if self.mode(of: pair) != .blackHole { client.close(promise: nil) }
                 }
                 _ = redis.pipeline.addHandler(Forwarder(proxy: self, pair: pair, direction: .toClient))
-                if case .stall = self.mode(of: pair) { redis.setOption(.autoRead, value: false).whenComplete { _ in } }
             case .failure:
                 client.close(promise: nil)
             }
@@ -134,14 +129,7 @@ public final class FaultProxy: Sendable {
 
     private func apply(_ mode: Mode, to pair: Pair) {
         if mode != .blackHole { release(pair) }
-        switch mode {
-        case .reset:
-            Self.reset(pair)
-        case .stall:
-            pair.upstream.whenSuccess { $0.setOption(.autoRead, value: false).whenComplete { _ in } }
-        default:
-            pair.upstream.whenSuccess { $0.setOption(.autoRead, value: true).whenComplete { _ in } }
-        }
+        if mode == .reset { Self.reset(pair) }
     }
 
     /// Delivers what a black hole held, in order (on the pair's event loop, which both sides share).
@@ -213,7 +201,7 @@ public final class FaultProxy: Sendable {
                 pair.held.withLock { held in
                     if direction == .toRedis { held.toRedis.append(buffer) } else { held.toClient.append(buffer) }
                 }
-            case .reset, .stall:
+            case .reset:
                 break
             }
         }

@@ -95,8 +95,10 @@ public final class RedisServerProcess: @unchecked Sendable {
 
     /// Stops the server (SIGTERM: with `--appendonly yes` it syncs the append-only file) and starts it
     /// again on the same port with the same folder and arguments, as a Redis restart.
-    public func restart() async throws {
+    /// - Parameter downFor: how long Redis stays down between the two (an outage, not a blip).
+    public func restart(downFor: Duration = .zero) async throws {
         await process.terminate()
+        if downFor > .zero { try await Task.sleep(for: downFor) }
         process = try ChildProcess(executable: try which("redis-server"), arguments: arguments)
         try await waitUntilReady()
     }

@@ -88,6 +88,7 @@ import Testing
         let log = directory.appendingPathComponent("serve.log").path
         var env = environment
         env["KEYGATE_DATA_PORT"] = "0" // the kernel picks; the log says which
+        env["KEYGATE_CONTROL_PORT"] = "0"
         env["KEYGATE_USAGE_FLUSH_INTERVAL"] = "1h" // only the final flush on SIGTERM can count these
         env["KEYGATE_USAGE_SPILL_PATH"] = directory.appendingPathComponent("spill.jsonl").path
         env["KEYGATE_LOG_LEVEL"] = "debug" // per-request lines too: they must carry ids, never keys
@@ -96,9 +97,11 @@ import Testing
         var port = 0
         var ready = false
         while !ready && ContinuousClock.now < deadline && server.isRunning {
+            // The data plane's line: the control plane logs its own address too, in either order.
             if port == 0, let text = try? String(contentsOfFile: log, encoding: .utf8),
-               let range = text.range(of: "address=127.0.0.1:") {
-                port = Int(text[range.upperBound...].prefix { $0.isNumber }) ?? 0
+               let line = text.split(separator: "\n").first(where: { $0.contains("data plane listening") }),
+               let range = line.range(of: "address=127.0.0.1:") {
+                port = Int(line[range.upperBound...].prefix { $0.isNumber }) ?? 0
             }
             if port != 0 { ready = (try? await RawHTTP.get("/health/ready", port: port).status) == 200 }
             if !ready { try await Task.sleep(for: .milliseconds(50)) }

@@ -3,6 +3,7 @@ import Foundation
 import KeygateNode
 import KeygateRedis
 import KeygateTestSupport
+import NIOCore
 import Testing
 
 /// The fault suite (numbering from the reliability notes): Redis broken on purpose through the fault
@@ -25,6 +26,22 @@ import Testing
             try? await Task.sleep(for: .milliseconds(5))
         }
         return try await condition()
+    }
+
+    /// A throwaway Redis, the fault proxy in front of it, a store that talks to Redis directly (the
+    /// operator) and a node that talks through the proxy.
+    static func withProxiedNode(namespace: String, redisArguments: [String] = [],
+                                configure: (inout NodeConfiguration) -> Void = { _ in },
+                                _ body: (RedisServerProcess, FaultProxy, KeyStore, TestNode) async throws -> Void) async throws {
+        try await RedisServerProcess.withServer(extraArguments: redisArguments) { redis in
+            let proxy = try await FaultProxy.start(upstreamPort: redis.port)
+            defer { Task { await proxy.stop() } }
+            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: namespace)
+            defer { Task { await store.redis.shutdown() } }
+            try await TestNode.with(redisURL: proxy.url, namespace: namespace, configure: configure) { node in
+                try await body(redis, proxy, store, node)
+            }
+        }
     }
 
     /// F1: warm caches on three nodes (a valid key, and a cached miss for a key created afterwards);
@@ -72,45 +89,39 @@ import Testing
     /// get 503 within the deadline, the invalidation channel is reported down, and a revoke made
     /// meanwhile is honoured once the path is back.
     @Test func f6BlackHoleThenRecovery() async throws {
-        try await RedisServerProcess.withServer { redis in
-            let proxy = try await FaultProxy.start(upstreamPort: redis.port)
-            defer { Task { await proxy.stop() } }
-            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f6")
-            defer { Task { await store.redis.shutdown() } }
-            try await TestNode.with(redisURL: proxy.url, namespace: "f6", configure: {
-                $0.redis.commandTimeout = .milliseconds(300)
-            }) { node in
-                let warm = try await store.create(.init(user: "f6"), actor: "test")
-                let cold = try await store.create(.init(user: "f6"), actor: "test")
-                #expect(try await Self.auth(warm.key, node) == 200)
+        try await Self.withProxiedNode(namespace: "f6", configure: {
+            $0.redis.commandTimeout = .milliseconds(300)
+        }) { _, proxy, store, node in
+            let warm = try await store.create(.init(user: "f6"), actor: "test")
+            let cold = try await store.create(.init(user: "f6"), actor: "test")
+            #expect(try await Self.auth(warm.key, node) == 200)
 
-                proxy.set(.blackHole)
-                // Timed on the node (the verification latency histogram), not through the test client,
-                // which a loaded 2-core machine can stall on its own.
-                let latency = node.node.dataPlane.metrics.latency
-                let withinASecond = { latency.snapshot().cumulativeCounts[latency.bounds.firstIndex(of: 1)!] }
-                let before = withinASecond()
-                let coldStatus = try await Self.auth(cold.key, node)
-                #expect(coldStatus == 503, "an uncached key cannot be checked: 503, never 401")
-                #expect(withinASecond() == before + 1, "answered within 1 s (the deadline is 300 ms): no pile-up")
-                #expect(await Self.eventually(.seconds(3)) { !node.node.invalidation.metrics.channelUp.load(ordering: .relaxed) },
-                        "the channel is reported down within ping interval + timeout")
-                #expect(try await Self.auth(warm.key, node) == 503, "without stale-if-error a suspect cache is not trusted")
-                try await store.revoke(id: warm.record.id, actor: "test")
+            proxy.set(.blackHole)
+            // Timed on the node (the verification latency histogram), not through the test client,
+            // which a loaded 2-core machine can stall on its own.
+            let latency = node.node.dataPlane.metrics.latency
+            let withinASecond = { latency.snapshot().cumulativeCounts[latency.bounds.firstIndex(of: 1)!] }
+            let before = withinASecond()
+            let coldStatus = try await Self.auth(cold.key, node)
+            #expect(coldStatus == 503, "an uncached key cannot be checked: 503, never 401")
+            #expect(withinASecond() == before + 1, "answered within 1 s (the deadline is 300 ms): no pile-up")
+            #expect(await Self.eventually(.seconds(3)) { !node.node.invalidation.metrics.channelUp.load(ordering: .relaxed) },
+                    "the channel is reported down within ping interval + timeout")
+            #expect(try await Self.auth(warm.key, node) == 503, "without stale-if-error a suspect cache is not trusted")
+            try await store.revoke(id: warm.record.id, actor: "test")
 
-                // Recovered: both event loops' connections answer again (four requests in a row each
-                // way), within 2 s of the path coming back; the revoke made meanwhile is honoured.
-                proxy.set(.pass)
-                let restored = ContinuousClock.now
-                let recovered = try await Self.eventually(.seconds(5)) {
-                    for _ in 0..<4 {
-                        guard try await Self.auth(cold.key, node) == 200, try await Self.auth(warm.key, node) == 401 else { return false }
-                    }
-                    return true
+            // Recovered: both event loops' connections answer again (four requests in a row each
+            // way), within 2 s of the path coming back; the revoke made meanwhile is honoured.
+            proxy.set(.pass)
+            let restored = ContinuousClock.now
+            let recovered = try await Self.eventually(.seconds(5)) {
+                for _ in 0..<4 {
+                    guard try await Self.auth(cold.key, node) == 200, try await Self.auth(warm.key, node) == 401 else { return false }
                 }
-                let recovery = ContinuousClock.now - restored
-                #expect(recovered && recovery < .seconds(2), "recovered: \(recovered) after \(recovery)")
+                return true
             }
+            let recovery = ContinuousClock.now - restored
+            #expect(recovered && recovery < .seconds(2), "recovered: \(recovered) after \(recovery)")
         }
     }
 
@@ -147,38 +158,130 @@ import Testing
         }
     }
 
+    /// F5: Redis hung (SIGSTOP) under an open-loop load of uncached keys. Requests get 503 within
+    /// the deadline (no pile-up), a cached key is served only inside the stale-if-error window, and
+    /// the node recovers within 2 s of SIGCONT.
+    @Test func f5RedisHungUnderLoad() async throws {
+        try await RedisServerProcess.withServer { redis in
+            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f5")
+            defer { Task { await store.redis.shutdown() } }
+            try await TestNode.with(redisURL: redis.url, namespace: "f5", configure: {
+                $0.redis.commandTimeout = .milliseconds(300)
+                $0.verifier.staleIfError = .seconds(1)
+            }) { node in
+                let warm = try await store.create(.init(user: "f5"), actor: "test")
+                let cold = try await store.create(.init(user: "f5"), actor: "test")
+                #expect(try await Self.auth(warm.key, node) == 200)
+                let latency = node.node.dataPlane.metrics.latency
+                let halfSecond = latency.bounds.firstIndex(of: 0.5)!
+                let before = latency.snapshot()
+
+                redis.pause()
+                let paused = ContinuousClock.now
+                // 200 requests per second for 2 s, each sent on schedule (not after the previous answer).
+                let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for index in 0..<400 {
+                        try await Task.sleep(until: paused + .milliseconds(5 * index))
+                        group.addTask { try await Self.auth(store.format.generate(), node) }
+                    }
+                    return try await group.reduce(into: [Int]()) { $0.append($1) }
+                }
+                let staleWhilePaused = try await Self.auth(warm.key, node)
+                redis.resume()
+                let resumed = ContinuousClock.now
+
+                #expect(Set(statuses) == [503], "uncached keys cannot be checked: \(Set(statuses))")
+                let after = latency.snapshot()
+                let answered = after.count - before.count
+                let withinHalfASecond = after.cumulativeCounts[halfSecond] - before.cumulativeCounts[halfSecond]
+                #expect(answered >= 401 && withinHalfASecond == answered,
+                        "every verdict within 0.5 s (deadline 300 ms): \(withinHalfASecond) of \(answered)")
+                #expect(staleWhilePaused == 503, "past the 1 s stale-if-error window a cached key is not served")
+                #expect(try await Self.eventually(.seconds(2)) { try await Self.auth(cold.key, node) == 200 },
+                        "recovered within 2 s of SIGCONT")
+                #expect(ContinuousClock.now - resumed < .seconds(3))
+            }
+        }
+    }
+
+    /// F11: Redis unavailable for seconds while the node keeps counting (cached keys, served through
+    /// stale-if-error), with a small in-memory cap so counts go to the spill file. Once Redis answers
+    /// again every count is in Redis, once, and the spill file is gone. (This test found that spilled
+    /// counts waited for the node's next start; they are now replayed as soon as Redis is back.)
+    @Test func f11RedisDownWithCountersPending() async throws {
+        try await RedisServerProcess.withServer { redis in
+            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f11")
+            defer { Task { await store.redis.shutdown() } }
+            let spill = FileManager.default.temporaryDirectory.appendingPathComponent("f11-\(UUID().uuidString).jsonl").path
+            defer { try? FileManager.default.removeItem(atPath: spill) }
+            let keys = try await (0..<8).asyncMap { _ in try await store.create(.init(user: "f11"), actor: "test") }
+            var oks = 0
+            try await TestNode.with(redisURL: redis.url, namespace: "f11", configure: {
+                $0.usage.maxPendingKeys = 3
+                $0.usage.spillPath = spill
+                $0.verifier.staleIfError = .seconds(30) // keep serving cached keys through the outage
+                $0.redis.commandTimeout = .milliseconds(300)
+            }) { node in
+                for key in keys { if try await Self.auth(key.key, node) == 200 { oks += 1 } }
+                // The outage: Redis stops answering (SIGSTOP); the node notices at its ping deadline.
+                redis.pause()
+                #expect(await Self.eventually(.seconds(5)) { !node.node.invalidation.metrics.channelUp.load(ordering: .relaxed) },
+                        "the node saw Redis go")
+                // Two waves: the first becomes the batch being retried, the second piles up past the
+                // in-memory cap of 3 keys and goes to the spill file.
+                for wave in 0..<2 {
+                    for round in 0..<16 { if try await Self.auth(keys[(round + wave) % keys.count].key, node) == 200 { oks += 1 } }
+                    try await Task.sleep(for: .milliseconds(400))
+                }
+                #expect(node.node.flusher.metrics.spilled.load(ordering: .relaxed) > 0, "the cap was hit and the spill file used")
+                redis.resume()
+                #expect(await Self.eventually(.seconds(10)) {
+                    node.node.flusher.metrics.pendingKeys.load(ordering: .relaxed) == 0
+                        && !FileManager.default.fileExists(atPath: spill)
+                }, "everything flushed after Redis returned")
+                #expect(node.node.flusher.metrics.dropped.load(ordering: .relaxed) == 0)
+            }
+            // The operator's client may still be failing fast from the outage: retry the read.
+            var total: Int64 = -1
+            _ = await Self.eventually(.seconds(5)) {
+                var sum: Int64 = 0
+                for key in keys {
+                    guard let usage = try? await store.usage(id: key.record.id) else { return false }
+                    sum += usage.total
+                }
+                total = sum
+                return true
+            }
+            #expect(total == Int64(oks), "\(total) counted for \(oks) successful requests")
+        }
+    }
+
     /// F10: a usage flush whose reply is lost (the write happened) is retried with the same batch id
     /// and counted exactly once.
     @Test func f10AmbiguousUsageFlushCountsOnce() async throws {
-        try await RedisServerProcess.withServer { redis in
-            let proxy = try await FaultProxy.start(upstreamPort: redis.port)
-            defer { Task { await proxy.stop() } }
-            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f10")
-            defer { Task { await store.redis.shutdown() } }
-            try await TestNode.with(redisURL: proxy.url, namespace: "f10", configure: {
-                $0.redis.commandTimeout = .milliseconds(300)
-            }) { node in
-                let keys = try await (0..<5).asyncMap { _ in try await store.create(.init(user: "f10"), actor: "test") }
-                for key in keys { #expect(try await Self.auth(key.key, node) == 200) } // cached from now on
-                try await Task.sleep(for: .milliseconds(300)) // the warm-up uses are flushed
-                let flushed = node.node.flusher.metrics.flushedBatches.load(ordering: .relaxed)
+        try await Self.withProxiedNode(namespace: "f10", configure: {
+            $0.redis.commandTimeout = .milliseconds(300)
+        }) { _, proxy, store, node in
+            let keys = try await (0..<5).asyncMap { _ in try await store.create(.init(user: "f10"), actor: "test") }
+            for key in keys { #expect(try await Self.auth(key.key, node) == 200) } // cached from now on
+            try await Task.sleep(for: .milliseconds(300)) // the warm-up uses are flushed
+            let flushed = node.node.flusher.metrics.flushedBatches.load(ordering: .relaxed)
 
-                proxy.set(.dropReplies, of: .data)
-                var oks = 0
-                for round in 0..<40 { if try await Self.auth(keys[round % keys.count].key, node) == 200 { oks += 1 } }
-                #expect(oks == 40, "cache hits need no Redis")
-                #expect(await Self.eventually(.seconds(5)) { node.node.flusher.metrics.flushFailures.load(ordering: .relaxed) > 0 })
-                proxy.set(.pass)
-                #expect(await Self.eventually(.seconds(5)) {
-                    node.node.flusher.metrics.flushedBatches.load(ordering: .relaxed) > flushed
-                        && node.node.flusher.metrics.pendingKeys.load(ordering: .relaxed) == 0
-                })
-                var total: Int64 = 0
-                for key in keys { total += try await store.usage(id: key.record.id).total }
-                #expect(total == 5 + 40, "every use counted once, none twice")
-                #expect(node.node.flusher.metrics.duplicateBatches.load(ordering: .relaxed) >= 1,
-                        "the retry found its batch already applied")
-            }
+            proxy.set(.dropReplies, of: .data)
+            var oks = 0
+            for round in 0..<40 { if try await Self.auth(keys[round % keys.count].key, node) == 200 { oks += 1 } }
+            #expect(oks == 40, "cache hits need no Redis")
+            #expect(await Self.eventually(.seconds(5)) { node.node.flusher.metrics.flushFailures.load(ordering: .relaxed) > 0 })
+            proxy.set(.pass)
+            #expect(await Self.eventually(.seconds(5)) {
+                node.node.flusher.metrics.flushedBatches.load(ordering: .relaxed) > flushed
+                    && node.node.flusher.metrics.pendingKeys.load(ordering: .relaxed) == 0
+            })
+            var total: Int64 = 0
+            for key in keys { total += try await store.usage(id: key.record.id).total }
+            #expect(total == 5 + 40, "every use counted once, none twice")
+            #expect(node.node.flusher.metrics.duplicateBatches.load(ordering: .relaxed) >= 1,
+                    "the retry found its batch already applied")
         }
     }
 
@@ -186,38 +289,32 @@ import Testing
     /// looked up, revoked 10 ms later (the invalidation arrives before the lookup's reply), and the
     /// next request must not be a 200 from a cached stale verdict.
     @Test func f12LookupRacingAnInvalidationIsNeverCached() async throws {
-        try await RedisServerProcess.withServer { redis in
-            let proxy = try await FaultProxy.start(upstreamPort: redis.port)
-            defer { Task { await proxy.stop() } }
-            let store = try NodeIntegrationTests.adminStore(url: redis.url, namespace: "f12")
-            defer { Task { await store.redis.shutdown() } }
-            try await TestNode.with(redisURL: proxy.url, namespace: "f12") { node in
-                proxy.set(.delay(toRedis: .zero, toClient: .milliseconds(50)), of: .data)
-                var staleAnswers = 0, cases = 0
-                for _ in 0..<Self.iterations(20) {
-                    // Five keys at once per round: five independent races.
-                    let results = try await withThrowingTaskGroup(of: Int.self) { group in
-                        for _ in 0..<5 {
-                            group.addTask {
-                                let key = try await store.create(.init(user: "f12"), actor: "test")
-                                async let first = Self.auth(key.key, node)
-                                try await Task.sleep(for: .milliseconds(10))
-                                try await store.revoke(id: key.record.id, actor: "test")
-                                _ = try await first // started before the revoke: either answer is allowed
-                                return try await Self.auth(key.key, node)
-                            }
+        try await Self.withProxiedNode(namespace: "f12") { _, proxy, store, node in
+            proxy.set(.delay(toRedis: .zero, toClient: .milliseconds(50)), of: .data)
+            var staleAnswers = 0, cases = 0
+            for _ in 0..<Self.iterations(20) {
+                // Five keys at once per round: five independent races.
+                let results = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for _ in 0..<5 {
+                        group.addTask {
+                            let key = try await store.create(.init(user: "f12"), actor: "test")
+                            async let first = Self.auth(key.key, node)
+                            try await Task.sleep(for: .milliseconds(10))
+                            try await store.revoke(id: key.record.id, actor: "test")
+                            _ = try await first // started before the revoke: either answer is allowed
+                            return try await Self.auth(key.key, node)
                         }
-                        return try await group.reduce(into: [Int]()) { $0.append($1) }
                     }
-                    cases += results.count
-                    staleAnswers += results.filter { $0 == 200 }.count
-                    let understood = results.allSatisfy { [200, 401].contains($0) }
-                    #expect(understood, "\(results)")
+                    return try await group.reduce(into: [Int]()) { $0.append($1) }
                 }
-                #expect(staleAnswers == 0, "\(staleAnswers) of \(cases) requests after a revoke got 200")
-                #expect(node.node.verifier.metrics.cache.placeholderDiscards.load(ordering: .relaxed) > 0,
-                        "the race actually happened")
+                cases += results.count
+                staleAnswers += results.filter { $0 == 200 }.count
+                let understood = results.allSatisfy { [200, 401].contains($0) }
+                #expect(understood, "\(results)")
             }
+            #expect(staleAnswers == 0, "\(staleAnswers) of \(cases) requests after a revoke got 200")
+            #expect(node.node.verifier.metrics.cache.placeholderDiscards.load(ordering: .relaxed) > 0,
+                    "the race actually happened")
         }
     }
 }

@@ -343,6 +343,43 @@ import Testing
         }
     }
 
+    /// B5: no timing oracle. Unknown and revoked keys, both uncached (each costs one lookup), take
+    /// indistinguishable time, sampled interleaved so drift hits both alike.
+    @Test func unknownAndRevokedKeysTakeTheSameTime() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("b5")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        let samples = FaultTests.iterations(150)
+        var revoked: [String] = []
+        for _ in 0..<samples {
+            let key = try await store.create(.init(user: "b5"), actor: "test")
+            try await store.revoke(id: key.record.id, actor: "test")
+            revoked.append(key.key)
+        }
+        try await TestNode.with(redisURL: url, namespace: ns) { node in
+            var unknownTimes: [Duration] = [], revokedTimes: [Duration] = []
+            for index in 0..<samples {
+                for (key, into) in [(store.format.generate(), 0), (revoked[index], 1)] {
+                    let start = ContinuousClock.now
+                    let response = try await Self.auth(key, port: node.port)
+                    let elapsed = ContinuousClock.now - start
+                    #expect(response.status == 401)
+                    if into == 0 { unknownTimes.append(elapsed) } else { revokedTimes.append(elapsed) }
+                }
+            }
+            func percentile(_ times: [Duration], _ p: Double) -> Double {
+                let sorted = times.sorted()
+                let value = sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+                return Double(value.components.seconds) + Double(value.components.attoseconds) / 1e18
+            }
+            for p in [0.5, 0.9] {
+                let unknown = percentile(unknownTimes, p), gone = percentile(revokedTimes, p)
+                #expect(max(unknown, gone) / min(unknown, gone) < 1.5,
+                        "p\(Int(p * 100)): unknown \(unknown * 1e6) us, revoked \(gone * 1e6) us")
+            }
+        }
+    }
+
     @Test func httpEdgeCases() async throws {
         let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("http")
         let store = try Self.adminStore(url: url, namespace: ns)

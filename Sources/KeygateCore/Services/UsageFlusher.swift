@@ -8,8 +8,8 @@ public import Synchronization
 /// A batch gets an id (`node:sequence`) and is frozen until Redis acknowledges it: a retry after a
 /// timeout resends the same id and contents, and the batch script ignores an id it already applied.
 /// New counts accumulate meanwhile. Past `maxPendingKeys` distinct keys the accumulated counts are
-/// appended to a local spill file instead of being dropped, and replayed (with their batch ids) when
-/// Redis answers again. On graceful shutdown it flushes once more within `shutdownDeadline`, then
+/// appended to a local spill file instead of being dropped, and replayed (with their batch ids) as
+/// soon as Redis takes a batch again, or at the next start. On graceful shutdown it flushes once more within `shutdownDeadline`, then
 /// spills what is left. Residual loss: up to one interval of counts on `kill -9`.
 public final class UsageFlusher: Service, Sendable {
     public struct Settings: Sendable, Equatable {
@@ -46,6 +46,9 @@ public final class UsageFlusher: Service, Sendable {
     private let nodeID: String
     private let logger: Logger
     private let state = Mutex(State())
+    /// A spill file may hold counts: replay it as soon as Redis takes batches again (not only at the
+    /// next start). True at start, to look once.
+    private let spillPending = Atomic<Bool>(true)
     public let metrics = UsageMetrics()
 
     public init(store: KeyStore, recorder: UsageRecorder, settings: Settings = Settings(), nodeID: String, logger: Logger) {
@@ -89,6 +92,7 @@ public final class UsageFlusher: Service, Sendable {
                 state.accumulating[hash]!.lastUsedMilliseconds = max(state.accumulating[hash]!.lastUsedMilliseconds, delta.lastUsedMilliseconds)
             }
         }
+        var failed = false
         while let batch = nextBatch() {
             do {
                 let deltas = batch.deltas.compactMap { entry in
@@ -102,9 +106,12 @@ public final class UsageFlusher: Service, Sendable {
                 metrics.flushFailures.add(1, ordering: .relaxed)
                 logger.warning("usage flush failed; will retry the same batch", metadata: ["batch": "\(batch.id)", "error": "\(error)"])
                 if state.withLock({ $0.accumulating.count }) > settings.maxPendingKeys { spillAccumulating() }
+                failed = true
                 break
             }
         }
+        // Redis takes batches again: bring back what an outage pushed to disk.
+        if !failed && spillPending.load(ordering: .relaxed) { await replaySpill() }
         metrics.pendingKeys.store(pendingCount, ordering: .relaxed)
     }
 
@@ -185,6 +192,7 @@ public final class UsageFlusher: Service, Sendable {
             try handle.seekToEnd()
             try handle.write(contentsOf: data)
             try handle.synchronize()
+            spillPending.store(true, ordering: .relaxed)
             metrics.spilled.add(keys, ordering: .relaxed)
             logger.warning("usage counts spilled to disk", metadata: ["path": "\(path)", "keys": "\(keys)", "reason": "\(reason)"])
         } catch {
@@ -196,7 +204,10 @@ public final class UsageFlusher: Service, Sendable {
     /// Applies spilled batches with their own ids (so a batch already applied before a crash is not
     /// counted twice), then removes the file. Left in place if Redis is unavailable.
     func replaySpill() async {
-        guard let path = settings.spillPath, let data = FileManager.default.contents(atPath: path), !data.isEmpty else { return }
+        guard let path = settings.spillPath, let data = FileManager.default.contents(atPath: path), !data.isEmpty else {
+            spillPending.store(false, ordering: .relaxed)
+            return
+        }
         let decoder = JSONDecoder()
         let batches = data.split(separator: UInt8(ascii: "\n")).compactMap { try? decoder.decode(Batch.self, from: Data($0)) }
         for batch in batches {
@@ -211,6 +222,7 @@ public final class UsageFlusher: Service, Sendable {
             }
         }
         try? FileManager.default.removeItem(atPath: path)
+        spillPending.store(false, ordering: .relaxed)
         logger.info("spilled usage replayed", metadata: ["batches": "\(batches.count)"])
     }
 }
