@@ -53,8 +53,8 @@ pids+=($!)
 # start_node PORT EXTRA_FLAGS...: a node pinned to core 0 with one event loop.
 start_node() {
     local port=$1; shift
-    KEYGATE_LOG_LEVEL=warning taskset -c 0 "$keygate" serve --data-port "$port" --redis-url "$redis_url" --namespace bench \
-        --threads 1 --usage-spill-path "$work/spill-$port.jsonl" "$@" &
+    KEYGATE_LOG_LEVEL=warning taskset -c 0 "$keygate" serve --data-port "$port" --control-port "$(free_port)" \
+        --redis-url "$redis_url" --namespace bench --threads 1 --usage-spill-path "$work/spill-$port.jsonl" "$@" &
     node_pid=$!
     pids+=("$node_pid")
     for _ in $(seq 1 200); do

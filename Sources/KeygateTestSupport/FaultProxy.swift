@@ -13,7 +13,9 @@ import Synchronization
 ///   meanwhile is delivered when the mode changes back, as TCP retransmission would after a real
 ///   network black hole;
 /// - `reset`: close connections with a TCP reset (existing ones at once, new ones on accept);
-/// - `dropReplies`: forward requests to Redis, swallow Redis's answers.
+/// - `dropReplies`: forward requests to Redis, swallow Redis's answers;
+/// - `stall`: stop reading from Redis, so Redis's output buffer for that client fills up (the proxy's
+///   receive buffer toward Redis is kept small so the kernel cannot absorb megabytes first).
 public final class FaultProxy: Sendable {
     public enum Mode: Sendable, Equatable {
         case pass
@@ -21,6 +23,7 @@ public final class FaultProxy: Sendable {
         case blackHole
         case reset
         case dropReplies
+        case stall
     }
 
     public enum ConnectionClass: Sendable, CaseIterable { case data, subscriber }
@@ -103,6 +106,9 @@ public final class FaultProxy: Sendable {
 
     private func accept(_ client: any Channel) -> EventLoopFuture<Void> {
         let upstream = ClientBootstrap(group: client.eventLoop)
+            // Linux autotunes loopback receive buffers up to tcp_rmem's maximum (32 MiB here): a fixed
+            // small buffer keeps a stalled reader's backlog in Redis, where its limits apply.
+            .channelOption(.socketOption(.so_rcvbuf), value: 64 * 1024)
             .connect(host: "127.0.0.1", port: upstreamPort)
         let pair = Pair(client: client, upstream: upstream)
         state.withLock { $0.pairs[ObjectIdentifier(client)] = pair }
@@ -118,6 +124,7 @@ public final class FaultProxy: Sendable {
                     if self.mode(of: pair) != .blackHole { client.close(promise: nil) }
                 }
                 _ = redis.pipeline.addHandler(Forwarder(proxy: self, pair: pair, direction: .toClient))
+                if self.mode(of: pair) == .stall { redis.setOption(.autoRead, value: false).whenComplete { _ in } }
             case .failure:
                 client.close(promise: nil)
             }
@@ -130,6 +137,8 @@ public final class FaultProxy: Sendable {
     private func apply(_ mode: Mode, to pair: Pair) {
         if mode != .blackHole { release(pair) }
         if mode == .reset { Self.reset(pair) }
+        // Reading from Redis stops while stalled and resumes with any other mode.
+        pair.upstream.whenSuccess { $0.setOption(.autoRead, value: mode != .stall).whenComplete { _ in } }
     }
 
     /// Delivers what a black hole held, in order (on the pair's event loop, which both sides share).
@@ -201,6 +210,9 @@ public final class FaultProxy: Sendable {
                 pair.held.withLock { held in
                     if direction == .toRedis { held.toRedis.append(buffer) } else { held.toClient.append(buffer) }
                 }
+            case .stall:
+                // Requests still go to Redis (the subscriber's pings); answers wait in Redis.
+                if direction == .toRedis { forward(buffer, after: nil, eventLoop: context.eventLoop) }
             case .reset:
                 break
             }

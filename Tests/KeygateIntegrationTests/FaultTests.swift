@@ -158,6 +158,44 @@ import Testing
         }
     }
 
+    /// F4: a slow subscriber. The node's subscriber connection stops reading (the proxy stalls it)
+    /// while 16 MiB of junk floods the channel; Redis closes it at its pub/sub output-buffer limit.
+    /// The node sees the close, flushes, resubscribes and replays the Stream, so a revoke made
+    /// meanwhile holds.
+    @Test func f4SlowSubscriberClosedByTheOutputBufferLimit() async throws {
+        try await Self.withProxiedNode(namespace: "f4", redisArguments: ["--client-output-buffer-limit", "pubsub", "256kb", "64kb", "1"],
+                                       configure: {
+            $0.invalidation.pingTimeout = .seconds(5) // let the output buffer, not the ping, end it
+            $0.invalidation.pingInterval = .seconds(1)
+        }) { redis, proxy, store, node in
+            let key = try await store.create(.init(user: "f4"), actor: "test")
+            #expect(try await Self.auth(key.key, node) == 200)
+            let losses = node.node.invalidation.metrics.losses.load(ordering: .relaxed)
+
+            proxy.set(.stall, of: .subscriber)
+            let junk = String(repeating: "x", count: 32 * 1024)
+            for _ in 0..<2 {
+                _ = try await store.redis.pipeline((0..<256).map { _ in
+                    RedisCommand("PUBLISH", [.string(store.layout.invalidationChannel), .string(junk)])
+                })
+            }
+            try await store.revoke(id: key.record.id, actor: "test")
+            let log = redis.directory.appendingPathComponent("redis.log")
+            #expect(await Self.eventually(.seconds(5)) {
+                ((try? String(contentsOf: log, encoding: .utf8)) ?? "").contains("overcoming of output buffer limits")
+            }, "Redis closed the subscriber at its output-buffer limit")
+            proxy.set(.pass)
+            #expect(try await Self.eventually(.seconds(5)) { try await Self.auth(key.key, node) == 401 },
+                    "the revoke is honoured once the node caught up")
+            #expect(node.node.invalidation.metrics.losses.load(ordering: .relaxed) > losses, "the close was noticed")
+            // Ready means resubscribed and caught up: by then the Stream replay has run.
+            #expect(await Self.eventually(.seconds(5)) { node.node.isReady })
+            let metrics = node.node.invalidation.metrics
+            #expect(metrics.replayedEvents.load(ordering: .relaxed) >= 1 || metrics.flushesReplayGap.load(ordering: .relaxed) >= 1,
+                    "caught up from the Stream")
+        }
+    }
+
     /// F5: Redis hung (SIGSTOP) under an open-loop load of uncached keys. Requests get 503 within
     /// the deadline (no pile-up), a cached key is served only inside the stale-if-error window, and
     /// the node recovers within 2 s of SIGCONT.
