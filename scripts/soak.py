@@ -44,6 +44,14 @@ def request(port, method, path, headers=None, body=None, timeout=5):
         connection.close()
 
 
+def status_of(port, path, headers):
+    """The status, or 0 when the node cannot be reached (counted as an error, never as a 200)."""
+    try:
+        return request(port, "GET", path, headers)[0]
+    except OSError:
+        return 0
+
+
 def wait_ready(port, seconds=30):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -67,6 +75,8 @@ def main():
     parser.add_argument("--bin", default=".build/release/keygate")
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--kill-every", type=int, default=60, help="seconds between CLIENT KILL TYPE pubsub")
+    parser.add_argument("--pause-every", type=int, default=300, help="seconds between 2 s SIGSTOPs of Redis")
     args = parser.parse_args()
     binary = os.path.abspath(args.bin)
     if not os.access(binary, os.X_OK):
@@ -77,6 +87,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="keygate-soak-")
     processes = []
+    ok = False
     try:
         redis_port = free_port()
         redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -117,17 +128,17 @@ def main():
 
         def faults():
             started = time.monotonic()
-            next_kill, next_pause = 60, 300
+            next_kill, next_pause = args.kill_every, args.pause_every
             while not stop.wait(1):
                 elapsed = time.monotonic() - started
                 if elapsed >= next_kill:
                     subprocess.run(["redis-cli", "-p", str(redis_port), "CLIENT", "KILL", "TYPE", "pubsub"], capture_output=True)
-                    next_kill += 60
+                    next_kill += args.kill_every
                 if elapsed >= next_pause:
                     os.kill(redis.pid, signal.SIGSTOP)
                     time.sleep(2)
                     os.kill(redis.pid, signal.SIGCONT)
-                    next_pause += 300
+                    next_pause += args.pause_every
 
         fault_thread = threading.Thread(target=faults, daemon=True)
         fault_thread.start()
@@ -149,21 +160,31 @@ def main():
             issued = json.loads(body)
             key, key_id = issued["key"], issued["id"]
             successes[key] = 0
+            dead = [index for index, (node, _, _) in enumerate(nodes) if node.poll() is not None]
+            if dead:
+                print(f"node(s) {dead} exited (codes {[nodes[i][0].returncode for i in dead]}); logs in {work}")
+                break
             for _, data, _ in nodes:
-                status = request(data, "GET", "/auth", {"X-API-Key": key})[0]
+                status = status_of(data, "/auth", {"X-API-Key": key})
                 history.append((time.monotonic(), key, status))
                 successes[key] += status == 200
-            while True:
-                status = request(nodes[0][2], "POST", f"/v1/keys/{key_id}/revoke", {"X-API-Key": admin})[0]
+            for _ in range(100):  # bounded: 20 s of retries while Redis is paused
+                try:
+                    status = request(nodes[0][2], "POST", f"/v1/keys/{key_id}/revoke", {"X-API-Key": admin})[0]
+                except OSError:
+                    status = 0
                 if status == 200:
                     break
                 time.sleep(0.2)
+            else:
+                print("error: a revoke did not go through in 20 s")
+                break
             revoked[key] = time.monotonic()
             poll_end = time.monotonic() + 1
             while time.monotonic() < poll_end:
                 for _, data, _ in nodes:
                     started = time.monotonic()
-                    status = request(data, "GET", "/auth", {"X-API-Key": key})[0]
+                    status = status_of(data, "/auth", {"X-API-Key": key})
                     history.append((started, key, status))
                     successes[key] += status == 200
                 time.sleep(0.01)
@@ -216,7 +237,10 @@ def main():
         for process in processes:
             if process.poll() is None:
                 process.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work} (node logs) for inspection")
 
 
 if __name__ == "__main__":

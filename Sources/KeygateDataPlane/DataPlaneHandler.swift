@@ -257,8 +257,16 @@ final class DataPlaneHandler: ChannelInboundHandler {
             var buffer = context.channel.allocator.buffer(capacity: 256)
             render((try? result.get()) ?? .unavailable, &buffer)
             handler.write(buffer, context: context)
-            handler.processInbound(context: context)
             handler.flushIfNeeded(context: context)
+            // Continue with the requests read meanwhile on a fresh stack. A lookup that fails at once
+            // (Redis unreachable, circuit open) completes synchronously, and continuing inline
+            // recursed once per request until the stack overflowed (found by scripts/soak.py).
+            context.eventLoop.execute {
+                let (handler, context) = loopBound.value
+                guard context.channel.isActive else { return }
+                handler.processInbound(context: context)
+                handler.flushIfNeeded(context: context)
+            }
         }
     }
 
