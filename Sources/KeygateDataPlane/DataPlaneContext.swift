@@ -66,7 +66,7 @@ final class DataPlaneContext: Sendable {
     /// Verifies and times the verification (a hit costs one more clock read and two atomic adds).
     func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Outcome {
         let start = NIODeadline.now().uptimeNanoseconds
-        let (result, hash) = verifier.verifyReturningHash(key, on: eventLoop)
+        let (result, hash) = verifier.verifyReturningHash(key, on: eventLoop, now: start)
         switch result {
         case .decided(let decision):
             metrics.latency.observe(nanoseconds: NIODeadline.now().uptimeNanoseconds &- start)

@@ -50,6 +50,9 @@ public final class InvalidationService: Service, Sendable {
             // On the subscriber's event loop, as the message arrives.
             metrics.received.add(1, ordering: .relaxed)
             if let hash = KeyHash(hex: String(buffer: payload)) { cache.invalidate(hash) }
+        } lossHandler: {
+            // Rule 2 at once, on the event loop; the consumer below logs and counts the loss.
+            cache.markSuspect()
         }
     }
 
@@ -77,7 +80,7 @@ public final class InvalidationService: Service, Sendable {
             case .message:
                 break // handled on the event loop by the subscriber's message handler
             case .disconnected(let reason):
-                cache.markSuspect()
+                cache.markSuspect() // already done by the loss handler, unless the connect itself failed
                 metrics.channelUp.store(false, ordering: .relaxed)
                 metrics.losses.add(1, ordering: .relaxed)
                 logger.warning("invalidation channel lost; reading Redis for every request until resubscribed",

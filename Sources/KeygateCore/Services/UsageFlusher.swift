@@ -38,6 +38,10 @@ public final class UsageFlusher: Service, Sendable {
         var accumulating: [KeyHash: UsageRecorder.Delta] = [:]
         var frozen: Batch?
         var sequence = 0
+        /// Failed rounds in a row, and when the last warning was logged (an outage logs a line
+        /// every 10 s, not one per retry).
+        var failedRounds = 0
+        var lastWarning: ContinuousClock.Instant?
     }
 
     private let store: KeyStore
@@ -99,12 +103,27 @@ public final class UsageFlusher: Service, Sendable {
                     KeyHash(hex: entry.hash).map { KeyStore.UsageDelta(hash: $0, count: entry.count, lastUsedAt: Date(milliseconds: entry.lastUsedMilliseconds)) }
                 }
                 let applied = try await store.applyUsage(batchID: batch.id, deltas)
-                state.withLock { $0.frozen = nil }
+                let recoveredAfter = state.withLock { state -> Int in
+                    state.frozen = nil
+                    defer { state.failedRounds = 0; state.lastWarning = nil }
+                    return state.failedRounds
+                }
+                if recoveredAfter > 0 { logger.info("usage flush recovered", metadata: ["failed_rounds": "\(recoveredAfter)"]) }
                 metrics.flushedBatches.add(1, ordering: .relaxed)
                 if !applied { metrics.duplicateBatches.add(1, ordering: .relaxed) }
             } catch {
                 metrics.flushFailures.add(1, ordering: .relaxed)
-                logger.warning("usage flush failed; will retry the same batch", metadata: ["batch": "\(batch.id)", "error": "\(error)"])
+                let (rounds, warn) = state.withLock { state -> (Int, Bool) in
+                    state.failedRounds += 1
+                    let now = ContinuousClock.now
+                    guard state.lastWarning.map({ now - $0 >= .seconds(10) }) ?? true else { return (state.failedRounds, false) }
+                    state.lastWarning = now
+                    return (state.failedRounds, true)
+                }
+                if warn {
+                    logger.warning("usage flush failed; will retry the same batch",
+                                   metadata: ["batch": "\(batch.id)", "error": "\(error)", "failed_rounds": "\(rounds)"])
+                }
                 if state.withLock({ $0.accumulating.count }) > settings.maxPendingKeys { spillAccumulating() }
                 failed = true
                 break

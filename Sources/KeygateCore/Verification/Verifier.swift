@@ -41,10 +41,12 @@ public final class Verifier: Sendable {
     /// Verifies `key` for a caller on `eventLoop`. A hit or a malformed key is answered at once; a
     /// malformed key costs no hashing and no Redis command. Also returns the key's hash (nil when
     /// malformed), which the caller needs to count the use.
-    public func verifyReturningHash(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> (Result, KeyHash?) {
+    /// `now` (uptime nanoseconds) lets a caller that already read the clock share that reading.
+    public func verifyReturningHash(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop,
+                                    now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> (Result, KeyHash?) {
         guard store.format.isWellFormed(key) else { return (.decided(.invalid(.malformed)), nil) }
         let hash = store.hasher.hash(key)
-        return (verify(hash: hash, on: eventLoop), hash)
+        return (verify(hash: hash, on: eventLoop, now: now), hash)
     }
 
     public func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Result {
@@ -77,8 +79,7 @@ public final class Verifier: Sendable {
     }
 
     /// Verifies a key already known to be well formed, by hash.
-    public func verify(hash: KeyHash, on eventLoop: any EventLoop) -> Result {
-        let now = NIODeadline.now().uptimeNanoseconds
+    public func verify(hash: KeyHash, on eventLoop: any EventLoop, now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> Result {
         switch cache.probe(hash, now: now, eventLoop: eventLoop) {
         case .hit(let decision):
             return .decided(decideAtRequestTime(decision))

@@ -30,6 +30,8 @@ public final class RedisSubscriber: Sendable {
     private let lastPong = Atomic<UInt64>(0)
     /// When set, messages go here, synchronously on the subscriber's event loop, instead of `events`.
     private let messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)?
+    /// Called on the event loop the moment a connection closes, before `.disconnected` is queued.
+    fileprivate let lossHandler: (@Sendable () -> Void)?
 
     /// - Parameters:
     ///   - configuration: connection settings; give it a `clientName` so operators can find it.
@@ -41,12 +43,16 @@ public final class RedisSubscriber: Sendable {
     ///   - messageHandler: receives messages on the event loop as they arrive (no task hop: the
     ///     latency of an invalidation must not depend on how busy the cooperative pool is); `events`
     ///     then carries only `.subscribed` and `.disconnected`.
+    ///   - lossHandler: called on the event loop as soon as a connection closes, for the same
+    ///     reason (a cache must stop trusting itself at once, not when a task gets scheduled).
     public init(configuration: RedisConfiguration, channels: [String],
                 pingInterval: Duration = .seconds(1), pingTimeout: Duration = .seconds(1),
                 bufferLimit: Int = 100_000,
                 eventLoop: any EventLoop,
-                messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)? = nil) {
+                messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)? = nil,
+                lossHandler: (@Sendable () -> Void)? = nil) {
         self.messageHandler = messageHandler
+        self.lossHandler = lossHandler
         precondition(!channels.isEmpty, "subscribe to at least one channel")
         self.configuration = configuration
         self.channels = channels
@@ -145,6 +151,9 @@ private final class SubscriberSession: Sendable {
     /// Returns once the connection closed: whether it had been fully subscribed, and why it ended.
     func run() async -> (subscribed: Bool, reason: String) {
         let loop = connection.eventLoop
+        if let lossHandler = subscriber.lossHandler {
+            connection.closeFuture.whenComplete { _ in lossHandler() }
+        }
         loop.execute {
             self.connection.enterPushMode { [self] value in self.handle(value) }
             self.connection.sendPushCommand(RedisCommand("SUBSCRIBE", self.subscriber.channels.map { .string($0) }))
