@@ -8,8 +8,10 @@ let package = Package(
     dependencies: [
         .package(name: "keygate", path: "../"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
+        .target(name: "CEpoll"),
         .executableTarget(
             name: "redis-client-bench",
             dependencies: [
@@ -24,6 +26,24 @@ let package = Package(
             dependencies: [
                 .product(name: "KeygateCore", package: "keygate"),
                 .product(name: "KeygateRedis", package: "keygate"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "keygate-loadgen",
+            dependencies: [
+                "CEpoll",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "keygate-revocation-bench",
+            dependencies: [
+                .product(name: "KeygateCore", package: "keygate"),
+                .product(name: "KeygateRedis", package: "keygate"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]

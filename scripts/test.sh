@@ -8,7 +8,8 @@
 # After `swift test`: scripts/check-control-plane.sh runs a real node for promtool, the OpenAPI
 # validator and schemathesis (Python tools from PyPI, installed in .venv/); check-local-cluster.sh
 # runs deploy/local/up.sh end to end with nginx and Prometheus; check-deploy.sh validates the
-# deployment files offline; fuzz/run.sh runs the libFuzzer targets for 20 s each.
+# deployment files offline; fuzz/run.sh runs the libFuzzer targets for 20 s each;
+# benchmarks/run.sh --quick runs every benchmark scenario for a few seconds so the harness cannot rot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
@@ -49,4 +50,5 @@ if [ $# -eq 0 ]; then
     bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
     bash scripts/check-deploy.sh "$KEYGATE_BIN"
     bash fuzz/run.sh 20
+    bash benchmarks/run.sh --quick
 fi

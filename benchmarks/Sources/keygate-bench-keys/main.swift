@@ -1,6 +1,7 @@
 // Creates N keys for benchmarks and writes their plaintexts, one per line:
 //
 //   keygate-bench-keys --url redis://127.0.0.1:6379 --namespace bench --count 100000 --out keys.txt
+//   keygate-bench-keys --count 50000 --out unknown.txt --unknown   # well formed, never stored
 //
 // 64 concurrent creators through the same KeyStore (and Lua scripts) as the CLI.
 import Foundation
@@ -9,7 +10,18 @@ import KeygateRedis
 import NIOPosix
 
 var url = "redis://127.0.0.1:6379", namespace = "keygate", count = 1, out = "keys.txt", user = "bench"
-var arguments = CommandLine.arguments.dropFirst().makeIterator()
+var arguments = CommandLine.arguments.dropFirst().filter { $0 != "--unknown" }.makeIterator()
+if CommandLine.arguments.contains("--unknown") {
+    // Keys with a valid format and checksum that no store knows: each costs a node one lookup.
+    var count = 1, out = "keys.txt"
+    while let flag = arguments.next(), let value = arguments.next() {
+        if flag == "--count" { count = Int(value)! } else if flag == "--out" { out = value }
+    }
+    let format = try KeyFormat()
+    try ((0..<count).map { _ in format.generate() }.joined(separator: "\n") + "\n").write(toFile: out, atomically: true, encoding: .utf8)
+    print("generated \(count) unknown keys")
+    exit(0)
+}
 while let flag = arguments.next() {
     guard let value = arguments.next() else { fatalError("\(flag) needs a value") }
     switch flag {
