@@ -84,7 +84,7 @@ final class DataPlaneContext: Sendable {
         logDecision(decision, hash: hash, requestID: requestID)
         switch decision {
         case .valid(let verdict):
-            guard verdict.principal.grants(required) else {
+            guard required.isEmpty || verdict.principal.grants(required) else {
                 metrics.count(.forbidden)
                 Responses.json(.forbidden, body: Responses.forbiddenBody, close: close, omitBody: omitBody, into: &buffer)
                 return

@@ -28,6 +28,11 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private var closed = false
     /// The peer's address, for the failure limiter (nil for a Unix socket); read on first use.
     private var peer: FailureLimiter.Client??
+    /// Idle timeout without a handler or a clock read per request: a check every half timeout
+    /// closes the connection when nothing was read since the previous check (so an idle
+    /// connection closes between 1 and 1.5 times the timeout after its last request).
+    private var readSinceCheck = true
+    private var idleCheck: RepeatedTask?
 
     init(node: DataPlaneContext) {
         self.node = node
@@ -38,7 +43,24 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     // MARK: reading
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        let half = TimeAmount(node.settings.idleTimeout).nanoseconds / 2
+        guard half > 0 else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: .nanoseconds(half), delay: .nanoseconds(half)) { _ in
+            let (handler, context) = loopBound.value
+            if !handler.readSinceCheck { handler.closeWhenIdle(context: context) }
+            handler.readSinceCheck = false
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        idleCheck = nil
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        readSinceCheck = true
         var bytes = unwrapInboundIn(data)
         if inbound == nil || inbound!.readableBytes == 0 {
             inbound = bytes
@@ -70,15 +92,17 @@ final class DataPlaneHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent || event is DrainEvent {
-            if !waitingForRedis && (inbound?.readableBytes ?? 0) == 0 {
-                context.close(promise: nil)
-            } else {
-                closeAfterResponses = true
-            }
-            return
-        }
+        if event is DrainEvent { return closeWhenIdle(context: context) }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Idle or draining: close now, or after the responses still owed.
+    private func closeWhenIdle(context: ChannelHandlerContext) {
+        if !waitingForRedis && (inbound?.readableBytes ?? 0) == 0 {
+            context.close(promise: nil)
+        } else {
+            closeAfterResponses = true
+        }
     }
 
     // MARK: answering

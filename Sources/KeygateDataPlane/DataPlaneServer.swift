@@ -51,7 +51,6 @@ public final class DataPlaneServer: Service, Sendable {
         let context = self.context
         let settings = self.settings
         let metrics = self.metrics
-        let idle = TimeAmount(settings.idleTimeout)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -72,9 +71,8 @@ public final class DataPlaneServer: Service, Sendable {
                 }
                 self.connections.withLock { $0[ObjectIdentifier(channel)] = channel }
                 return channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(IdleStateHandler(readTimeout: idle))
-                    try sync.addHandler(DataPlaneHandler(node: context))
+                    // One handler: every handler in the pipeline costs each request a hop both ways.
+                    try channel.pipeline.syncOperations.addHandler(DataPlaneHandler(node: context))
                 }
             }
             .bind(host: settings.host, port: settings.port)

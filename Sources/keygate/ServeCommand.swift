@@ -58,7 +58,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "File for usage counts Redis could not take (KEYGATE_USAGE_SPILL_PATH, default ./keygate-usage-spill-<port>.jsonl).")
     var usageSpillPath: String?
     @Option(help: "Open data-plane connections at most (KEYGATE_MAX_CONNECTIONS, default 10000).") var maxConnections: Int?
-    @Option(help: "Close idle connections after (KEYGATE_IDLE_TIMEOUT, default 60s).") var idleTimeout: HumanDuration?
+    @Option(help: "Close a data-plane connection idle for this long, within 1.5x (KEYGATE_IDLE_TIMEOUT, default 60s).") var idleTimeout: HumanDuration?
     @Option(help: "Deadline of every Redis command (KEYGATE_REDIS_TIMEOUT, default 500ms).") var redisTimeout: HumanDuration?
     @Option(help: "Event loop threads (KEYGATE_THREADS, default: the number of cores).") var threads: Int?
     @Option(help: "trace, debug, info, notice, warning, error, critical (KEYGATE_LOG_LEVEL, default info).") var logLevel: String?

@@ -380,6 +380,24 @@ import Testing
         }
     }
 
+    /// An idle keep-alive connection is closed between 1 and 1.5 idle timeouts after its last
+    /// request; one that never sends anything too.
+    @Test func idleConnectionsAreClosed() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("idle")
+        try await TestNode.with(redisURL: url, namespace: ns, configure: { $0.dataPlane.idleTimeout = .milliseconds(400) }) { node in
+            let silentStart = ContinuousClock.now
+            _ = try await RawHTTP.exchange([], port: node.port, timeout: .seconds(5))
+            let silent = ContinuousClock.now - silentStart
+            #expect(silent >= .milliseconds(350) && silent < .seconds(3), "silent connection closed after \(silent)")
+
+            let keepAliveStart = ContinuousClock.now
+            let raw = try await RawHTTP.exchange(Array("GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n".utf8), port: node.port, timeout: .seconds(5))
+            let keptAlive = ContinuousClock.now - keepAliveStart
+            #expect(raw.hasPrefix("HTTP/1.1 200 OK"))
+            #expect(keptAlive >= .milliseconds(350) && keptAlive < .seconds(3), "idle keep-alive connection closed after \(keptAlive)")
+        }
+    }
+
     @Test func httpEdgeCases() async throws {
         let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("http")
         let store = try Self.adminStore(url: url, namespace: ns)
