@@ -23,6 +23,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private var inbound: ByteBuffer?
     private var waitingForRedis = false
     private var needsFlush = false
+    /// The last response handed to the channel, recycled by `responseBuffer` for the next one.
+    private var lastWritten: ByteBuffer?
     /// Close once the responses owed have been written (Connection: close, drain, errors).
     private var closeAfterResponses = false
     private var closed = false
@@ -143,7 +145,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     /// Answers malformed input once and closes. Never crashes, never echoes the input.
     private func fail(_ status: HTTPStatusLine, body: String, context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 256)
+        var buffer = responseBuffer(context: context)
         Responses.json(status, body: body, close: true, into: &buffer)
         node.metrics.count(.badRequest)
         inbound = nil
@@ -156,14 +158,18 @@ final class DataPlaneHandler: ChannelInboundHandler {
         let close = !head.keepAlive || node.isDraining
         if close { closeAfterResponses = true }
         let omitBody = head.method == .head
-        var buffer = context.channel.allocator.buffer(capacity: 256)
         switch head.route {
         case .forwardAuth:
-            authorize(head, bytes: bytes, close: close, omitBody: omitBody, context: context)
-            return
+            return authorize(head, bytes: bytes, close: close, omitBody: omitBody, context: context)
         case .verify:
-            verifyBody(body, head: head, bytes: bytes, close: close, context: context)
-            return
+            return verifyBody(body, head: head, bytes: bytes, close: close, context: context)
+        default:
+            break
+        }
+        var buffer = responseBuffer(context: context)
+        switch head.route {
+        case .forwardAuth, .verify:
+            break // answered above
         case .live:
             Responses.json(.ok, body: Responses.liveBody, close: close, omitBody: omitBody, into: &buffer)
         case .ready:
@@ -181,7 +187,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// Forward auth (`/auth`, `/auth/...`, any method).
     private func authorize(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, close: Bool, omitBody: Bool,
                            context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 256)
+        var buffer = responseBuffer(context: context)
         if head.keyInURL {
             node.metrics.count(.badRequest)
             Responses.json(.badRequest, body: Responses.keyInURLBody, close: close, omitBody: omitBody, into: &buffer)
@@ -226,7 +232,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// verdict cannot be established.
     private func verifyBody(_ body: UnsafeRawBufferPointer, head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer,
                             close: Bool, context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 256)
+        var buffer = responseBuffer(context: context)
         guard let key = VerifyJSON.key(from: body) else {
             node.metrics.count(.badRequest)
             Responses.json(.badRequest, body: Responses.badVerifyBody, close: close, into: &buffer)
@@ -278,7 +284,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
             let (handler, context) = loopBound.value
             handler.waitingForRedis = false
             guard context.channel.isActive else { return }
-            var buffer = context.channel.allocator.buffer(capacity: 256)
+            var buffer = handler.responseBuffer(context: context)
             render((try? result.get()) ?? .unavailable, &buffer)
             handler.write(buffer, context: context)
             handler.flushIfNeeded(context: context)
@@ -296,7 +302,18 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     private func write(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
         context.write(NIOAny(buffer), promise: nil)
+        lastWritten = buffer
         needsFlush = true
+    }
+
+    /// An empty buffer for the next response: the last one written, once the channel has let go of
+    /// it (flushed), so a keep-alive connection allocates no buffer per request. While the channel
+    /// still holds it (pipelined answers not flushed yet), `clear()` copies on write instead.
+    private func responseBuffer(context: ChannelHandlerContext) -> ByteBuffer {
+        guard var buffer = lastWritten else { return context.channel.allocator.buffer(capacity: 256) }
+        lastWritten = nil
+        buffer.clear()
+        return buffer
     }
 
     /// Required scopes from `X-Keygate-Required-Scopes` (space or comma separated); empty without it.

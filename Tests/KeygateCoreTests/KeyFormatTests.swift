@@ -89,4 +89,21 @@ import Testing
         #expect(String(decoding: Base62.encode([0, 0, 61], width: 4), as: UTF8.self) == "000z")
         #expect(String(decoding: Base62.encode([1, 0], width: 3), as: UTF8.self) == "048") // 256 = 4*62 + 8
     }
+
+    /// Slice-by-8 against the byte-at-a-time definition, for every length around the 8-byte steps.
+    @Test func crc32MatchesTheBytewiseDefinition() {
+        func reference(_ bytes: [UInt8]) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 == 1 ? 0xEDB8_8320 ^ (crc >> 1) : crc >> 1 }
+            }
+            return crc ^ 0xFFFF_FFFF
+        }
+        var generator = SystemRandomNumberGenerator()
+        for length in 0..<80 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            #expect(CRC32.checksum(bytes) == reference(bytes), "length \(length)")
+        }
+    }
 }

@@ -22,8 +22,11 @@ import Testing
     @Test func everyMutationChangesTheRecordAppendsOneEventAndPublishesOneMessage() async throws {
         let store = try Self.makeStore()
         defer { Task { await store.redis.shutdown() } }
+        // A generous pong timeout: under the full suite a 1 s ping could time out, and a message
+        // published while the subscriber reconnects is lost (pub/sub), failing the count below.
         let subscriber = RedisSubscriber(configuration: try TestRedis.configuration(),
                                          channels: [store.layout.invalidationChannel],
+                                         pingTimeout: .seconds(10),
                                          eventLoop: MultiThreadedEventLoopGroup.singleton.any())
         let events = EventRecorder(subscriber.events)
         let running = Task { await subscriber.run() }
