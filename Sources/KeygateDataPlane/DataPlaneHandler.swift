@@ -145,12 +145,10 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     /// Answers malformed input once and closes. Never crashes, never echoes the input.
     private func fail(_ status: HTTPStatusLine, body: String, context: ChannelHandlerContext) {
-        var buffer = responseBuffer(context: context)
-        Responses.json(status, body: body, close: true, into: &buffer)
         node.metrics.count(.badRequest)
         inbound = nil
         closeAfterResponses = true
-        write(buffer, context: context)
+        writeJSON(status, body: body, close: true, omitBody: false, context: context)
     }
 
     private func handle(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer,
@@ -160,27 +158,28 @@ final class DataPlaneHandler: ChannelInboundHandler {
         let omitBody = head.method == .head
         switch head.route {
         case .forwardAuth:
-            return authorize(head, bytes: bytes, close: close, omitBody: omitBody, context: context)
+            authorize(head, bytes: bytes, close: close, omitBody: omitBody, context: context)
         case .verify:
-            return verifyBody(body, head: head, bytes: bytes, close: close, context: context)
-        default:
-            break
-        }
-        var buffer = responseBuffer(context: context)
-        switch head.route {
-        case .forwardAuth, .verify:
-            break // answered above
+            verifyBody(body, head: head, bytes: bytes, close: close, context: context)
         case .live:
-            Responses.json(.ok, body: Responses.liveBody, close: close, omitBody: omitBody, into: &buffer)
+            writeJSON(.ok, body: Responses.liveBody, close: close, omitBody: omitBody, context: context)
         case .ready:
             let ready = node.isReady()
-            Responses.json(ready ? .ok : .serviceUnavailable, body: ready ? Responses.readyBody : Responses.notReadyBody,
-                           close: close, omitBody: omitBody, into: &buffer)
+            writeJSON(ready ? .ok : .serviceUnavailable, body: ready ? Responses.readyBody : Responses.notReadyBody,
+                      close: close, omitBody: omitBody, context: context)
         case .notFound:
-            Responses.json(.notFound, body: Responses.notFoundBody, close: close, omitBody: omitBody, into: &buffer)
+            writeJSON(.notFound, body: Responses.notFoundBody, close: close, omitBody: omitBody, context: context)
         case .methodNotAllowed(let allow):
-            Responses.json(.methodNotAllowed, body: Responses.methodBody, extraHeaders: "Allow: \(allow)\r\n", close: close, into: &buffer)
+            writeJSON(.methodNotAllowed, body: Responses.methodBody, extraHeaders: "Allow: \(allow)\r\n", close: close,
+                      omitBody: false, context: context)
         }
+    }
+
+    /// A fixed JSON answer in the connection's recycled response buffer.
+    private func writeJSON(_ status: HTTPStatusLine, body: String, extraHeaders: String = "", close: Bool, omitBody: Bool,
+                           context: ChannelHandlerContext) {
+        var buffer = responseBuffer(context: context)
+        Responses.json(status, body: body, extraHeaders: extraHeaders, close: close, omitBody: omitBody, into: &buffer)
         write(buffer, context: context)
     }
 

@@ -87,11 +87,11 @@ def summary_rows(values):
         rows.append((measure, f"{values[numerator][0]:,.0f}", f"{denominator[1]}: {values[denominator][0]:,.0f}",
                      f"{r:.2f}x", f">= {target:.2f}x" if target else "(context)", "" if not target else ("yes" if r >= target else "**no**")))
 
-    def add_value(measure, key, target, unit, lower_is_better=True):
+    def add_value(measure, key, target, unit):
         if key not in values:
             return
         value = values[key][0]
-        met = value <= target if lower_is_better else value >= target
+        met = value <= target
         rows.append((measure, f"{value:g} {unit}", "", "", f"<= {target:g} {unit}", "yes" if met else "**no**"))
 
     add_ratio("hit path, one hot key (req/s)", ("hit", "keygate", "requests_per_second"), ("hit", "nginx-return-200", "requests_per_second"), 0.9)

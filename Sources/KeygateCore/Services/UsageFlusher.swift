@@ -9,8 +9,8 @@ public import Synchronization
 /// timeout resends the same id and contents, and the batch script ignores an id it already applied.
 /// New counts accumulate meanwhile. Past `maxPendingKeys` distinct keys the accumulated counts are
 /// appended to a local spill file instead of being dropped, and replayed (with their batch ids) as
-/// soon as Redis takes a batch again, or at the next start. On graceful shutdown it flushes once more within `shutdownDeadline`, then
-/// spills what is left. Residual loss: up to one interval of counts on `kill -9`.
+/// soon as Redis takes a batch again, or at the next start. On graceful shutdown it flushes once
+/// more within `shutdownDeadline`, then spills what is left. Residual loss: up to one interval of counts on `kill -9`.
 public final class UsageFlusher: Service, Sendable {
     public struct Settings: Sendable, Equatable {
         public var interval: Duration = .seconds(1)
