@@ -59,7 +59,8 @@ final class DataPlaneContext: Sendable {
     func startDraining() { draining.store(true, ordering: .relaxed) }
 
     enum Outcome {
-        case decided(Decision, KeyHash?)
+        /// Decided now; `at` is the clock reading that ended the verification (uptime nanoseconds).
+        case decided(Decision, KeyHash?, at: UInt64)
         case pending(EventLoopFuture<Decision>, KeyHash?)
     }
 
@@ -69,8 +70,9 @@ final class DataPlaneContext: Sendable {
         let (result, hash) = verifier.verifyReturningHash(key, on: eventLoop, now: start)
         switch result {
         case .decided(let decision):
-            metrics.latency.observe(nanoseconds: NIODeadline.now().uptimeNanoseconds &- start)
-            return .decided(decision, hash)
+            let end = NIODeadline.now().uptimeNanoseconds
+            metrics.latency.observe(nanoseconds: end &- start)
+            return .decided(decision, hash, at: end)
         case .pending(let future):
             let latency = metrics.latency
             future.whenComplete { _ in latency.observe(nanoseconds: NIODeadline.now().uptimeNanoseconds &- start) }
@@ -79,8 +81,8 @@ final class DataPlaneContext: Sendable {
     }
 
     func writeAuthDecision(_ decision: Decision, hash: KeyHash?, required: [Substring], close: Bool, omitBody: Bool,
-                           requestID: String? = nil, client: FailureLimiter.Client? = nil, eventLoop: any EventLoop,
-                           into buffer: inout ByteBuffer) {
+                           requestID: String? = nil, client: FailureLimiter.Client? = nil, usage: UsageRecorder.LoopCounter,
+                           at uptimeNanoseconds: UInt64, into buffer: inout ByteBuffer) {
         logDecision(decision, hash: hash, requestID: requestID)
         switch decision {
         case .valid(let verdict):
@@ -90,7 +92,7 @@ final class DataPlaneContext: Sendable {
                 return
             }
             metrics.count(.ok)
-            if let hash { usage.record(hash, nowMilliseconds: Self.nowMilliseconds(), on: eventLoop) }
+            if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
             Responses.authorized(KeygateVerdictView(user: verdict.principal.user, keyID: verdict.keyID,
                                                     scopes: verdict.principal.scopesHeader), close: close, into: &buffer)
         case .invalid(let reason):
@@ -104,13 +106,14 @@ final class DataPlaneContext: Sendable {
     }
 
     func writeVerifyDecision(_ decision: Decision, hash: KeyHash?, close: Bool, requestID: String? = nil,
-                             client: FailureLimiter.Client? = nil, eventLoop: any EventLoop, into buffer: inout ByteBuffer) {
+                             client: FailureLimiter.Client? = nil, usage: UsageRecorder.LoopCounter, at uptimeNanoseconds: UInt64,
+                             into buffer: inout ByteBuffer) {
         logDecision(decision, hash: hash, requestID: requestID)
         var body: [String: Any]
         switch decision {
         case .valid(let verdict):
             metrics.count(.ok)
-            if let hash { usage.record(hash, nowMilliseconds: Self.nowMilliseconds(), on: eventLoop) }
+            if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
             body = ["valid": true, "code": "VALID", "user": verdict.principal.user, "key_id": verdict.keyID.description,
                     "scopes": verdict.principal.scopes,
                     "expires_at": verdict.expiresAtMilliseconds == Int64.max ? NSNull() as Any
@@ -154,10 +157,6 @@ final class DataPlaneContext: Sendable {
         let safe = value.unicodeScalars.filter { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-_.:".unicodeScalars.contains($0)) }
         guard !safe.isEmpty else { return nil }
         return String(String.UnicodeScalarView(safe.prefix(64)))
-    }
-
-    static func nowMilliseconds() -> Int64 {
-        Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
     }
 }
 

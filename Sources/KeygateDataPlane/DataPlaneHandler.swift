@@ -14,7 +14,13 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     enum Route: Equatable {
         case forwardAuth, verify, live, ready, notFound
-        case methodNotAllowed(allow: String)
+        case methodNotAllowed(allow: AllowedMethods)
+    }
+
+    /// The `Allow` header of a 405 (an enum, so a scanned request head holds no reference).
+    enum AllowedMethods: String {
+        case post = "POST"
+        case getAndHead = "GET, HEAD"
     }
 
     private let node: DataPlaneContext
@@ -35,6 +41,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// connection closes between 1 and 1.5 times the timeout after its last request).
     private var readSinceCheck = true
     private var idleCheck: RepeatedTask?
+    /// This loop's usage counter, looked up once per connection.
+    private var usage: UsageRecorder.LoopCounter!
 
     init(node: DataPlaneContext) {
         self.node = node
@@ -46,6 +54,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
     // MARK: reading
 
     func handlerAdded(context: ChannelHandlerContext) {
+        usage = node.usage.counter(for: context.eventLoop)
         let half = TimeAmount(node.settings.idleTimeout).nanoseconds / 2
         guard half > 0 else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -170,7 +179,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
         case .notFound:
             writeJSON(.notFound, body: Responses.notFoundBody, close: close, omitBody: omitBody, context: context)
         case .methodNotAllowed(let allow):
-            writeJSON(.methodNotAllowed, body: Responses.methodBody, extraHeaders: "Allow: \(allow)\r\n", close: close,
+            writeJSON(.methodNotAllowed, body: Responses.methodBody, extraHeaders: "Allow: \(allow.rawValue)\r\n", close: close,
                       omitBody: false, context: context)
         }
     }
@@ -203,20 +212,21 @@ final class DataPlaneHandler: ChannelInboundHandler {
                 break
             case .serveCached(let decision, let hash):
                 node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                       requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
+                                       requestID: requestID, usage: usage, at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
                 return write(buffer, context: context)
             case .refuse(let retryAfter):
                 Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: omitBody, into: &buffer)
                 return write(buffer, context: context)
             }
             switch node.verify(key, on: context.eventLoop) {
-            case .decided(let decision, let hash):
+            case .decided(let decision, let hash, let decidedAt):
                 node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                       requestID: requestID, client: client, eventLoop: context.eventLoop, into: &buffer)
+                                       requestID: requestID, client: client, usage: usage, at: decidedAt, into: &buffer)
             case .pending(let future, let hash):
                 waitForRedis(future, context: context) { decision, buffer in
                     self.node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                                requestID: requestID, client: client, eventLoop: context.eventLoop, into: &buffer)
+                                                requestID: requestID, client: client, usage: self.usage,
+                                                at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
                 }
                 return
             }
@@ -244,7 +254,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
         case .proceed:
             break
         case .serveCached(let decision, let hash):
-            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, eventLoop: context.eventLoop, into: &buffer)
+            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, usage: usage,
+                                     at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
             return write(buffer, context: context)
         case .refuse(let retryAfter):
             Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: false, into: &buffer)
@@ -252,14 +263,14 @@ final class DataPlaneHandler: ChannelInboundHandler {
         }
         let outcome = keyText.withUTF8 { node.verify(UnsafeRawBufferPointer($0), on: context.eventLoop) }
         switch outcome {
-        case .decided(let decision, let hash):
+        case .decided(let decision, let hash, let decidedAt):
             node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, client: client,
-                                     eventLoop: context.eventLoop, into: &buffer)
+                                     usage: usage, at: decidedAt, into: &buffer)
             write(buffer, context: context)
         case .pending(let future, let hash):
             waitForRedis(future, context: context) { decision, buffer in
                 self.node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, client: client,
-                                              eventLoop: context.eventLoop, into: &buffer)
+                                              usage: self.usage, at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
             }
         }
     }

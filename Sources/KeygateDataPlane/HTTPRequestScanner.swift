@@ -49,27 +49,35 @@ struct HTTPRequestScanner {
 
     private static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n"), sp = UInt8(ascii: " "), tab = UInt8(ascii: "\t")
 
-    /// Scans `bytes` (the unread input) for one complete request head.
+    /// Scans `bytes` (the unread input) for one complete request head, in one pass: each byte is
+    /// looked at once, while checking it (this runs for every request, so it is written for speed).
     func scan(_ bytes: UnsafeRawBufferPointer) -> Outcome {
-        // Find the end of the head, within the limit.
-        var end = -1
-        var index = 0
-        while index + 3 < bytes.count && index + 4 <= maxHeaderBytes {
-            if bytes[index] == Self.lf && (index == 0 || bytes[index - 1] != Self.cr) { return .malformed } // bare LF
-            if bytes[index] == Self.cr && bytes[index + 1] == Self.lf && bytes[index + 2] == Self.cr && bytes[index + 3] == Self.lf {
-                end = index + 4
-                break
-            }
-            index += 1
-        }
-        if end < 0 { return bytes.count >= maxHeaderBytes ? .tooLarge : .incomplete }
+        // The head must end within `limit`; running out of bytes before that means "wait for more".
+        let limit = Swift.min(bytes.count, maxHeaderBytes)
+        let unfinished: Outcome = bytes.count >= maxHeaderBytes ? .tooLarge : .incomplete
 
         // Request line: METHOD SP target SP HTTP/1.x CRLF
-        guard let lineEnd = Self.lineEnd(bytes, from: 0, to: end) else { return .malformed }
-        guard let firstSpace = Self.find(Self.sp, bytes, 0, lineEnd), firstSpace > 0,
-              let secondSpace = Self.find(Self.sp, bytes, firstSpace + 1, lineEnd), secondSpace > firstSpace + 1,
-              lineEnd - secondSpace - 1 == 8 else { return .malformed }
-        for position in 0..<firstSpace where !Self.isTokenCharacter(bytes[position]) { return .malformed }
+        var index = 0
+        while index < limit && Self.isTokenCharacter(bytes[index]) { index += 1 }
+        guard index < limit else { return unfinished }
+        let firstSpace = index
+        guard firstSpace > 0, bytes[firstSpace] == Self.sp else { return .malformed }
+        index += 1
+        var question = -1
+        while index < limit {
+            let byte = bytes[index]
+            if byte <= Self.sp || byte == 0x7F { break }
+            if byte == UInt8(ascii: "?") && question < 0 { question = index }
+            index += 1
+        }
+        guard index < limit else { return unfinished }
+        let target = (firstSpace + 1)..<index
+        guard bytes[index] == Self.sp, !target.isEmpty, bytes[target.lowerBound] == UInt8(ascii: "/") else { return .malformed }
+        let version = index + 1
+        guard version + 10 <= limit else { return unfinished } // HTTP/1.x CRLF
+        guard Self.equals(bytes, version, "HTTP/1."), bytes[version + 7] == UInt8(ascii: "1") || bytes[version + 7] == UInt8(ascii: "0"),
+              bytes[version + 8] == Self.cr, bytes[version + 9] == Self.lf else { return .malformed }
+        let http11 = bytes[version + 7] == UInt8(ascii: "1")
         let method: Method
         switch firstSpace {
         case 3 where Self.equals(bytes, 0, "GET"): method = .get
@@ -77,111 +85,107 @@ struct HTTPRequestScanner {
         case 4 where Self.equals(bytes, 0, "POST"): method = .post
         default: method = .other
         }
-        let target = (firstSpace + 1)..<secondSpace
-        guard bytes[target.lowerBound] == UInt8(ascii: "/") else { return .malformed }
-        for position in target where bytes[position] <= Self.sp || bytes[position] == 0x7F { return .malformed }
-        let version = secondSpace + 1
-        guard Self.equals(bytes, version, "HTTP/1."), bytes[version + 7] == UInt8(ascii: "1") || bytes[version + 7] == UInt8(ascii: "0") else {
-            return .malformed
-        }
-        let http11 = bytes[version + 7] == UInt8(ascii: "1")
-
         var path = target
         var keyInURL = false
-        if let question = Self.find(UInt8(ascii: "?"), bytes, target.lowerBound, target.upperBound) {
+        if question >= 0 {
             path = target.lowerBound..<question
             let uri = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[target]), as: UTF8.self)
             keyInURL = KeyExtractor.urlCarriesKey(uri, prefix: keyPrefix)
         }
-        var head = Head(method: method, route: Self.route(bytes, path, method: method), length: end, keepAlive: http11)
+        var head = Head(method: method, route: Self.route(bytes, path, method: method), length: 0, keepAlive: http11)
         head.keyInURL = keyInURL
 
         // Header lines until the blank line.
-        var lineStart = lineEnd + 2
         var sawContentLength = false
-        while lineStart < end - 2 {
-            guard let nameEnd = Self.lineEnd(bytes, from: lineStart, to: end) else { return .malformed }
-            let line = lineStart..<nameEnd
-            lineStart = nameEnd + 2
-            guard let colon = Self.find(UInt8(ascii: ":"), bytes, line.lowerBound, line.upperBound), colon > line.lowerBound else {
-                return .malformed // includes obsolete line folding (a line starting with whitespace)
+        index = version + 10
+        while true {
+            guard index + 1 < limit else { return unfinished }
+            if bytes[index] == Self.cr {
+                guard bytes[index + 1] == Self.lf else { return .malformed }
+                head.length = index + 2
+                return .head(head)
             }
-            for position in line.lowerBound..<colon where !Self.isTokenCharacter(bytes[position]) { return .malformed }
-            var valueStart = colon + 1, valueEnd = line.upperBound
-            while valueStart < valueEnd && (bytes[valueStart] == Self.sp || bytes[valueStart] == Self.tab) { valueStart += 1 }
+            // The name: token characters up to the colon (no whitespace before it, no obsolete
+            // line folding, which starts a line with whitespace).
+            let nameStart = index
+            while index < limit && Self.isTokenCharacter(bytes[index]) { index += 1 }
+            guard index < limit else { return unfinished }
+            guard index > nameStart, bytes[index] == UInt8(ascii: ":") else { return .malformed }
+            let name = nameStart..<index
+            index += 1
+            // The value: no control characters but tab; CRLF ends it; surrounding whitespace trimmed.
+            while index < limit && (bytes[index] == Self.sp || bytes[index] == Self.tab) { index += 1 }
+            let valueStart = index
+            while index < limit {
+                let byte = bytes[index]
+                if byte < Self.sp || byte == 0x7F {
+                    if byte == Self.cr { break }
+                    guard byte == Self.tab else { return .malformed }
+                }
+                index += 1
+            }
+            guard index + 1 < limit else { return unfinished }
+            guard bytes[index + 1] == Self.lf else { return .malformed }
+            var valueEnd = index
             while valueEnd > valueStart && (bytes[valueEnd - 1] == Self.sp || bytes[valueEnd - 1] == Self.tab) { valueEnd -= 1 }
-            for position in valueStart..<valueEnd {
-                let byte = bytes[position]
-                if (byte < Self.sp && byte != Self.tab) || byte == 0x7F { return .malformed }
-            }
-            let name = line.lowerBound..<colon
-            let value = valueStart..<valueEnd
-            if keyHeaders.contains(where: { Self.equalsIgnoringCase(bytes, name, $0) }) {
-                head.keyCount += 1
-                head.key = value
-            } else if Self.equalsIgnoringCase(bytes, name, "authorization") {
-                if acceptBearer, value.count > 7, Self.equalsIgnoringCase(bytes, value.lowerBound..<value.lowerBound + 7, "bearer ") {
-                    head.keyCount += 1
-                    var start = value.lowerBound + 7
-                    while start < value.upperBound && bytes[start] == Self.sp { start += 1 }
-                    head.key = start..<value.upperBound
-                }
-            } else if Self.equalsIgnoringCase(bytes, name, "content-length") {
-                guard !sawContentLength, !value.isEmpty, value.count <= 9 else { return .malformed }
-                var length = 0
-                for position in value {
-                    let digit = bytes[position]
-                    guard digit >= UInt8(ascii: "0") && digit <= UInt8(ascii: "9") else { return .malformed }
-                    length = length * 10 + Int(digit - UInt8(ascii: "0"))
-                }
-                sawContentLength = true
-                head.contentLength = length
-            } else if Self.equalsIgnoringCase(bytes, name, "transfer-encoding") {
-                return .malformed // bodies need a Content-Length here (and TE + CL is a smuggling vector)
-            } else if Self.equalsIgnoringCase(bytes, name, "connection") {
-                if Self.containsIgnoringCase(bytes, value, "close") { head.keepAlive = false }
-                else if Self.containsIgnoringCase(bytes, value, "keep-alive") { head.keepAlive = true }
-            } else if Self.equalsIgnoringCase(bytes, name, "x-keygate-required-scopes") {
-                if head.requiredScopes == nil { head.requiredScopes = value } else { head.extraScopeHeaders += 1 }
-            } else if Self.equalsIgnoringCase(bytes, name, "x-request-id") {
-                head.requestID = value
-            } else if Self.equalsIgnoringCase(bytes, name, "x-forwarded-for") {
-                head.forwardedFor = value
-            }
+            index += 2
+            guard record(name, valueStart..<valueEnd, bytes, into: &head, sawContentLength: &sawContentLength) else { return .malformed }
         }
-        return .head(head)
+    }
+
+    /// Keeps what the data plane needs from one header; false when the header makes the request malformed.
+    private func record(_ name: Range<Int>, _ value: Range<Int>, _ bytes: UnsafeRawBufferPointer, into head: inout Head,
+                        sawContentLength: inout Bool) -> Bool {
+        for keyHeader in keyHeaders where Self.equalsIgnoringCase(bytes, name, keyHeader) {
+            head.keyCount += 1
+            head.key = value
+            return true
+        }
+        switch name.count {
+        case 13 where Self.equalsIgnoringCase(bytes, name, "authorization"):
+            if acceptBearer, value.count > 7, Self.equalsIgnoringCase(bytes, value.lowerBound..<value.lowerBound + 7, "bearer ") {
+                head.keyCount += 1
+                var start = value.lowerBound + 7
+                while start < value.upperBound && bytes[start] == Self.sp { start += 1 }
+                head.key = start..<value.upperBound
+            }
+        case 14 where Self.equalsIgnoringCase(bytes, name, "content-length"):
+            guard !sawContentLength, !value.isEmpty, value.count <= 9 else { return false }
+            var length = 0
+            for position in value {
+                let digit = bytes[position]
+                guard digit >= UInt8(ascii: "0") && digit <= UInt8(ascii: "9") else { return false }
+                length = length * 10 + Int(digit - UInt8(ascii: "0"))
+            }
+            sawContentLength = true
+            head.contentLength = length
+        case 17 where Self.equalsIgnoringCase(bytes, name, "transfer-encoding"):
+            return false // bodies need a Content-Length here (and TE + CL is a smuggling vector)
+        case 10 where Self.equalsIgnoringCase(bytes, name, "connection"):
+            if Self.containsIgnoringCase(bytes, value, "close") { head.keepAlive = false }
+            else if Self.containsIgnoringCase(bytes, value, "keep-alive") { head.keepAlive = true }
+        case 25 where Self.equalsIgnoringCase(bytes, name, "x-keygate-required-scopes"):
+            if head.requiredScopes == nil { head.requiredScopes = value } else { head.extraScopeHeaders += 1 }
+        case 12 where Self.equalsIgnoringCase(bytes, name, "x-request-id"):
+            head.requestID = value
+        case 15 where Self.equalsIgnoringCase(bytes, name, "x-forwarded-for"):
+            head.forwardedFor = value
+        default:
+            break
+        }
+        return true
     }
 
     static func route(_ bytes: UnsafeRawBufferPointer, _ path: Range<Int>, method: Method) -> DataPlaneHandler.Route {
         if equals(bytes, path, "/auth") || (path.count > 6 && equals(bytes, path.lowerBound, "/auth/")) { return .forwardAuth }
-        if equals(bytes, path, "/v1/verify") { return method == .post ? .verify : .methodNotAllowed(allow: "POST") }
+        if equals(bytes, path, "/v1/verify") { return method == .post ? .verify : .methodNotAllowed(allow: .post) }
         let readOnly = method == .get || method == .head
-        if equals(bytes, path, "/health/live") { return readOnly ? .live : .methodNotAllowed(allow: "GET, HEAD") }
-        if equals(bytes, path, "/health/ready") { return readOnly ? .ready : .methodNotAllowed(allow: "GET, HEAD") }
+        if equals(bytes, path, "/health/live") { return readOnly ? .live : .methodNotAllowed(allow: .getAndHead) }
+        if equals(bytes, path, "/health/ready") { return readOnly ? .ready : .methodNotAllowed(allow: .getAndHead) }
         return .notFound
     }
 
     // MARK: byte helpers
-
-    /// Index of the CR of the CRLF ending the line that starts at `from`; nil for a bare CR or LF.
-    private static func lineEnd(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
-        var index = from
-        while index + 1 < to {
-            if bytes[index] == cr { return bytes[index + 1] == lf ? index : nil }
-            if bytes[index] == lf { return nil }
-            index += 1
-        }
-        return nil
-    }
-
-    private static func find(_ byte: UInt8, _ bytes: UnsafeRawBufferPointer, _ from: Int, _ to: Int) -> Int? {
-        var index = from
-        while index < to {
-            if bytes[index] == byte { return index }
-            index += 1
-        }
-        return nil
-    }
 
     private static func equals(_ bytes: UnsafeRawBufferPointer, _ at: Int, _ text: StaticString) -> Bool {
         let count = text.utf8CodeUnitCount
@@ -228,11 +232,14 @@ struct HTTPRequestScanner {
         return false
     }
 
-    /// RFC 9110 token characters (method and header names).
-    private static func isTokenCharacter(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): return true
-        default: return "!#$%&'*+-.^_`|~".utf8.contains(byte)
-        }
+    /// RFC 9110 token characters (method and header names) as a bit set over ASCII: bit `b` of
+    /// `tokenLow` (bytes 0-63) or of `tokenHigh` (bytes 64-127) is set for a token character.
+    /// `HTTPRequestScannerTests` checks both masks against the RFC's list.
+    static let tokenLow: UInt64 = 0x03FF_6CFA_0000_0000
+    static let tokenHigh: UInt64 = 0x57FF_FFFF_C7FF_FFFE
+
+    @inline(__always)
+    static func isTokenCharacter(_ byte: UInt8) -> Bool {
+        byte < 64 ? (tokenLow >> UInt64(byte)) & 1 == 1 : byte < 128 && (tokenHigh >> UInt64(byte &- 64)) & 1 == 1
     }
 }

@@ -45,8 +45,8 @@ import Testing
     @Test func routes() {
         #expect(head("POST /v1/verify HTTP/1.1\r\nContent-Length: 2\r\n\r\n")?.route == .verify)
         #expect(head("POST /v1/verify HTTP/1.1\r\nContent-Length: 2\r\n\r\n")?.contentLength == 2)
-        #expect(head("GET /v1/verify HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed(allow: "POST"))
-        #expect(head("TRACE /health/live HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed(allow: "GET, HEAD"))
+        #expect(head("GET /v1/verify HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed(allow: .post))
+        #expect(head("TRACE /health/live HTTP/1.1\r\n\r\n")?.route == .methodNotAllowed(allow: .getAndHead))
         #expect(head("HEAD /health/ready HTTP/1.1\r\n\r\n")?.route == .ready)
         #expect(head("GET /health/ready HTTP/1.1\r\n\r\n")?.route == .ready)
         #expect(head("HEAD /auth HTTP/1.1\r\n\r\n")?.method == .head)
@@ -77,6 +77,22 @@ import Testing
         if case .tooLarge = scan(huge) {} else { Issue.record("expected tooLarge") }
     }
 
+    @Test func everyPrefixOfAHeadIsIncomplete() {
+        let request = Array("POST /v1/verify?x=1 HTTP/1.1\r\nHost: x\r\nX-API-Key: \tkg_a b \r\nContent-Length: 2\r\n\r\n".utf8)
+        for length in 0..<request.count {
+            let outcome = request[..<length].withUnsafeBytes { scanner.scan($0) }
+            if case .incomplete = outcome {} else { Issue.record("prefix of \(length) bytes: \(outcome)") }
+        }
+        #expect(request.withUnsafeBytes { scanner.scan($0) }.isHead)
+    }
+
+    @Test func tokenCharactersAreRFC9110s() {
+        let tchar = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for byte in UInt8.min...UInt8.max {
+            #expect(HTTPRequestScanner.isTokenCharacter(byte) == tchar.contains(byte), "byte \(byte)")
+        }
+    }
+
     @Test func neverTrapsOnRandomBytes() {
         var generator = SystemRandomNumberGenerator()
         let pieces = ["GET ", "/auth", " HTTP/1.1", "\r\n", "\r\n\r\n", ":", " ", "X-API-Key", "Content-Length: ", "9", "?", "kg_"]
@@ -92,4 +108,8 @@ import Testing
             _ = bytes.withUnsafeBytes { scanner.scan($0) }
         }
     }
+}
+
+extension HTTPRequestScanner.Outcome {
+    var isHead: Bool { if case .head = self { return true } else { return false } }
 }

@@ -1,53 +1,80 @@
+import Foundation
 public import NIOCore
 
 /// Counts verified requests per key on each event loop, with no lock shared between loops: the
 /// data plane calls `record` on its own loop; the flusher drains every loop now and then.
+///
+/// A use is stamped with the monotonic reading the verification already took (no wall-clock read
+/// per request); `drain` turns the stamps into Unix milliseconds with one pair of clock readings.
 public final class UsageRecorder: Sendable {
+    /// Uses of one key since the last drain, as the flusher sees them.
     struct Delta {
         var count: Int64
         var lastUsedMilliseconds: Int64
+    }
 
-        mutating func use(at milliseconds: Int64) {
-            count += 1
-            lastUsedMilliseconds = milliseconds
+    /// One event loop's counts. Data-plane connections keep their loop's counter, so a use costs one
+    /// dictionary update and no lookup of the loop.
+    public final class LoopCounter: @unchecked Sendable { // touched only on `eventLoop`
+        struct Uses {
+            var count: Int64
+            var lastUptimeNanoseconds: UInt64
+        }
+
+        let eventLoop: any EventLoop
+        fileprivate var uses: [KeyHash: Uses] = [:]
+
+        init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+        /// Counts one use of `hash` at `uptimeNanoseconds` (`NIODeadline` uptime). Call on `eventLoop`.
+        public func record(_ hash: KeyHash, uptimeNanoseconds: UInt64) {
+            eventLoop.assertInEventLoop()
+            uses[hash, default: Uses(count: 0, lastUptimeNanoseconds: 0)].record(at: uptimeNanoseconds) // one lookup
         }
     }
 
-    private final class LoopCounts {
-        var deltas: [KeyHash: Delta] = [:]
-    }
-
-    private let counts: [ObjectIdentifier: NIOLoopBoundBox<LoopCounts>]
+    private let counters: [ObjectIdentifier: LoopCounter]
     private let loops: [any EventLoop]
 
     public init(eventLoopGroup: any EventLoopGroup) {
-        var counts: [ObjectIdentifier: NIOLoopBoundBox<LoopCounts>] = [:]
+        var counters: [ObjectIdentifier: LoopCounter] = [:]
         var loops: [any EventLoop] = []
         for loop in eventLoopGroup.makeIterator() {
-            counts[ObjectIdentifier(loop)] = NIOLoopBoundBox.makeBoxSendingValue(LoopCounts(), eventLoop: loop)
+            counters[ObjectIdentifier(loop)] = LoopCounter(eventLoop: loop)
             loops.append(loop)
         }
-        self.counts = counts
+        self.counters = counters
         self.loops = loops
     }
 
-    /// Counts one use of `hash`. Call on `eventLoop`, which must belong to the group.
-    public func record(_ hash: KeyHash, nowMilliseconds: Int64, on eventLoop: any EventLoop) {
-        guard let box = counts[ObjectIdentifier(eventLoop)] else {
-            preconditionFailure("UsageRecorder.record called for an event loop outside its group")
+    /// The counter of `eventLoop`, which must belong to the group.
+    public func counter(for eventLoop: any EventLoop) -> LoopCounter {
+        guard let counter = counters[ObjectIdentifier(eventLoop)] else {
+            preconditionFailure("UsageRecorder used for an event loop outside its group")
         }
-        box.value.deltas[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].use(at: nowMilliseconds) // one lookup
+        return counter
+    }
+
+    /// Counts one use of `hash` now. Call on `eventLoop`.
+    public func record(_ hash: KeyHash, on eventLoop: any EventLoop) {
+        counter(for: eventLoop).record(hash, uptimeNanoseconds: NIODeadline.now().uptimeNanoseconds)
     }
 
     /// Takes every loop's counts, leaving them empty.
     func drain() async -> [KeyHash: Delta] {
         var merged: [KeyHash: Delta] = [:]
         for loop in loops {
-            guard let box = counts[ObjectIdentifier(loop)] else { continue }
+            guard let counter = counters[ObjectIdentifier(loop)] else { continue }
             let taken = try? await loop.submit { () -> [KeyHash: Delta] in
-                let deltas = box.value.deltas
-                box.value.deltas = [:]
-                return deltas
+                let uses = counter.uses
+                counter.uses = [:]
+                // One wall-clock reading converts every monotonic stamp taken on this loop.
+                let nowMilliseconds = Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
+                let nowUptime = NIODeadline.now().uptimeNanoseconds
+                return uses.mapValues { use in
+                    let ago = Int64((nowUptime &- use.lastUptimeNanoseconds) / 1_000_000)
+                    return Delta(count: use.count, lastUsedMilliseconds: nowMilliseconds - ago)
+                }
             }.get()
             for (hash, delta) in taken ?? [:] {
                 merged[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].count += delta.count
@@ -55,6 +82,13 @@ public final class UsageRecorder: Sendable {
             }
         }
         return merged
+    }
+}
+
+extension UsageRecorder.LoopCounter.Uses {
+    mutating func record(at uptimeNanoseconds: UInt64) {
+        count += 1
+        lastUptimeNanoseconds = max(lastUptimeNanoseconds, uptimeNanoseconds)
     }
 }
 

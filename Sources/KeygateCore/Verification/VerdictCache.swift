@@ -100,21 +100,7 @@ public final class VerdictCache: Sendable {
         let trustedNow = isTrusted
         let generation = self.generation
         return shard(hash).state.withLock { shard -> Probe in
-            if trustedNow {
-                if let entry = shard.positive.get(hash) {
-                    if now &- entry.cachedAt < positiveMaxAge {
-                        metrics.hits.add(1, ordering: .relaxed)
-                        return .hit(.valid(entry.verdict))
-                    }
-                    shard.positive.remove(hash) // past the hard maximum age: refresh from Redis
-                } else if let entry = shard.negative.get(hash) {
-                    if now &- entry.cachedAt < negativeTTL {
-                        metrics.hits.add(1, ordering: .relaxed)
-                        return .hit(.invalid(entry.reason))
-                    }
-                    shard.negative.remove(hash)
-                }
-            }
+            if trustedNow, let decision = fresh(hash, in: &shard, now: now) { return .hit(decision) }
             metrics.misses.add(1, ordering: .relaxed)
             if let placeholder = shard.placeholders[hash], placeholder.generation == generation {
                 let promise = eventLoop.makePromise(of: Decision.self)
@@ -125,6 +111,31 @@ public final class VerdictCache: Sendable {
             shard.placeholders[hash] = placeholder
             return .lookup(placeholder)
         }
+    }
+
+    /// The cached decision, if the cache is trusted and holds a fresh entry; nil otherwise. Unlike
+    /// `probe` it never starts a lookup (and counts nothing on a miss).
+    func cached(_ hash: KeyHash, now: UInt64) -> Decision? {
+        guard isTrusted else { return nil }
+        return shard(hash).state.withLock { fresh(hash, in: &$0, now: now) }
+    }
+
+    /// A fresh entry's decision (marking it recently used), dropping an expired one. Under the lock.
+    private func fresh(_ hash: KeyHash, in shard: inout Shard, now: UInt64) -> Decision? {
+        if let entry = shard.positive.get(hash) {
+            if now &- entry.cachedAt < positiveMaxAge {
+                metrics.hits.add(1, ordering: .relaxed)
+                return .valid(entry.verdict)
+            }
+            shard.positive.remove(hash) // past the hard maximum age: refresh from Redis
+        } else if let entry = shard.negative.get(hash) {
+            if now &- entry.cachedAt < negativeTTL {
+                metrics.hits.add(1, ordering: .relaxed)
+                return .invalid(entry.reason)
+            }
+            shard.negative.remove(hash)
+        }
+        return nil
     }
 
     /// A fresh valid entry, if the cache is trusted and holds one; never starts a lookup.
