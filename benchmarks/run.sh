@@ -37,10 +37,13 @@ ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools ng
     libnginx-mod-http-lua lua-nginx-redis lua-resty-lrucache wrk curl python3
 
 if $quick; then
-    duration=2; hot_keys=1000; miss_keys=3000; bad_keys=3000; memory_keys=20000; revocations=50
+    duration=2; rounds=1; hot_keys=1000; miss_keys=3000; bad_keys=3000; memory_keys=20000; revocations=50
 else
-    duration=10; hot_keys=10000; miss_keys=50000; bad_keys=50000; memory_keys=1000000; revocations=1000
+    duration=10; rounds=5; hot_keys=10000; miss_keys=50000; bad_keys=50000; memory_keys=1000000; revocations=1000
 fi
+# The hit scenarios compare systems within a few percent: they run in $rounds interleaved rounds of
+# $round_seconds each and keep each system's median (see interleaved below).
+round_seconds=4; $quick && round_seconds=2
 
 echo "building release binaries..."
 (cd .. && swift build -c release --product keygate >/dev/null)
@@ -144,39 +147,64 @@ echo "creating keys..."
 make_keys 1 "$work/hot.txt"
 hot=$(head -1 "$work/hot.txt")
 max_nginx=""; max_lua=""; max_keygate=""
+# Set by interleaved (rps_SYSTEM, requests_SYSTEM).
+rps_nginx_return_200=""; rps_lua_peer=""; rps_keygate=""; requests_keygate=""
 
 # --- scenarios -----------------------------------------------------------------------------------
 
+# interleaved SCENARIO NAME=URL...: wrk (with the arguments in wrk_args) on each URL in turn, for
+# $rounds rounds of $round_seconds, then records each system's median req/s. On a shared machine the
+# throughput drifts by 10% or more within a minute; interleaving spreads that drift over every system
+# instead of charging it to whichever ran last. Sets rps_NAME (median) and requests_NAME (total).
+interleaved() {
+    local scenario=$1; shift
+    local spec name round
+    for round in $(seq 1 "$rounds"); do
+        for spec in "$@"; do
+            name=${spec%%=*}
+            duration=$round_seconds wrk_run "$work/w-$scenario-$name-$round" "${wrk_args[@]}" "${spec#*=}"
+        done
+    done
+    for spec in "$@"; do
+        name=${spec%%=*}
+        local median total
+        median=$(for round in $(seq 1 "$rounds"); do rps_of "$work/w-$scenario-$name-$round"; done |
+            sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+        total=$(for round in $(seq 1 "$rounds"); do requests_of "$work/w-$scenario-$name-$round"; done | awk '{s += $1} END {print s}')
+        record "$scenario" "$name" requests_per_second "$median" req/s
+        printf -v "rps_${name//-/_}" '%s' "$median"
+        printf -v "requests_${name//-/_}" '%s' "$total"
+    done
+}
+
 if wants hit; then
-    echo "scenario hit: one hot key (and Redis commands per cache hit)"
-    wrk_run "$work/w" "http://127.0.0.1:$nginx_port/"; max_nginx=$(rps_of "$work/w")
-    record hit nginx-return-200 requests_per_second "$max_nginx" req/s
+    echo "scenario hit: one hot key (and Redis commands per cache hit), $rounds interleaved rounds"
     start_lua_peer 100000 true
-    wrk_run "$work/w" -H "X-API-Key: $hot" "http://127.0.0.1:$lua_port/auth"; max_lua=$(rps_of "$work/w")
-    record hit lua-peer requests_per_second "$max_lua" req/s
     start_node
+    curl -s -o /dev/null -H "X-API-Key: $hot" "http://127.0.0.1:$lua_port/auth"
     curl -s -o /dev/null -H "X-API-Key: $hot" "http://127.0.0.1:$node_port/auth"
     sleep 1.2 # the first use's flush
-    before=$(data_commands)
-    wrk_run "$work/w" -H "X-API-Key: $hot" "http://127.0.0.1:$node_port/auth"; max_keygate=$(rps_of "$work/w")
+    before=$(data_commands) # only Keygate sends any: the Lua peer has the key cached, nginx has no Redis
+    wrk_args=(-H "X-API-Key: $hot")
+    interleaved hit nginx-return-200="http://127.0.0.1:$nginx_port/" lua-peer="http://127.0.0.1:$lua_port/auth" \
+        keygate="http://127.0.0.1:$node_port/auth"
     sleep 1.5 # the last usage flush
     after=$(data_commands)
-    record hit keygate requests_per_second "$max_keygate" req/s
-    record hit keygate redis_commands_per_request "$(python3 -c "print(f'{($after - $before) / $(requests_of "$work/w"):.5f}')")" commands
+    max_nginx=$rps_nginx_return_200; max_lua=$rps_lua_peer; max_keygate=$rps_keygate
+    record hit keygate redis_commands_per_request "$(python3 -c "print(f'{($after - $before) / $requests_keygate:.5f}')")" commands
     stop_node "$node_pid"
 fi
 
 if wants hit10k; then
-    echo "scenario hit10k: $hot_keys hot keys, round robin (all cached after a warm-up pass)"
+    echo "scenario hit10k: $hot_keys hot keys, round robin (all cached after a warm-up pass), $rounds interleaved rounds"
     make_keys "$hot_keys" "$work/hot10k.txt"
     start_lua_peer 100000 true
-    keys_wrk "$work/hot10k.txt" 0 "$work/w" "http://127.0.0.1:$lua_port/auth" # warm-up
-    keys_wrk "$work/hot10k.txt" 0 "$work/w" "http://127.0.0.1:$lua_port/auth"
-    record hit10k lua-peer requests_per_second "$(rps_of "$work/w")" req/s
     start_node
+    keys_wrk "$work/hot10k.txt" 0 "$work/w" "http://127.0.0.1:$lua_port/auth" # warm-up
     keys_wrk "$work/hot10k.txt" 0 "$work/w" "http://127.0.0.1:$node_port/auth"
-    keys_wrk "$work/hot10k.txt" 0 "$work/w" "http://127.0.0.1:$node_port/auth"
-    record hit10k keygate requests_per_second "$(rps_of "$work/w")" req/s
+    wrk_args=(-s "$bench_dir/scripts/keys.lua")
+    KEYS_FILE="$work/hot10k.txt" KEYS_START=0 interleaved hit10k lua-peer="http://127.0.0.1:$lua_port/auth" \
+        keygate="http://127.0.0.1:$node_port/auth"
     stop_node "$node_pid"
 fi
 
@@ -313,8 +341,8 @@ fi
 
 if $quick; then out_dir="$work/report"; else out_dir="$bench_dir/results"; fi
 mkdir -p "$out_dir"
-python3 scripts/report.py --csv "$csv" --commands "$commands" --duration "$duration" \
-    --quick "$quick" --scenarios "${scenarios[*]}" --out "$out_dir/latest.md"
+python3 scripts/report.py --csv "$csv" --commands "$commands" --duration "$duration" --rounds "$rounds" \
+    --round-seconds "$round_seconds" --quick "$quick" --scenarios "${scenarios[*]}" --out "$out_dir/latest.md"
 cp "$csv" "$out_dir/latest.csv"
 if $quick; then
     cat "$out_dir/latest.md"

@@ -123,7 +123,8 @@ def write_report(args, values):
         f"Machine: {machine()}.",
         "",
         "Servers (Redis, nginx, the Lua peer, Keygate with `--threads 1`) share core 0, load generators run on "
-        f"core 1; each load lasts {args.duration} s. Ratios are measured in this one run; absolute figures drift "
+        f"core 1; each load lasts {args.duration} s, except the hit scenarios: {args.rounds} interleaved rounds of "
+        f"{args.round_seconds} s per system, median kept. Ratios are measured in this one run; absolute figures drift "
         "by about 20% between runs on a shared machine. How to read this: `benchmarks/README.md`.",
         "",
     ]
@@ -149,6 +150,8 @@ def main():
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--commands")
     parser.add_argument("--duration")
+    parser.add_argument("--rounds")
+    parser.add_argument("--round-seconds")
     parser.add_argument("--quick", default="false")
     parser.add_argument("--out")
     args = parser.parse_args()
