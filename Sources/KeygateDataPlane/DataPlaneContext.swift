@@ -93,8 +93,7 @@ final class DataPlaneContext: Sendable {
             }
             metrics.count(.ok)
             if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
-            Responses.authorized(KeygateVerdictView(user: verdict.principal.user, keyID: verdict.keyID,
-                                                    scopes: verdict.principal.scopesHeader), close: close, into: &buffer)
+            Responses.authorized(verdict, close: close, into: &buffer)
         case .invalid(let reason):
             metrics.count(DataPlaneMetrics.Outcome(reason))
             countFailure(client)

@@ -49,25 +49,14 @@ enum Responses {
              omitBody: omitBody, into: &buffer)
     }
 
-    /// 200 for forward auth, with the identity headers the proxy copies upstream.
-    static func authorized(_ verdict: KeygateVerdictView, close: Bool, into buffer: inout ByteBuffer) {
-        buffer.writeStaticString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Keygate-User: ")
-        buffer.writeString(verdict.user)
-        buffer.writeStaticString("\r\nX-Keygate-Key-Id: ")
+    /// 200 for forward auth, with the identity headers the proxy copies upstream (the user's and
+    /// scopes' part pre-encoded per principal): four copies into the buffer.
+    static func authorized(_ verdict: Verdict, close: Bool, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Keygate-Key-Id: ")
         verdict.keyID.write(into: &buffer)
-        buffer.writeStaticString("\r\nX-Keygate-Scopes: ")
-        buffer.writeString(verdict.scopes)
-        buffer.writeStaticString("\r\n")
-        if close { buffer.writeStaticString("Connection: close\r\n") }
-        buffer.writeStaticString("\r\n")
+        buffer.writeBytes(verdict.principal.identityHeaders)
+        buffer.writeStaticString(close ? "Connection: close\r\n\r\n" : "\r\n")
     }
-}
-
-/// The identity of a valid key as header values.
-struct KeygateVerdictView {
-    var user: String
-    var keyID: InlineKeyID
-    var scopes: String
 }
 
 enum HTTPStatusLine: String {

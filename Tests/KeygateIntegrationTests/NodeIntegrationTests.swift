@@ -243,6 +243,21 @@ import Testing
         await node.stop()
     }
 
+    @Test func aRecordEditedToCarryHeaderTextIsRefusedNotEchoed() async throws {
+        let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("edited")
+        let store = try Self.adminStore(url: url, namespace: ns)
+        defer { Task { await store.redis.shutdown() } }
+        let issued = try await store.create(.init(user: "alice", scopes: ["read"]), actor: "test")
+        // Someone edits the record in Redis by hand: the user now ends in a second header.
+        _ = try await store.redis.send(RedisCommand("HSET", [.string(store.layout.record(issued.record.hash)), "user", "alice\r\nX-Evil: 1"]))
+        try await TestNode.with(redisURL: url, namespace: ns) { node in
+            let response = try await Self.auth(issued.key, port: node.port)
+            #expect(response.status == 503, "a record the store would not have written is not a verdict")
+            #expect(response.header("X-Evil") == nil && response.header("X-Keygate-User") == nil)
+            #expect(node.node.verifier.metrics.malformedRecords.load(ordering: .relaxed) == 1)
+        }
+    }
+
     @Test func everyKindOfBadKeyGetsTheSameBytes() async throws {
         let url = try TestRedis.url(), ns = TestRedis.uniqueNamespace("oracle")
         let store = try Self.adminStore(url: url, namespace: ns)

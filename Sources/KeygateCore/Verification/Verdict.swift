@@ -8,10 +8,17 @@ public final class Principal: Sendable {
     /// `X-Keygate-Scopes` value: the scopes separated by spaces (the OAuth convention).
     public let scopesHeader: String
 
+    /// The identity headers of the data plane's 200 as bytes, encoded once per principal rather than
+    /// once per request: `\r\nX-Keygate-User: <user>\r\nX-Keygate-Scopes: <scopes>\r\n`, written right
+    /// after `X-Keygate-Key-Id: <id>`. Safe as header text: the verifier caches only users and scopes
+    /// that pass `KeyValidation` (no whitespace in users, no control characters anywhere).
+    public let identityHeaders: [UInt8]
+
     init(user: String, scopes: [String]) {
         self.user = user
         self.scopes = scopes
         self.scopesHeader = scopes.joined(separator: " ")
+        self.identityHeaders = Array("\r\nX-Keygate-User: \(user)\r\nX-Keygate-Scopes: \(scopesHeader)\r\n".utf8)
     }
 
     /// True when every scope in `required` is granted.

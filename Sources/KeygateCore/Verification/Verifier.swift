@@ -139,8 +139,14 @@ public final class Verifier: Sendable {
             metrics.malformedRecords.add(1, ordering: .relaxed)
             return .failed
         }
-        guard let keyID = InlineKeyID(id) else { return .failed }
         let scopes = (fields[2].string ?? "").split(separator: " ").map(String.init)
+        // What goes into response headers must be what the store would have accepted: a record
+        // edited by hand (a user with a line break, say) is refused, not echoed.
+        guard KeyValidation.isKeyID(id), let keyID = InlineKeyID(id), (try? KeyValidation.user(user)) != nil,
+              (try? KeyValidation.scopes(scopes)) != nil else {
+            metrics.malformedRecords.add(1, ordering: .relaxed)
+            return .failed
+        }
         let expires: Int64
         switch fields[4] {
         case .null: expires = .max
