@@ -11,8 +11,8 @@ WORKDIR /src
 COPY Package.swift ./
 RUN swift package resolve
 COPY Sources ./Sources
-RUN swift build -c release --product keygate --static-swift-stdlib \
- && install -D -m 0755 "$(swift build -c release --show-bin-path)/keygate" /out/keygate
+COPY scripts/build-release.sh ./scripts/
+RUN install -D -m 0755 "$(scripts/build-release.sh --static-swift-stdlib)" /out/keygate
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -46,11 +46,12 @@ fi
 round_seconds=4; $quick && round_seconds=2
 
 echo "building release binaries..."
-(cd .. && swift build -c release --product keygate >/dev/null)
+build_log=$(mktemp)
+keygate=$(../scripts/build-release.sh 2>"$build_log") || { cat "$build_log" >&2; exit 1; }
+rm -f "$build_log"
 for product in keygate-bench-keys keygate-loadgen keygate-revocation-bench; do
     swift build -c release --product "$product" >/dev/null
 done
-keygate="$(cd .. && swift build -c release --show-bin-path)/keygate"
 bin="$(swift build -c release --show-bin-path)"
 
 work=$(mktemp -d -t keygate-bench.XXXXXX)

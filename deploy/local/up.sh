@@ -30,8 +30,7 @@ bin=${KEYGATE_BIN:-}
 if [ -z "$bin" ]; then
     command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.2 or newer is required)" >&2; exit 1; }
     echo "building keygate (release; the first build takes several minutes)..."
-    (cd "$repo" && swift build -c release --product keygate)
-    bin="$repo/.build/release/keygate"
+    bin=$("$repo/scripts/build-release.sh")
 fi
 mkdir -p "$run_dir/redis" "$run_dir/nginx-tmp" "$run_dir/nginx"
 chmod 700 "$run_dir"
