@@ -65,20 +65,17 @@ public final class UsageRecorder: Sendable {
         var merged: [KeyHash: Delta] = [:]
         for loop in loops {
             guard let counter = counters[ObjectIdentifier(loop)] else { continue }
-            let taken = try? await loop.submit { () -> [KeyHash: Delta] in
+            // One wall-clock reading per loop converts every monotonic stamp taken on it.
+            typealias Taken = (uses: [KeyHash: LoopCounter.Uses], nowMilliseconds: Int64, nowUptime: UInt64)
+            guard let taken = try? await loop.submit({ () -> Taken in
                 let uses = counter.uses
                 counter.uses = [:]
-                // One wall-clock reading converts every monotonic stamp taken on this loop.
-                let nowMilliseconds = Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
-                let nowUptime = NIODeadline.now().uptimeNanoseconds
-                return uses.mapValues { use in
-                    let ago = Int64((nowUptime &- use.lastUptimeNanoseconds) / 1_000_000)
-                    return Delta(count: use.count, lastUsedMilliseconds: nowMilliseconds - ago)
-                }
-            }.get()
-            for (hash, delta) in taken ?? [:] {
-                merged[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].count += delta.count
-                merged[hash]!.lastUsedMilliseconds = max(merged[hash]!.lastUsedMilliseconds, delta.lastUsedMilliseconds)
+                return (uses, Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)), NIODeadline.now().uptimeNanoseconds)
+            }).get() else { continue }
+            for (hash, use) in taken.uses {
+                let lastUsed = taken.nowMilliseconds - Int64((taken.nowUptime &- use.lastUptimeNanoseconds) / 1_000_000)
+                merged[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].count += use.count
+                merged[hash]!.lastUsedMilliseconds = max(merged[hash]!.lastUsedMilliseconds, lastUsed)
             }
         }
         return merged
