@@ -42,10 +42,11 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private var readSinceCheck = true
     private var idleCheck: RepeatedTask?
     /// This loop's usage counter, looked up once per connection.
-    private var usage: UsageRecorder.LoopCounter!
+    private let usage: UsageRecorder.LoopCounter
 
-    init(node: DataPlaneContext) {
+    init(node: DataPlaneContext, eventLoop: any EventLoop) {
         self.node = node
+        self.usage = node.usage.counter(for: eventLoop)
         self.scanner = HTTPRequestScanner(keyHeaders: node.settings.keyHeaders, acceptBearer: node.settings.acceptBearer,
                                           keyPrefix: node.verifier.store.format.prefix,
                                           maxHeaderBytes: node.settings.maxHeaderBytes)
@@ -54,7 +55,6 @@ final class DataPlaneHandler: ChannelInboundHandler {
     // MARK: reading
 
     func handlerAdded(context: ChannelHandlerContext) {
-        usage = node.usage.counter(for: context.eventLoop)
         let half = TimeAmount(node.settings.idleTimeout).nanoseconds / 2
         guard half > 0 else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

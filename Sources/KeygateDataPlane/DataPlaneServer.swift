@@ -72,7 +72,7 @@ public final class DataPlaneServer: Service, Sendable {
                 self.connections.withLock { $0[ObjectIdentifier(channel)] = channel }
                 return channel.eventLoop.makeCompletedFuture {
                     // One handler: every handler in the pipeline costs each request a hop both ways.
-                    try channel.pipeline.syncOperations.addHandler(DataPlaneHandler(node: context))
+                    try channel.pipeline.syncOperations.addHandler(DataPlaneHandler(node: context, eventLoop: channel.eventLoop))
                 }
             }
             .bind(host: settings.host, port: settings.port)

@@ -7,19 +7,20 @@ import Testing
 @Suite struct UsageRecorderTests {
     static func wallMilliseconds() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)) }
 
+    static func use(_ hash: KeyHash, _ recorder: UsageRecorder, on loop: any EventLoop) async throws {
+        try await loop.submit { recorder.counter(for: loop).record(hash, uptimeNanoseconds: NIODeadline.now().uptimeNanoseconds) }.get()
+    }
+
     @Test func drainSumsEveryLoopAndStampsWallClockTime() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let recorder = UsageRecorder(eventLoopGroup: group)
         let hash = KeyHasher().hash("abc"), other = KeyHasher().hash("def")
         let before = Self.wallMilliseconds()
         for loop in group.makeIterator() {
-            try await loop.submit {
-                recorder.record(hash, on: loop)
-                recorder.counter(for: loop).record(hash, uptimeNanoseconds: NIODeadline.now().uptimeNanoseconds)
-            }.get()
+            try await Self.use(hash, recorder, on: loop)
+            try await Self.use(hash, recorder, on: loop)
         }
-        let loop = group.next()
-        try await loop.submit { recorder.record(other, on: loop) }.get()
+        try await Self.use(other, recorder, on: group.next())
         let after = Self.wallMilliseconds()
 
         let drained = await recorder.drain()

@@ -35,7 +35,10 @@ import Testing
         let flusher = UsageFlusher(store: dead, recorder: recorder, settings: settings, nodeID: "n1", logger: Logger(label: "test"))
         let loop = group.next()
         func use(_ key: IssuedKey, times: Int) async throws {
-            try await loop.submit { for _ in 0..<times { recorder.record(key.record.hash, on: loop) } }.get()
+            let counter = recorder.counter(for: loop)
+            try await loop.submit {
+                for _ in 0..<times { counter.record(key.record.hash, uptimeNanoseconds: NIODeadline.now().uptimeNanoseconds) }
+            }.get()
         }
         let services = ServiceGroup(configuration: .init(services: [flusher], logger: Logger(label: "test")))
         let running = Task { try await services.run() }

@@ -44,8 +44,10 @@ public struct KeyFormat: Sendable, Equatable {
     /// True when `key` has this prefix, the separator, the right length and alphabet, and a matching
     /// checksum. O(length), no allocation.
     public func isWellFormed(_ key: UnsafeRawBufferPointer) -> Bool {
-        guard hasKeyShape(key) else { return false }
+        guard key.count == keyLength else { return false }
         let prefixCount = prefixBytes.count
+        for index in 0..<prefixCount where key[index] != prefixBytes[index] { return false }
+        guard key[prefixCount] == UInt8(ascii: "_") else { return false }
         let bodyEnd = prefixCount + 1 + Self.bodyLength
         return Base62.values.withUnsafeBufferPointer { values -> Bool in
             for index in (prefixCount + 1)..<bodyEnd where values[Int(key[index])] == 0xFF { return false }
@@ -61,15 +63,6 @@ public struct KeyFormat: Sendable, Equatable {
             }
             return CRC32.checksum(UnsafeRawBufferPointer(rebasing: key[0..<bodyEnd])) == checksum
         }
-    }
-
-    /// True when `key` has the length, prefix and separator of a key: the part of `isWellFormed`
-    /// that costs nothing (the verifier checks alphabet and checksum only before a Redis lookup).
-    public func hasKeyShape(_ key: UnsafeRawBufferPointer) -> Bool {
-        guard key.count == keyLength else { return false }
-        let prefixCount = prefixBytes.count
-        for index in 0..<prefixCount where key[index] != prefixBytes[index] { return false }
-        return key[prefixCount] == UInt8(ascii: "_")
     }
 
     public func isWellFormed(_ key: String) -> Bool {

@@ -55,11 +55,6 @@ public final class UsageRecorder: Sendable {
         return counter
     }
 
-    /// Counts one use of `hash` now. Call on `eventLoop`.
-    public func record(_ hash: KeyHash, on eventLoop: any EventLoop) {
-        counter(for: eventLoop).record(hash, uptimeNanoseconds: NIODeadline.now().uptimeNanoseconds)
-    }
-
     /// Takes every loop's counts, leaving them empty.
     func drain() async -> [KeyHash: Delta] {
         var merged: [KeyHash: Delta] = [:]

@@ -114,7 +114,8 @@ public final class VerdictCache: Sendable {
     }
 
     /// The cached decision, if the cache is trusted and holds a fresh entry; nil otherwise. Unlike
-    /// `probe` it never starts a lookup (and counts nothing on a miss).
+    /// `probe` it never starts a lookup (and counts nothing on a miss): the failure limiter serves a
+    /// cached valid key this way to an address that is over its limit.
     func cached(_ hash: KeyHash, now: UInt64) -> Decision? {
         guard isTrusted else { return nil }
         return shard(hash).state.withLock { fresh(hash, in: &$0, now: now) }
@@ -136,15 +137,6 @@ public final class VerdictCache: Sendable {
             shard.negative.remove(hash)
         }
         return nil
-    }
-
-    /// A fresh valid entry, if the cache is trusted and holds one; never starts a lookup.
-    func peekValid(_ hash: KeyHash, now: UInt64) -> Verdict? {
-        guard isTrusted else { return nil }
-        return shard(hash).state.withLock { shard in
-            guard let entry = shard.positive.get(hash), now &- entry.cachedAt < positiveMaxAge else { return nil }
-            return entry.verdict
-        }
     }
 
     /// Ends a lookup: stores the outcome only if its placeholder survived (no invalidation, no

@@ -3,8 +3,8 @@ public import KeygateRedis
 public import NIOCore
 public import Synchronization
 
-/// Decides whether a key is valid: key shape, SHA-256, cache, then (after the alphabet and checksum
-/// test, no I/O) a single-flight Redis lookup on the caller's own event-loop connection. Expiry is checked at
+/// Decides whether a key is valid: format and checksum (no I/O), SHA-256, cache, then a
+/// single-flight Redis lookup on the caller's own event-loop connection. Expiry is checked at
 /// decision time. Used by the data plane and by the control plane's admin authentication.
 public final class Verifier: Sendable {
     public struct Settings: Sendable, Equatable {
@@ -39,19 +39,13 @@ public final class Verifier: Sendable {
     }
 
     /// Verifies `key` for a caller on `eventLoop`. A hit or a malformed key is answered at once; a
-    /// malformed key costs no Redis command (and no hashing unless it has a key's length and prefix). Also returns the key's hash (nil when
+    /// malformed key costs no hashing and no Redis command. Also returns the key's hash (nil when
     /// malformed), which the caller needs to count the use.
     /// `now` (uptime nanoseconds) lets a caller that already read the clock share that reading.
     public func verifyReturningHash(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop,
                                     now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> (Result, KeyHash?) {
-        let format = store.format
-        guard format.hasKeyShape(key) else { return (.decided(.invalid(.malformed)), nil) }
+        guard store.format.isWellFormed(key) else { return (.decided(.invalid(.malformed)), nil) }
         let hash = store.hasher.hash(key)
-        // Only fully checked keys are ever looked up, so only they are ever cached: a cached verdict
-        // implies the key passed the alphabet and checksum test when first seen, and the hit path
-        // skips it (it costs about as much as the hash). Any other key is tested before a lookup.
-        if let decision = cache.cached(hash, now: now) { return (.decided(decideAtRequestTime(decision)), hash) }
-        guard format.isWellFormed(key) else { return (.decided(.invalid(.malformed)), nil) }
         return (verify(hash: hash, on: eventLoop, now: now), hash)
     }
 
@@ -78,10 +72,9 @@ public final class Verifier: Sendable {
     public func cachedValid(_ key: UnsafeRawBufferPointer) -> (Decision, KeyHash)? {
         guard store.format.isWellFormed(key) else { return nil }
         let hash = store.hasher.hash(key)
-        guard let verdict = cache.peekValid(hash, now: NIODeadline.now().uptimeNanoseconds) else { return nil }
-        let decision = decideAtRequestTime(.valid(verdict))
-        guard case .valid = decision else { return nil }
-        return (decision, hash)
+        guard let cached = cache.cached(hash, now: NIODeadline.now().uptimeNanoseconds),
+              case .valid = decideAtRequestTime(cached) else { return nil }
+        return (cached, hash)
     }
 
     /// Verifies a key already known to be well formed, by hash.
