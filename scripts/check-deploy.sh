@@ -14,6 +14,20 @@ echo "== shellcheck"
 shellcheck -x -P SCRIPTDIR:. scripts/*.sh scripts/lib/*.sh deploy/local/*.sh fuzz/run.sh .ci/run
 (cd benchmarks && shellcheck -x ./*.sh)
 
+echo "== every script the READMEs tell a user to run is executable in git"
+# Names are read from the READMEs themselves, so the check cannot go stale. Sourced libraries
+# (scripts/lib/, deploy/local/common.sh) are not commands and are never named there.
+not_executable=()
+while read -r script; do
+    [ -f "$script" ] || { echo "error: README names $script, which does not exist" >&2; exit 1; }
+    mode=$(git ls-files -s -- "$script" | cut -d' ' -f1)
+    [ "$mode" = 100755 ] || not_executable+=("$script (git mode ${mode:-untracked})")
+done < <(grep -ohE '(scripts|benchmarks|deploy|fuzz)/[A-Za-z0-9_./-]+\.(sh|py)' README.md benchmarks/README.md | sort -u)
+if [ ${#not_executable[@]} -gt 0 ]; then
+    printf 'error: not executable in git (fix with git update-index --chmod=+x): %s\n' "${not_executable[@]}" >&2
+    exit 1
+fi
+
 echo "== promtool check config / rules"
 promtool check config deploy/prometheus/prometheus.yml
 promtool check rules deploy/prometheus/alerts.yml
