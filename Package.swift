@@ -6,6 +6,7 @@ import PackageDescription
 let nio = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let nioEmbedded = Target.Dependency.product(name: "NIOEmbedded", package: "swift-nio")
+let nioConcurrency = Target.Dependency.product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
@@ -49,8 +50,8 @@ let package = Package(
         .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", "KeygateNode", nio, nioPosix, logging, serviceLifecycle]),
 
-        .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix]),
-        .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto", nio, nioEmbedded, nioPosix]),
+        .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix, nioConcurrency]),
+        .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto", nio, nioEmbedded, nioPosix, nioConcurrency]),
         .testTarget(name: "KeygateDataPlaneTests", dependencies: ["KeygateDataPlane"]),
         .testTarget(name: "KeygateControlPlaneTests", dependencies: ["KeygateControlPlane", hummingbird, hummingbirdTesting]),
         // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
@@ -61,11 +62,16 @@ let package = Package(
 )
 
 // One settings list for every target we compile (system library targets refuse settings).
-let sharedSwiftSettings: [SwiftSetting] = [
+var sharedSwiftSettings: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
     .enableUpcomingFeature("InternalImportsByDefault"),
     .enableUpcomingFeature("ExistentialAny"),
 ]
+// scripts/test.sh sets KEYGATE_WARNINGS_AS_ERRORS=1 for its build: the project's own targets must
+// compile without a warning (dependencies are not affected: these settings are only ours).
+if Context.environment["KEYGATE_WARNINGS_AS_ERRORS"] == "1" {
+    sharedSwiftSettings.append(.unsafeFlags(["-warnings-as-errors"]))
+}
 for target in package.targets where target.type != .system {
     target.swiftSettings = (target.swiftSettings ?? []) + sharedSwiftSettings
 }

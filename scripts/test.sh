@@ -41,14 +41,34 @@ redis-cli -p "$port" ping >/dev/null || { echo "error: redis-server did not star
 export REDIS_URL="redis://127.0.0.1:$port"
 echo "test Redis: $REDIS_URL (pid $redis_pid)"
 
-swift build --build-tests
+# stage NAME CMD...: runs one stage and records how long it took; the summary prints at the end,
+# also when a stage fails.
+stage_times=()
+stage() {
+    local name=$1 start=$SECONDS status=0
+    shift
+    echo "== stage: $name"
+    "$@" || status=$?
+    stage_times+=("$(printf '%-22s %4ds%s' "$name" $((SECONDS - start)) "$([ $status -eq 0 ] || echo "  FAILED ($status)")")")
+    return $status
+}
+summary() {
+    [ ${#stage_times[@]} -gt 0 ] || return 0
+    echo "== stage times (total ${SECONDS}s)"
+    printf '  %s\n' "${stage_times[@]}"
+}
+trap 'summary; cleanup' EXIT
+
+# The project's own targets build with -warnings-as-errors (Package.swift reads this variable;
+# dependencies are not affected). Only this build: the release and nested-package builds are a user's.
+stage "build (debug, tests)" env KEYGATE_WARNINGS_AS_ERRORS=1 swift build --build-tests
 KEYGATE_BIN="$(swift build --show-bin-path)/keygate"
 export KEYGATE_BIN
-swift test --skip-build "$@"
+stage "swift test" swift test --skip-build "$@"
 if [ $# -eq 0 ]; then
-    bash scripts/check-control-plane.sh "$KEYGATE_BIN" "$REDIS_URL"
-    bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
-    bash scripts/check-deploy.sh "$KEYGATE_BIN"
-    bash fuzz/run.sh 20
-    bash benchmarks/run.sh --quick
+    stage "control plane" bash scripts/check-control-plane.sh "$KEYGATE_BIN" "$REDIS_URL"
+    stage "local cluster" bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
+    stage "deployment files" bash scripts/check-deploy.sh "$KEYGATE_BIN"
+    stage "fuzz (20 s a target)" bash fuzz/run.sh 20
+    stage "benchmarks --quick" bash benchmarks/run.sh --quick
 fi

@@ -1,5 +1,5 @@
 import Foundation
-public import KeygateCore
+import KeygateCore
 public import KeygateMetrics
 import Logging
 import NIOCore

@@ -96,7 +96,10 @@ final class DataPlaneHandler: ChannelInboundHandler {
         needsFlush = false
         if closeAfterResponses && !waitingForRedis {
             closed = true
-            context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in context.close(promise: nil) }
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+                loopBound.value.close(promise: nil)
+            }
         } else {
             context.flush()
         }
@@ -289,9 +292,10 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private func waitForRedis(_ future: EventLoopFuture<Decision>, context: ChannelHandlerContext,
                               render: @escaping (Decision, inout ByteBuffer) -> Void) {
         waitingForRedis = true
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        // The handler, its context and the renderer belong to this event loop; the future completes there.
+        let loopBound = NIOLoopBound((self, context, render), eventLoop: context.eventLoop)
         future.hop(to: context.eventLoop).whenComplete { result in
-            let (handler, context) = loopBound.value
+            let (handler, context, render) = loopBound.value
             handler.waitingForRedis = false
             guard context.channel.isActive else { return }
             var buffer = handler.responseBuffer(context: context)
@@ -302,7 +306,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
             // (Redis unreachable, circuit open) completes synchronously, and continuing inline
             // recursed once per request until the stack overflowed (found by scripts/soak.py).
             context.eventLoop.execute {
-                let (handler, context) = loopBound.value
+                let (handler, context, _) = loopBound.value
                 guard context.channel.isActive else { return }
                 handler.processInbound(context: context)
                 handler.flushIfNeeded(context: context)

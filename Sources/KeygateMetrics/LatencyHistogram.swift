@@ -1,4 +1,4 @@
-public import Synchronization
+import Synchronization
 
 /// A fixed-bucket latency histogram that any thread can observe into without a lock: one relaxed
 /// atomic add for the bucket and one for the sum. Buckets are stored non-cumulatively and summed

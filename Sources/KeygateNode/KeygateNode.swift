@@ -3,7 +3,7 @@ public import KeygateCore
 public import KeygateDataPlane
 public import KeygateRedis
 public import Logging
-public import NIOCore
+import NIOCore
 public import NIOPosix
 public import ServiceLifecycle
 

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 
 /// Runs a command to completion and captures its output, without blocking a thread.
 public struct CommandResult: Sendable {

@@ -1,4 +1,4 @@
-public import NIOCore
+import NIOCore
 import NIOPosix
 import Synchronization
 
@@ -166,7 +166,7 @@ public final class FaultProxy: Sendable {
 
     private static func reset(_ pair: Pair) {
         // SO_LINGER with a zero timeout makes close() send RST instead of FIN.
-        func abort(_ channel: any Channel) {
+        @Sendable func abort(_ channel: any Channel) {
             guard let socket = channel as? any SocketOptionProvider else { return channel.close(promise: nil) }
             socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
         }

@@ -1,4 +1,4 @@
-public import NIOCore
+import NIOCore
 import NIOPosix
 
 /// A tiny HTTP/1.1 client over raw sockets: sends exactly the given bytes and returns exactly what

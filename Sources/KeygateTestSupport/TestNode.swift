@@ -1,5 +1,5 @@
 public import KeygateNode
-public import KeygateRedis
+import KeygateRedis
 import Logging
 import ServiceLifecycle
 

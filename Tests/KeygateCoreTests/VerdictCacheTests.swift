@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -85,9 +86,9 @@ import Testing
         let pending = cache.finish(h, lookups[0], outcome: .refused(.revoked), now: 1)
         #expect(pending.count == 999)
         for promise in pending { promise.succeed(.invalid(.revoked)) }
-        var answered = 0
-        for future in waiters { future.whenSuccess { if case .invalid(.revoked) = $0 { answered += 1 } } }
-        #expect(answered == 999)
+        let answered = NIOLockedValueBox(0)
+        for future in waiters { future.whenSuccess { if case .invalid(.revoked) = $0 { answered.withLockedValue { $0 += 1 } } } }
+        #expect(answered.withLockedValue { $0 } == 999)
         #expect(isHit(cache, h, now: 2), "the answer was stored for the next requests")
     }
 

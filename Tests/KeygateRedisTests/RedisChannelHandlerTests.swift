@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -45,13 +46,13 @@ import Testing
 
     /// The outcome of a future on the embedded loop, or nil while it is pending. Never blocks:
     /// `wait()` on an EmbeddedEventLoop future that nobody completes would hang the test run.
-    static func outcome<T>(_ future: EventLoopFuture<T>) -> Result<T, any Error>? {
-        var result: Result<T, any Error>?
-        future.whenComplete { result = $0 }
-        return result
+    static func outcome<T: Sendable>(_ future: EventLoopFuture<T>) -> Result<T, any Error>? {
+        let result = NIOLockedValueBox<Result<T, any Error>?>(nil)
+        future.whenComplete { outcome in result.withLockedValue { $0 = outcome } }
+        return result.withLockedValue { $0 }
     }
 
-    static func failure<T>(_ future: EventLoopFuture<T>) -> RedisError? {
+    static func failure<T: Sendable>(_ future: EventLoopFuture<T>) -> RedisError? {
         guard case .failure(let error)? = outcome(future) else { return nil }
         return error as? RedisError
     }
@@ -70,41 +71,41 @@ import Testing
             RedisCommand("AUTH", ["app", "pw"]),
             RedisCommand("SELECT", [2]),
             RedisCommand("CLIENT", ["SETNAME", "keygate-test"])))
-        var ready = false
-        harness.handler.ready.futureResult.whenSuccess { ready = true }
+        let ready = NIOLockedValueBox(false)
+        harness.handler.ready.futureResult.whenSuccess { ready.withLockedValue { $0 = true } }
         try harness.reply("+OK\r\n+OK\r\n")
-        #expect(!ready)
+        #expect(!ready.withLockedValue { $0 })
         try harness.reply("+OK\r\n")
-        #expect(ready)
+        #expect(ready.withLockedValue { $0 })
     }
 
     @Test func withoutSettingsTheHandshakeIsAPing() throws {
         let harness = try Harness(completeHandshake: false)
         #expect(try harness.written() == Self.encoded(RedisCommand("PING")))
-        var ready = false
-        harness.handler.ready.futureResult.whenSuccess { ready = true }
-        #expect(!ready)
+        let ready = NIOLockedValueBox(false)
+        harness.handler.ready.futureResult.whenSuccess { ready.withLockedValue { $0 = true } }
+        #expect(!ready.withLockedValue { $0 })
         try harness.reply("+PONG\r\n")
-        #expect(ready)
+        #expect(ready.withLockedValue { $0 })
     }
 
     @Test func aSilentServerFailsTheHandshakeAtTheConnectDeadline() throws {
         let harness = try Harness(completeHandshake: false) { $0.connectTimeout = .seconds(2) }
-        var failure: RedisError?
-        harness.handler.ready.futureResult.whenFailure { failure = $0 as? RedisError }
+        let failure = NIOLockedValueBox<RedisError?>(nil)
+        harness.handler.ready.futureResult.whenFailure { error in failure.withLockedValue { $0 = error as? RedisError } }
         harness.loop.advanceTime(by: .seconds(2))
-        #expect(failure?.code == .timeout)
+        #expect(failure.withLockedValue { $0 }?.code == .timeout)
         #expect(!harness.channel.isActive)
     }
 
     @Test func wrongPasswordFailsTheHandshakeAndCloses() throws {
         let harness = try Harness(completeHandshake: false) { $0.password = "wrong" }
         _ = try harness.written()
-        var failure: RedisError?
-        harness.handler.ready.futureResult.whenFailure { failure = $0 as? RedisError }
+        let failure = NIOLockedValueBox<RedisError?>(nil)
+        harness.handler.ready.futureResult.whenFailure { error in failure.withLockedValue { $0 = error as? RedisError } }
         try harness.reply("-WRONGPASS invalid username-password pair or user is disabled.\r\n")
-        #expect(failure?.code == .authenticationFailed)
-        #expect(failure?.message.contains("WRONGPASS") == true)
+        #expect(failure.withLockedValue { $0 }?.code == .authenticationFailed)
+        #expect(failure.withLockedValue { $0 }?.message.contains("WRONGPASS") == true)
         #expect(!harness.channel.isActive)
     }
 

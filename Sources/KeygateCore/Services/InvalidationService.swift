@@ -65,7 +65,7 @@ public final class InvalidationService: Service, Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.subscriber.run() }
             group.addTask { await self.advanceBaselineWhileHealthy() }
-            await cancelOnGracefulShutdown { await self.consumeEvents() }
+            await cancelWhenGracefulShutdown { await self.consumeEvents() }
             group.cancelAll()
         }
         metrics.channelUp.store(false, ordering: .relaxed)

@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 public import Logging
 public import ServiceLifecycle
 public import Synchronization
@@ -65,7 +65,7 @@ public final class UsageFlusher: Service, Sendable {
 
     public func run() async throws {
         await replaySpill()
-        await cancelOnGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 try? await Task.sleep(for: self.settings.interval)
                 await self.flush()
@@ -200,7 +200,7 @@ public final class UsageFlusher: Service, Sendable {
             data.append(line)
             data.append(UInt8(ascii: "\n"))
         }
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         guard let handle = FileHandle(forWritingAtPath: path) else {
             metrics.dropped.add(keys, ordering: .relaxed)
             logger.error("usage counts dropped: cannot open spill file", metadata: ["path": "\(path)", "keys": "\(keys)"])

@@ -1,4 +1,4 @@
-public import KeygateRedis
+import KeygateRedis
 
 /// The Lua scripts behind every key mutation. Each one, atomically: changes the record, bumps its
 /// version, appends exactly one event per changed key to the capped Stream (no secret in it; the

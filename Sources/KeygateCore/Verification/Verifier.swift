@@ -1,5 +1,5 @@
-public import Foundation
-public import KeygateRedis
+import Foundation
+import KeygateRedis
 public import NIOCore
 public import Synchronization
 
