@@ -11,7 +11,10 @@ WORKDIR /src
 COPY Package.swift ./
 RUN swift package resolve
 COPY Sources ./Sources
+# The manifest declares the test targets too; SwiftPM wants their folders to exist.
+COPY Tests ./Tests
 COPY scripts/build-release.sh ./scripts/
+COPY scripts/lib/packages.sh ./scripts/lib/
 RUN install -D -m 0755 "$(scripts/build-release.sh --static-swift-stdlib)" /out/keygate
 
 FROM debian:bookworm-slim

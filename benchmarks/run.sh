@@ -49,10 +49,12 @@ echo "building release binaries..."
 build_log=$(mktemp)
 keygate=$(../scripts/build-release.sh 2>"$build_log") || { cat "$build_log" >&2; exit 1; }
 rm -f "$build_log"
+# The tools build into the main package's build folder with its release flags: SwiftNIO, BoringSSL
+# and Keygate's own modules are already there from build-release.sh (one release build, not two).
 for product in keygate-bench-keys keygate-loadgen keygate-revocation-bench; do
-    swift build -c release --product "$product" >/dev/null
+    swift build "${release_flags[@]}" --scratch-path ../.build --product "$product" >/dev/null
 done
-bin="$(swift build -c release --show-bin-path)"
+bin="$(swift build "${release_flags[@]}" --scratch-path ../.build --show-bin-path)"
 
 work=$(mktemp -d -t keygate-bench.XXXXXX)
 pids=()

@@ -9,6 +9,6 @@
 # "Build settings"). The compile-time checks stay, and the tests run a debug build with both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-flags=(-c release -Xswiftc -enforce-exclusivity=unchecked)
-swift build "${flags[@]}" --product keygate "$@" >&2
-echo "$(swift build "${flags[@]}" --show-bin-path)/keygate"
+source scripts/lib/packages.sh
+swift build "${release_flags[@]}" --product keygate "$@" >&2
+echo "$(swift build "${release_flags[@]}" --show-bin-path)/keygate"

@@ -1,5 +1,12 @@
 # shellcheck shell=bash
-# Shared by the scripts: install missing Debian packages, find a free loopback port.
+# Shared by the scripts: install missing Debian packages, find a free loopback port, the flags of
+# release builds.
+
+# Release builds (scripts/build-release.sh, and the benchmark tools, which share its build folder so
+# SwiftNIO and BoringSSL are compiled once for both): no run-time exclusivity checks, see
+# build-release.sh.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+release_flags=(-c release -Xswiftc -enforce-exclusivity=unchecked)
 
 # ensure_packages PKG...: installs the missing ones when root; otherwise prints the apt line and fails.
 ensure_packages() {
