@@ -14,6 +14,8 @@ let serviceLifecycle = Target.Dependency.product(name: "ServiceLifecycle", packa
 let hummingbird = Target.Dependency.product(name: "Hummingbird", package: "hummingbird")
 let httpTypes = Target.Dependency.product(name: "HTTPTypes", package: "swift-http-types")
 let hummingbirdTesting = Target.Dependency.product(name: "HummingbirdTesting", package: "hummingbird")
+let hummingbirdCore = Target.Dependency.product(name: "HummingbirdCore", package: "hummingbird")
+let nioHTTPTypes = Target.Dependency.product(name: "NIOHTTPTypes", package: "swift-nio-extras")
 
 let package = Package(
     name: "keygate",
@@ -32,6 +34,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     ],
     targets: [
         // C libraries from Debian: libhiredis-dev (RESP2 reader) and libssl-dev (libcrypto).
@@ -44,7 +47,7 @@ let package = Package(
         .target(name: "KeygateCore", dependencies: ["KeygateRedis", "KeygateMetrics", "CCrypto", nio, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", "KeygateMetrics", nio, nioPosix, logging, serviceLifecycle]),
         // The admin API, /metrics and /openapi.yaml (port 8081). The OpenAPI document is compiled in.
-        .target(name: "KeygateControlPlane", dependencies: ["KeygateCore", "KeygateMetrics", hummingbird, httpTypes, nio, logging, serviceLifecycle],
+        .target(name: "KeygateControlPlane", dependencies: ["KeygateCore", "KeygateMetrics", hummingbird, hummingbirdCore, httpTypes, nioHTTPTypes, nio, logging, serviceLifecycle],
                 resources: [.embedInCode("openapi.yaml")]),
         .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateMetrics", "KeygateRedis", "KeygateDataPlane", "KeygateControlPlane", nio, nioPosix, logging, serviceLifecycle]),
         .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
@@ -53,7 +56,7 @@ let package = Package(
         .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix, nioConcurrency]),
         .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto", nio, nioEmbedded, nioPosix, nioConcurrency]),
         .testTarget(name: "KeygateDataPlaneTests", dependencies: ["KeygateDataPlane"]),
-        .testTarget(name: "KeygateControlPlaneTests", dependencies: ["KeygateControlPlane", hummingbird, hummingbirdTesting]),
+        .testTarget(name: "KeygateControlPlaneTests", dependencies: ["KeygateControlPlane", "KeygateCore", hummingbird, hummingbirdTesting]),
         // Needs a real redis-server: REDIS_URL, exported by scripts/test.sh.
         .testTarget(name: "KeygateIntegrationTests",
                     dependencies: ["KeygateRedis", "KeygateCore", "KeygateNode", "KeygateDataPlane", "KeygateControlPlane", "KeygateTestSupport",

@@ -5,7 +5,8 @@
 #   scripts/check-local-cluster.sh KEYGATE_BIN
 #
 # Checks: a key through the balancer gives 200 and the API sees X-Keygate-User (a client-sent one is
-# overwritten, the key is not forwarded); no key or a bad key 401; a missing scope 403; after
+# overwritten, the key is not forwarded); no key or a bad key 401; a missing scope 403; two key
+# headers 400 (not 503); after
 # `keygate keys revoke` returns, every request through the balancer started 100 ms later or more gets
 # 401, whichever node answers; with one node killed, requests still succeed; Prometheus reports up == 1
 # for the three nodes; up.sh twice changes nothing; the failure limiter answers 429 through nginx; after
@@ -103,6 +104,14 @@ status, _, response = get("/hello", {})
 expect(status == 401 and response.getheader("WWW-Authenticate") == 'ApiKey realm="keygate"', f"no key gave {status}")
 expect(get("/hello", {"X-API-Key": "kg_not_a_key"})[0] == 401, "a bad key was not refused")
 expect(get("/orders/7", {"X-API-Key": admin})[0] == 403, "a key without the route's scope was not refused with 403")
+# Two key headers: the node's 400 reaches the client as 400 (a client mistake, not "could not check").
+connection.putrequest("GET", "/hello")
+connection.putheader("X-API-Key", demo)
+connection.putheader("X-API-Key", demo)
+connection.endheaders()
+response = connection.getresponse()
+twice = json.loads(response.read())
+expect(response.status == 400 and twice["error"] == "bad_request", f"two key headers gave {response.status} through nginx, not 400")
 
 # Warm the victim's key on every node (nginx round-robins the auth subrequests), then revoke it.
 for _ in range(9):

@@ -1,4 +1,5 @@
 public import Hummingbird
+import HummingbirdCore
 public import KeygateCore
 import KeygateMetrics
 public import Logging
@@ -13,7 +14,11 @@ public struct ControlPlaneSettings: Sendable, Equatable {
     public var maxBodyBytes = 64 * 1024
     /// Active keys a user may hold when creating keys through self-service.
     public var selfServiceMaxActiveKeys = 10
+    /// A connection that sends nothing for this long after its last response is closed.
     public var idleTimeout: Duration = .seconds(60)
+    /// A request's head and body must arrive within this long of its first byte, or the
+    /// connection is closed (slow and trickling clients). Zero turns it off.
+    public var requestTimeout: Duration = .seconds(5)
     public init() {}
 }
 
@@ -49,6 +54,7 @@ public final class ControlPlane: Service, Sendable {
         let router = Router(context: ControlPlaneContext.self, options: .autoGenerateHeadEndpoints)
         let table = RouteTable()
         router.add(middleware: ProblemMiddleware(routes: table))
+        router.add(middleware: HostHeaderMiddleware())
         let json = "application/json"
         router.on("health/live", .get, recordIn: table) { _, _ in Self.text(#"{"status":"ok"}"#, contentType: json) }
         router.on("health/ready", .get, recordIn: table) { [isReady] _, _ in
@@ -68,9 +74,12 @@ public final class ControlPlane: Service, Sendable {
     }
 
     public func run() async throws {
+        let idleTimeout = TimeAmount(settings.idleTimeout), requestTimeout = TimeAmount(settings.requestTimeout)
         let application = Application(
             router: makeRouter(),
-            server: .http1(configuration: .init(idleTimeout: TimeAmount(settings.idleTimeout))),
+            server: HTTPServerBuilder { responder in
+                ControlPlaneChannel(responder: responder, idleTimeout: idleTimeout, requestTimeout: requestTimeout)
+            },
             configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
             onServerRunning: { channel in
                 self.boundPort.store(channel.localAddress?.port ?? 0, ordering: .releasing)

@@ -10,8 +10,11 @@ public struct Caller: Sendable {
     public var keyID: String
     public var scopes: [String]
 
-    public var isAdmin: Bool { scopes.contains(Self.adminScope) }
-    public var isSelfService: Bool { scopes.contains(Self.selfServiceScope) }
+    public var isAdmin: Bool { scopes.containsSameBytes(as: Self.adminScope) }
+    public var isSelfService: Bool { scopes.containsSameBytes(as: Self.selfServiceScope) }
+    /// True for the caller's own user, byte for byte: Swift's `==` would also match a canonically
+    /// equivalent name (`\u{212A}en` for `Ken`), which Redis stores as another user.
+    func owns(user other: String) -> Bool { user.hasSameBytes(as: other) }
     /// The audit trail's actor for changes made through the API.
     public var actor: String { "api:\(keyID)" }
 }

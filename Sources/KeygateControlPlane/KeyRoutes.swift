@@ -21,7 +21,7 @@ struct KeyRoutes {
         route(.get, "keys") { request, context in try await list(request, context) }
         route(.get, "keys/:id") { _, context in
             try requireAdmin(context)
-            return try JSONResponse.make(try await store.record(id: try context.parameters.require("id")))
+            return try JSONResponse.make(try await store.record(id: try Self.parameter("id", context)))
         }
         route(.patch, "keys/:id") { request, context in try await update(request, context) }
         route(.post, "keys/:id/revoke") { _, context in try await revoke(context) }
@@ -29,8 +29,8 @@ struct KeyRoutes {
         route(.get, "keys/:id/usage") { request, context in try await usage(request, context) }
         route(.post, "users/:user/revoke") { _, context in
             let caller = try requireAdmin(context)
-            let user = try context.parameters.require("user")
-            guard user != caller.user else {
+            let user = try Self.parameter("user", context)
+            guard !caller.owns(user: user) else {
                 throw Problem(.selfModification, "the calling key belongs to user '\(user)'; revoke it with another admin key or the CLI")
             }
             let revoked = try await store.revokeAll(user: user, actor: caller.actor)
@@ -40,7 +40,7 @@ struct KeyRoutes {
     }
 
     private func rejectSelf(_ id: String, _ caller: Caller) throws {
-        guard id != caller.keyID else {
+        guard !id.hasSameBytes(as: caller.keyID) else {
             throw Problem(.selfModification, "key \(id) authenticates this request; change it with another admin key or the CLI")
         }
     }
@@ -62,11 +62,11 @@ struct KeyRoutes {
             user = requested
         } else {
             user = body.user ?? caller.user
-            guard user == caller.user else {
+            guard caller.owns(user: user) else {
                 throw Problem(.forbidden, "a self-service key may only create keys for its own user")
             }
             // A self-service key cannot grant more than it holds.
-            let extra = (body.scopes ?? []).filter { !caller.scopes.contains($0) }
+            let extra = (body.scopes ?? []).filter { !caller.scopes.containsSameBytes(as: $0) }
             guard extra.isEmpty else {
                 throw Problem(.forbidden, "a self-service key may only grant scopes it holds itself (not: \(extra.joined(separator: " ")))")
             }
@@ -88,14 +88,14 @@ struct KeyRoutes {
             user = requested
         } else {
             user = requested ?? caller.user
-            guard user == caller.user else { throw Problem(.forbidden, "a self-service key may only list its own user's keys") }
+            guard caller.owns(user: user) else { throw Problem(.forbidden, "a self-service key may only list its own user's keys") }
         }
         return try JSONResponse.make(KeyList(keys: try await store.list(user: user)))
     }
 
     private func update(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
         let caller = try requireAdmin(context)
-        let id = try context.parameters.require("id")
+        let id = try Self.parameter("id", context)
         try rejectSelf(id, caller)
         let body = try await JSONBody.decode(UpdateKeyBody.self, from: request, limit: settings.maxBodyBytes)
         var record = try await store.update(id: id, body.changes, actor: caller.actor)
@@ -107,18 +107,18 @@ struct KeyRoutes {
 
     private func revoke(_ context: ControlPlaneContext) async throws -> Response {
         let caller = try context.requireCaller()
-        let id = try context.parameters.require("id")
+        let id = try Self.parameter("id", context)
         try rejectSelf(id, caller)
         if !caller.isAdmin {
             let record = try await store.record(id: id)
-            guard record.user == caller.user else { throw Problem(.notFound, "no key with id '\(id)'") }
+            guard caller.owns(user: record.user) else { throw Problem(.notFound, "no key with id '\(id)'") }
         }
         return try JSONResponse.make(try await store.revoke(id: id, actor: caller.actor))
     }
 
     private func rotate(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
         let caller = try requireAdmin(context)
-        let id = try context.parameters.require("id")
+        let id = try Self.parameter("id", context)
         try rejectSelf(id, caller)
         let body = try await JSONBody.decode(RotateKeyBody.self, from: request, limit: settings.maxBodyBytes, allowEmpty: true)
         let issued = try await store.rotate(id: id, grace: .seconds(body.graceSeconds), actor: caller.actor)
@@ -127,7 +127,7 @@ struct KeyRoutes {
 
     private func usage(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
         try requireAdmin(context)
-        let id = try context.parameters.require("id")
+        let id = try Self.parameter("id", context)
         let days = try Self.integer(request, "days", default: 7, range: 1...KeyStoreLayout.dailyRetentionDays)
         return try JSONResponse.make(try await store.usage(id: id, days: days))
     }
@@ -135,12 +135,19 @@ struct KeyRoutes {
     private func events(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
         try requireAdmin(context)
         let after = request.uri.queryParameters.get("after")
-        if let after, !Self.isStreamID(after) {
-            throw Problem(.invalidField, "after must be an event id such as 1733011200000-0", field: "after")
-        }
         let limit = try Self.integer(request, "limit", default: 100, range: 1...1_000)
         let events = try await store.events(after: after, count: limit)
         return try JSONResponse.make(EventPage(events: events, nextAfter: events.count == limit ? events.last?.id : nil))
+    }
+
+    /// A path parameter, percent-decoded: Hummingbird hands them over as sent, so `caf%C3%A9` would
+    /// otherwise name another user than `café` (and `a%2Fb` than `a/b`). Invalid encoding is a 400.
+    static func parameter(_ name: String, _ context: ControlPlaneContext) throws -> String {
+        let raw = try context.parameters.require(name)
+        guard let decoded = raw.removingPercentEncoding else {
+            throw Problem(.badRequest, "the \(name) in the path is not valid percent-encoded UTF-8")
+        }
+        return decoded
     }
 
     static func integer(_ request: Request, _ name: String, default value: Int, range: ClosedRange<Int>) throws -> Int {
@@ -151,10 +158,6 @@ struct KeyRoutes {
         return number
     }
 
-    static func isStreamID(_ text: String) -> Bool {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.count <= 20 && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }
-    }
 }
 
 struct KeyList: Encodable { var keys: [KeyRecord] }
@@ -178,7 +181,7 @@ enum JSONResponse {
     static func make(_ value: some Encodable, status: HTTPResponse.Status = .ok, location: String? = nil) throws -> Response {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = RFC3339.dateEncoding
         var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
         if let location { headers[.location] = location }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(value))))

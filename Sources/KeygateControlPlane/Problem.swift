@@ -98,7 +98,9 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let problem as Problem {
             throw problem
         } catch let error as KeygateError {
-            if error.code == .internalError { context.logger.error("control plane request failed", metadata: ["error": "\(error)"]) }
+            if error.code == .internalError {
+                context.logger.error("control plane request failed", metadata: ["error": "\(DisplayText.escaped("\(error)"))"])
+            }
             throw Problem(error)
         } catch let error as HTTPError {
             switch error.status {

@@ -116,7 +116,7 @@ final class DataPlaneContext: Sendable {
             body = ["valid": true, "code": "VALID", "user": verdict.principal.user, "key_id": verdict.keyID.description,
                     "scopes": verdict.principal.scopes,
                     "expires_at": verdict.expiresAtMilliseconds == Int64.max ? NSNull() as Any
-                        : ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(verdict.expiresAtMilliseconds) / 1000))]
+                        : RFC3339.string(Date(timeIntervalSince1970: Double(verdict.expiresAtMilliseconds) / 1000))]
         case .invalid(let reason):
             metrics.count(DataPlaneMetrics.Outcome(reason))
             countFailure(client)
@@ -182,6 +182,16 @@ public final class DataPlaneMetrics: Sendable {
             default: return "\(self)"
             }
         }
+
+        /// The label `/metrics` shows without `--metrics-refusal-reasons`: unknown, revoked, disabled
+        /// and expired keys are all `invalid`. Anyone who reaches the control port could otherwise
+        /// send a key and watch which series moved: a revoked-or-unknown oracle (the 401 is generic).
+        public var publicLabel: String {
+            switch self {
+            case .unknown, .revoked, .disabled, .expired: return "invalid"
+            default: return label
+            }
+        }
     }
 
     private let counters: [AtomicCounter]
@@ -189,6 +199,8 @@ public final class DataPlaneMetrics: Sendable {
     public let latency = LatencyHistogram()
     public let openConnections = Atomic<Int>(0)
     public let refusedConnections = Atomic<Int>(0)
+    /// Connections closed with 408 because a request did not arrive within the request timeout.
+    public let requestTimeouts = Atomic<Int>(0)
 
     public init() {
         counters = Outcome.allCases.map { _ in AtomicCounter() }

@@ -41,6 +41,10 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// connection closes between 1 and 1.5 times the timeout after its last request).
     private var readSinceCheck = true
     private var idleCheck: RepeatedTask?
+    /// Armed while a request is partly received: its head and body must arrive within the request
+    /// timeout of its first byte, or the connection gets 408 and is closed (slow or trickling
+    /// clients cannot hold connections). Requests that arrive whole, the usual case, never arm it.
+    private var requestDeadline: Scheduled<Void>?
     /// This loop's usage counter, looked up once per connection.
     private let usage: UsageRecorder.LoopCounter
 
@@ -48,7 +52,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
         self.node = node
         self.usage = node.usage.counter(for: eventLoop)
         self.scanner = HTTPRequestScanner(keyHeaders: node.settings.keyHeaders, acceptBearer: node.settings.acceptBearer,
-                                          keyPrefix: node.verifier.store.format.prefix,
+                                          keyFormat: node.verifier.store.format,
                                           maxHeaderBytes: node.settings.maxHeaderBytes)
     }
 
@@ -68,6 +72,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         idleCheck?.cancel()
         idleCheck = nil
+        requestDeadline?.cancel()
+        requestDeadline = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -110,12 +116,34 @@ final class DataPlaneHandler: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// Idle or draining: close now, or after the responses still owed.
+    /// Idle or draining: close now, or after the response still owed. Bytes left in the buffer
+    /// while no lookup is pending are an incomplete request, which is not worth waiting for.
     private func closeWhenIdle(context: ChannelHandlerContext) {
-        if !waitingForRedis && (inbound?.readableBytes ?? 0) == 0 {
+        if !waitingForRedis {
             context.close(promise: nil)
         } else {
             closeAfterResponses = true
+        }
+    }
+
+    /// After answering what the buffer held: arm the request deadline when a request is still
+    /// incomplete, disarm it once that request has been answered.
+    private func checkRequestDeadline(answered: Bool, context: ChannelHandlerContext) {
+        if answered, let deadline = requestDeadline {
+            deadline.cancel()
+            requestDeadline = nil
+        }
+        guard requestDeadline == nil, !closed, !waitingForRedis, (inbound?.readableBytes ?? 0) > 0 else { return }
+        let timeout = TimeAmount(node.settings.requestTimeout)
+        guard timeout.nanoseconds > 0 else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        requestDeadline = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = loopBound.value
+            handler.requestDeadline = nil
+            guard !handler.closed, !handler.waitingForRedis, (handler.inbound?.readableBytes ?? 0) > 0 else { return }
+            handler.node.metrics.requestTimeouts.add(1, ordering: .relaxed)
+            handler.fail(.requestTimeout, body: Responses.requestTimeoutBody, context: context)
+            handler.flushIfNeeded(context: context)
         }
     }
 
@@ -123,6 +151,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     /// Answers every complete request in the buffer, in order, until one must wait for Redis.
     private func processInbound(context: ChannelHandlerContext) {
+        var answered = false
+        defer { checkRequestDeadline(answered: answered, context: context) }
         while !waitingForRedis && !closed && !closeAfterResponses, var buffer = inbound, buffer.readableBytes > 0 {
             let consumed = buffer.withUnsafeReadableBytes { bytes -> Int? in
                 switch scanner.scan(bytes) {
@@ -146,6 +176,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
                 }
             }
             guard let consumed else { break }
+            answered = true
             buffer.moveReaderIndex(forwardBy: consumed)
             inbound = buffer
         }
@@ -157,7 +188,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
 
     /// Answers malformed input once and closes. Never crashes, never echoes the input.
     private func fail(_ status: HTTPStatusLine, body: String, context: ChannelHandlerContext) {
-        node.metrics.count(.badRequest)
+        if status != .requestTimeout { node.metrics.count(.badRequest) }
         inbound = nil
         closeAfterResponses = true
         writeJSON(status, body: body, close: true, omitBody: false, context: context)
@@ -168,6 +199,11 @@ final class DataPlaneHandler: ChannelInboundHandler {
         let close = !head.keepAlive || node.isDraining
         if close { closeAfterResponses = true }
         let omitBody = head.method == .head
+        if head.keyInURL {
+            // On every route: the key already leaked into logs on the way here; say so loudly.
+            node.metrics.count(.badRequest)
+            return writeJSON(.badRequest, body: Responses.keyInURLBody, close: close, omitBody: omitBody, context: context)
+        }
         switch head.route {
         case .forwardAuth:
             authorize(head, bytes: bytes, close: close, omitBody: omitBody, context: context)
@@ -199,10 +235,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private func authorize(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, close: Bool, omitBody: Bool,
                            context: ChannelHandlerContext) {
         var buffer = responseBuffer(context: context)
-        if head.keyInURL {
-            node.metrics.count(.badRequest)
-            Responses.json(.badRequest, body: Responses.keyInURLBody, close: close, omitBody: omitBody, into: &buffer)
-        } else if head.keyCount > 1 {
+        if head.keyCount > 1 {
             node.metrics.count(.badRequest)
             Responses.json(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, into: &buffer)
         } else if let keyRange = head.key {

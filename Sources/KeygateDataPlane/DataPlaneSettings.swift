@@ -16,6 +16,9 @@ public struct DataPlaneSettings: Sendable, Equatable {
     public var maxBodyBytes = 4 * 1024
     /// A connection with no request activity for this long is closed.
     public var idleTimeout: Duration = .seconds(60)
+    /// A request's head and body must arrive within this long of its first byte (408 and close
+    /// otherwise): the header timeout and minimum-progress rule against slow clients. Zero turns it off.
+    public var requestTimeout: Duration = .seconds(5)
     /// Open connections at most; more are closed on accept.
     public var maxConnections = 10_000
     /// Requests read ahead on one connection while an earlier one waits for Redis.

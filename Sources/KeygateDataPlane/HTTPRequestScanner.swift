@@ -1,10 +1,12 @@
 /// Reads one HTTP/1.1 request head straight from the connection's bytes, keeping only what the data
+import KeygateCore
 /// plane needs (method, route, the key header, a few others) as offsets: no header dictionary, no
 /// String per header, no allocation for a request without a query string.
 ///
 /// It is strict, because a verification node must not be confused by smuggling tricks: CRLF line
 /// endings only, no whitespace before a header colon, no obsolete line folding, no control characters
-/// in values, one Content-Length at most, no Transfer-Encoding (bodies must have a Content-Length).
+/// in values, one Content-Length at most, no Transfer-Encoding (bodies must have a Content-Length),
+/// exactly one Host in HTTP/1.1 (at most one in HTTP/1.0), as RFC 9112 section 3.2 requires.
 struct HTTPRequestScanner {
     enum Method { case get, head, post, other }
 
@@ -36,14 +38,14 @@ struct HTTPRequestScanner {
     /// Lowercased names of the headers that carry a key.
     let keyHeaders: [[UInt8]]
     let acceptBearer: Bool
-    /// Issued keys' prefix without the separator (`kg`).
-    let keyPrefix: String
+    /// The issued keys' format, to refuse a key sent in the URL.
+    let keyFormat: KeyFormat
     let maxHeaderBytes: Int
 
-    init(keyHeaders: [String], acceptBearer: Bool, keyPrefix: String, maxHeaderBytes: Int) {
+    init(keyHeaders: [String], acceptBearer: Bool, keyFormat: KeyFormat, maxHeaderBytes: Int) {
         self.keyHeaders = keyHeaders.map { Array($0.lowercased().utf8) }
         self.acceptBearer = acceptBearer
-        self.keyPrefix = keyPrefix
+        self.keyFormat = keyFormat
         self.maxHeaderBytes = maxHeaderBytes
     }
 
@@ -85,23 +87,22 @@ struct HTTPRequestScanner {
         case 4 where Self.equals(bytes, 0, "POST"): method = .post
         default: method = .other
         }
-        var path = target
-        var keyInURL = false
-        if question >= 0 {
-            path = target.lowerBound..<question
-            let uri = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[target]), as: UTF8.self)
-            keyInURL = KeyExtractor.urlCarriesKey(uri, prefix: keyPrefix)
-        }
+        let path = question >= 0 ? target.lowerBound..<question : target
         var head = Head(method: method, route: Self.route(bytes, path, method: method), length: 0, keepAlive: http11)
-        head.keyInURL = keyInURL
+        // A plain `/auth` is too short to hold a key: the hit path pays nothing for this check.
+        head.keyInURL = (question >= 0 || target.count >= keyFormat.keyLength)
+            && KeyExtractor.targetCarriesKey(UnsafeRawBufferPointer(rebasing: bytes[target]), format: keyFormat)
 
         // Header lines until the blank line.
         var sawContentLength = false
+        var hosts = 0
         index = version + 10
         while true {
             guard index + 1 < limit else { return unfinished }
             if bytes[index] == Self.cr {
                 guard bytes[index + 1] == Self.lf else { return .malformed }
+                // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; two are never valid.
+                guard hosts == 1 || (hosts == 0 && !http11) else { return .malformed }
                 head.length = index + 2
                 return .head(head)
             }
@@ -129,6 +130,7 @@ struct HTTPRequestScanner {
             var valueEnd = index
             while valueEnd > valueStart && (bytes[valueEnd - 1] == Self.sp || bytes[valueEnd - 1] == Self.tab) { valueEnd -= 1 }
             index += 2
+            if name.count == 4 && Self.equalsIgnoringCase(bytes, name, "host") { hosts += 1; continue }
             guard record(name, valueStart..<valueEnd, bytes, into: &head, sawContentLength: &sawContentLength) else { return .malformed }
         }
     }

@@ -14,6 +14,7 @@ enum Responses {
     static let badVerifyBody = #"{"error":"bad_request","message":"Expected a JSON body {\"key\": \"...\"}."}"#
     static let rateLimitedBody = #"{"error":"too_many_requests","message":"Too many failed verifications from this address. Retry later."}"#
     static let tooLargeBody = #"{"error":"payload_too_large","message":"Request body too large."}"#
+    static let requestTimeoutBody = #"{"error":"request_timeout","message":"The request did not arrive in time."}"#
     static let headersTooLargeBody = #"{"error":"header_fields_too_large","message":"Request headers too large."}"#
     static let methodBody = #"{"error":"method_not_allowed","message":"Method not allowed here; see the Allow header."}"#
     static let liveBody = #"{"status":"ok"}"#
@@ -66,6 +67,7 @@ enum HTTPStatusLine: String {
     case forbidden = "HTTP/1.1 403 Forbidden\r\n"
     case notFound = "HTTP/1.1 404 Not Found\r\n"
     case methodNotAllowed = "HTTP/1.1 405 Method Not Allowed\r\n"
+    case requestTimeout = "HTTP/1.1 408 Request Timeout\r\n"
     case payloadTooLarge = "HTTP/1.1 413 Payload Too Large\r\n"
     case tooManyRequests = "HTTP/1.1 429 Too Many Requests\r\n"
     case headersTooLarge = "HTTP/1.1 431 Request Header Fields Too Large\r\n"

@@ -21,6 +21,10 @@ public struct NodeConfiguration: Sendable {
     public var usage = UsageFlusher.Settings()
     /// Unique per process: usage batch ids start with it.
     public var nodeID = NodeConfiguration.makeNodeID()
+    /// `/metrics` shows why keys were refused (unknown, revoked, disabled, expired) instead of one
+    /// `invalid` result. Off by default: with it, whoever can reach the control port and send a key
+    /// learns which refusal it got. Turn it on only where the control port is operator-only.
+    public var metricsRefusalReasons = false
     /// Event loops for both the data plane and Redis (one Redis connection per loop).
     public var eventLoopThreads = ProcessInfo.processInfo.activeProcessorCount
 

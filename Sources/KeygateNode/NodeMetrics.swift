@@ -19,7 +19,18 @@ enum NodeMetrics {
         text.gauge("keygate_build_info", help: "Always 1; the labels carry the version.",
                    samples: [([("version", KeygateNode.version)], 1)])
 
-        let dataSamples = DataPlaneMetrics.Outcome.allCases.map { ([("plane", "data"), ("result", $0.label)], Double(data.value($0))) }
+        // Refusal reasons are merged into `invalid` unless the operator opted in (see `publicLabel`).
+        let detailed = node.configuration.metricsRefusalReasons
+        var dataByLabel: [(label: String, value: Double)] = []
+        for outcome in DataPlaneMetrics.Outcome.allCases {
+            let label = detailed ? outcome.label : outcome.publicLabel
+            if let index = dataByLabel.firstIndex(where: { $0.label == label }) {
+                dataByLabel[index].value += Double(data.value(outcome))
+            } else {
+                dataByLabel.append((label, Double(data.value(outcome))))
+            }
+        }
+        let dataSamples = dataByLabel.map { ([("plane", "data"), ("result", $0.label)], $0.value) }
         let controlSamples = ControlPlaneMetrics.Outcome.allCases.map { ([("plane", "control"), ("result", $0.label)], Double(control.value($0))) }
         text.counter("keygate_verify_result_total", help: "Verification results by plane and outcome.",
                      samples: dataSamples + controlSamples)
@@ -78,6 +89,8 @@ enum NodeMetrics {
         text.gauge("keygate_data_plane_open_connections", help: "Open data-plane connections.", Double(data.openConnections.load(ordering: .relaxed)))
         text.counter("keygate_data_plane_refused_connections_total", help: "Connections answered 503 because the connection cap was reached.",
                      data.refusedConnections.load(ordering: .relaxed))
+        text.counter("keygate_data_plane_request_timeouts_total", help: "Connections answered 408 and closed: a request did not arrive within the request timeout.",
+                     data.requestTimeouts.load(ordering: .relaxed))
         return text.text
     }
 }

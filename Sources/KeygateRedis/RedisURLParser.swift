@@ -53,6 +53,9 @@ enum RedisURLParser {
                 config.password = try percentDecode(String(credentials), url: url)
             }
         }
+        if authority.contains(",") {
+            throw invalid(url, "a list of hosts: redis:// and rediss:// take one server (Sentinel and Cluster URLs are not supported yet)")
+        }
         var host: String
         var portText: Substring?
         if authority.hasPrefix("[") {

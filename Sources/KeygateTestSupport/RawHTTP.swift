@@ -46,6 +46,32 @@ public enum RawHTTP {
         return try await channel.eventLoop.submit { collector.text }.get()
     }
 
+    /// Sends `bytes` one at a time, `every` apart, and returns what came back once the server closes
+    /// (or after `timeout`): a slow client.
+    public static func trickle(_ bytes: [UInt8], every interval: Duration, port: Int, timeout: Duration) async throws -> String {
+        let collector = CollectingHandler()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(2))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        let deadline = ContinuousClock.now + timeout
+        let sender = Task {
+            for (index, byte) in bytes.enumerated() where channel.isActive && ContinuousClock.now < deadline {
+                try? await channel.writeAndFlush(channel.allocator.buffer(bytes: [byte])).get()
+                if index > 0 { try? await Task.sleep(for: interval) }
+            }
+        }
+        let timer = channel.eventLoop.scheduleTask(in: TimeAmount.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
+            channel.close(promise: nil)
+        }
+        try await channel.closeFuture.get()
+        timer.cancel()
+        sender.cancel()
+        return try await channel.eventLoop.submit { collector.text }.get()
+    }
+
     static func parse(_ raw: String) -> Response {
         let parts = raw.components(separatedBy: "\r\n\r\n")
         let headLines = (parts.first ?? "").components(separatedBy: "\r\n")

@@ -68,17 +68,24 @@ struct CLIFailure: Error, CustomStringConvertible {
         case let error as KeygateError where error.code == .conflict || error.code == .duplicate:
             description = error.message
             exitCode = 5
+        case let error as KeygateError where error.code == .invalidConfiguration:
+            description = error.message // a bad --namespace or --key-prefix: command-line usage
+            exitCode = CLIFailure.usage
         case let error as KeygateError:
             description = error.field.map { "\($0): \(error.message)" } ?? error.message
             exitCode = 1
         case let error as RedisError:
             description = error.code == .invalidURL ? error.message : "Redis: \(error)"
-            exitCode = error.code == .invalidURL ? 2 : 4
+            exitCode = error.code == .invalidURL ? CLIFailure.usage : 4
         default:
             description = "\(error)"
             exitCode = 1
         }
     }
+
+    /// Bad command-line usage, as ArgumentParser reports its own (EX_USAGE): a malformed flag value
+    /// or Redis URL exits with this from every command, `serve` included.
+    static let usage: Int32 = 64
 
     init(message: String, exitCode: Int32) {
         self.description = message

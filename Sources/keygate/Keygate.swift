@@ -13,7 +13,8 @@ struct Keygate: AsyncParsableCommand {
         default kg). Keys are stored as SHA-256 hashes, or HMAC-SHA-256 with the pepper from \
         KEYGATE_PEPPER or KEYGATE_PEPPER_FILE. Changing the pepper invalidates every existing key.
 
-        Exit codes: 0 success, 1 other error, 2 bad usage, 3 not found, 4 Redis unavailable, 5 conflict.
+        Exit codes: 0 success, 1 invalid input or other error, 3 not found, 4 Redis unavailable, \
+        5 conflict, 64 bad command-line usage (an unknown flag, a malformed value or Redis URL).
         """,
         version: KeygateNode.version,
         subcommands: [ServeCommand.self, KeysCommand.self, UsersCommand.self, EventsCommand.self]

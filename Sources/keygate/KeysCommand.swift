@@ -26,7 +26,7 @@ struct KeysCommand: AsyncParsableCommand {
                 var pairs: [String: String] = [:]
                 for entry in metadata {
                     let parts = entry.split(separator: "=", maxSplits: 1)
-                    guard parts.count == 2 else { throw CLIFailure(message: "--meta takes key=value, got '\(entry)'", exitCode: 2) }
+                    guard parts.count == 2 else { throw CLIFailure(message: "--meta takes key=value, got '\(entry)'", exitCode: CLIFailure.usage) }
                     pairs[String(parts[0])] = String(parts[1])
                 }
                 let request = KeyStore.NewKey(user: user, name: name, scopes: scopes,
@@ -159,7 +159,7 @@ struct UsersCommand: AsyncParsableCommand {
         func run() async throws {
             try await reportingFailures {
                 let count = try await options.withStore { try await $0.revokeAll(user: user, actor: GlobalOptions.actor) }
-                if options.json { try Output.json(["user": user, "revoked": String(count)]) } else { print("revoked \(count) key(s) of \(user)") }
+                if options.json { try Output.json(["user": user, "revoked": String(count)]) } else { print("revoked \(count) key(s) of \(DisplayText.escaped(user))") }
             }
         }
     }

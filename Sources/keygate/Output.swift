@@ -1,21 +1,25 @@
 import Foundation
 import KeygateCore
 
-/// Human tables and JSON for the CLI. JSON field names are the admin API's (snake_case).
+/// Human tables and JSON for the CLI. JSON field names are the admin API's (snake_case). Text from
+/// Redis (user and key names, metadata, actors) is printed through `DisplayText.escaped`, so a name
+/// holding terminal controls or bidi overrides shows as `\u{...}` instead of acting on the terminal.
+/// `--json` carries names exactly as stored: it is for programs, and JSON escapes C0 controls.
 enum Output {
     static func json(_ value: some Encodable) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = RFC3339.dateEncoding
         print(String(decoding: try encoder.encode(value), as: UTF8.self))
     }
 
     static func date(_ date: Date?) -> String {
         guard let date else { return "-" }
-        return ISO8601DateFormatter().string(from: date)
+        return RFC3339.string(date)
     }
 
     static func table(_ headers: [String], _ rows: [[String]]) {
+        let rows = rows.map { $0.map(DisplayText.escaped) }
         var widths = headers.map(\.count)
         for row in rows { for (index, cell) in row.enumerated() { widths[index] = max(widths[index], cell.count) } }
         let line = { (cells: [String]) in
@@ -48,7 +52,7 @@ enum Output {
             ("rotated_from", record.rotatedFrom ?? "-"), ("rotated_to", record.rotatedTo ?? "-"),
             ("metadata", record.metadata.isEmpty ? "-" : record.metadata.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")),
         ]
-        for (label, value) in rows { print(label.padding(toLength: 13, withPad: " ", startingAt: 0) + value) }
+        for (label, value) in rows { print(label.padding(toLength: 13, withPad: " ", startingAt: 0) + DisplayText.escaped(value)) }
     }
 
     /// The plaintext key, shown once, with the reminder that nothing can show it again.

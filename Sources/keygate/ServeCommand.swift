@@ -20,7 +20,8 @@ struct ServeCommand: AsyncParsableCommand {
         KEYGATE_POSITIVE_MAX_AGE, KEYGATE_NEGATIVE_TTL, KEYGATE_STALE_IF_ERROR, KEYGATE_MAX_CONCURRENT_LOOKUPS, \
         KEYGATE_PING_INTERVAL, KEYGATE_PING_TIMEOUT, KEYGATE_USAGE_FLUSH_INTERVAL, KEYGATE_USAGE_SPILL_PATH, \
         KEYGATE_FAILURE_LIMIT, KEYGATE_FAILURE_WINDOW, KEYGATE_TRUSTED_PROXIES, \
-        KEYGATE_MAX_CONNECTIONS, KEYGATE_IDLE_TIMEOUT, KEYGATE_REDIS_TIMEOUT, KEYGATE_THREADS, KEYGATE_LOG_LEVEL; \
+        KEYGATE_MAX_CONNECTIONS, KEYGATE_IDLE_TIMEOUT, KEYGATE_REQUEST_TIMEOUT, KEYGATE_METRICS_REFUSAL_REASONS, \
+        KEYGATE_REDIS_TIMEOUT, KEYGATE_THREADS, KEYGATE_LOG_LEVEL; \
         KEYGATE_PEPPER or KEYGATE_PEPPER_FILE. SIGTERM or SIGINT: stop accepting, finish in-flight requests, \
         flush usage counters, exit 0.
         """
@@ -58,7 +59,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "File for usage counts Redis could not take (KEYGATE_USAGE_SPILL_PATH, default ./keygate-usage-spill-<port>.jsonl).")
     var usageSpillPath: String?
     @Option(help: "Open data-plane connections at most (KEYGATE_MAX_CONNECTIONS, default 10000).") var maxConnections: Int?
-    @Option(help: "Close a data-plane connection idle for this long, within 1.5x (KEYGATE_IDLE_TIMEOUT, default 60s).") var idleTimeout: HumanDuration?
+    @Option(help: "Close a connection idle for this long, on both planes; the data plane within 1.5x (KEYGATE_IDLE_TIMEOUT, default 60s).") var idleTimeout: HumanDuration?
+    @Option(help: "A request's head and body must arrive within this long of its first byte, on both planes; else the connection is closed (KEYGATE_REQUEST_TIMEOUT, default 5s; 0s = off).")
+    var requestTimeout: HumanDuration?
+    @Flag(help: "/metrics shows why keys were refused (unknown, revoked, disabled, expired) instead of one 'invalid' result: only where the control port is operator-only (KEYGATE_METRICS_REFUSAL_REASONS).")
+    var metricsRefusalReasons = false
     @Option(help: "Deadline of every Redis command (KEYGATE_REDIS_TIMEOUT, default 500ms).") var redisTimeout: HumanDuration?
     @Option(help: "Event loop threads (KEYGATE_THREADS, default: the number of cores).") var threads: Int?
     @Option(help: "trace, debug, info, notice, warning, error, critical (KEYGATE_LOG_LEVEL, default info).") var logLevel: String?
@@ -98,7 +103,15 @@ struct ServeCommand: AsyncParsableCommand {
         config.dataPlane.acceptBearer = try acceptBearer || (value(nil, "KEYGATE_ACCEPT_BEARER", bool) ?? false)
         config.dataPlane.detailedVerifyCodes = try verifyDetailedCodes || (value(nil, "KEYGATE_VERIFY_DETAILED_CODES", bool) ?? false)
         if let v = try value(maxConnections, "KEYGATE_MAX_CONNECTIONS", { Int($0) }) { config.dataPlane.maxConnections = v }
-        if let v = try value(idleTimeout, "KEYGATE_IDLE_TIMEOUT", duration) { config.dataPlane.idleTimeout = v.duration }
+        if let v = try value(idleTimeout, "KEYGATE_IDLE_TIMEOUT", duration) {
+            config.dataPlane.idleTimeout = v.duration
+            config.controlPlane.idleTimeout = v.duration
+        }
+        if let v = try value(requestTimeout, "KEYGATE_REQUEST_TIMEOUT", duration) {
+            config.dataPlane.requestTimeout = v.duration
+            config.controlPlane.requestTimeout = v.duration
+        }
+        config.metricsRefusalReasons = try metricsRefusalReasons || (value(nil, "KEYGATE_METRICS_REFUSAL_REASONS", bool) ?? false)
         if let v = try value(failureLimit, "KEYGATE_FAILURE_LIMIT", { Int($0) }) { config.dataPlane.failureLimit = v }
         if let v = try value(failureWindow, "KEYGATE_FAILURE_WINDOW", duration) { config.dataPlane.failureWindow = v.duration }
         let proxies = trustedProxies.isEmpty ? (env["KEYGATE_TRUSTED_PROXIES"].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? []) : trustedProxies

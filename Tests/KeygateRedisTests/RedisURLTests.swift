@@ -43,6 +43,7 @@ import Testing
         ("unix://relative.sock", "absolute socket path"),
         ("redis://h?timeout=1", "unknown query parameter 'timeout'"),
         ("redis://[::1", "unterminated IPv6"),
+        ("redis://h1:6379,h2:6380", "a list of hosts"),
     ])
     func rejectsBadURLsNamingTheProblem(url: String, problem: String) {
         let error = #expect(throws: RedisError.self) { try RedisConfiguration(url: url) }

@@ -1,5 +1,6 @@
 public import Foundation
 public import KeygateRedis
+public import NIOCore
 internal import CCrypto
 
 /// Creates, changes and reads keys in Redis. The CLI, the admin API and the node all use this type,
@@ -148,11 +149,17 @@ public final class KeyStore: Sendable {
     }
 
     /// Revokes every key of `user`; returns how many changed (already revoked ones do not count).
+    /// - Throws: `KeygateError.notFound` when the user holds no keys at all, revoked or not.
     public func revokeAll(user: String, actor: String, now: Date = Date()) async throws(KeygateError) -> Int {
-        try KeyValidation.user(user)
-        let reply = try await run(KeyStoreScripts.revokeUser, keys: [layout.userKeys(user), layout.events, layout.epoch],
+        try KeyValidation.existingUser(user)
+        let reply: RESPValue
+        do {
+            reply = try await run(KeyStoreScripts.revokeUser, keys: [layout.userKeys(user), layout.events, layout.epoch],
                                   arguments: [layout.namespace, String(now.milliseconds), actor, String(streamMaxLength),
                                               layout.invalidationChannel])
+        } catch let error where error.code == .notFound {
+            throw KeygateError(.notFound, "user '\(DisplayText.escaped(user))' has no keys")
+        }
         return Int(reply.int ?? 0)
     }
 
@@ -175,7 +182,7 @@ public final class KeyStore: Sendable {
 
     /// A user's keys, oldest first (empty for an unknown user).
     public func list(user: String) async throws(KeygateError) -> [KeyRecord] {
-        try KeyValidation.user(user)
+        try KeyValidation.existingUser(user)
         let ids = try await command(RedisCommand("SMEMBERS", [.string(layout.userKeys(user))])).array ?? []
         guard !ids.isEmpty else { return [] }
         let hashes = try await command(RedisCommand("MGET", ids.compactMap { $0.string.map { .string(layout.idIndex($0)) } }))
@@ -184,10 +191,44 @@ public final class KeyStore: Sendable {
     }
 
     /// Lifecycle events after the Stream id `after` (exclusive; nil for the oldest), at most `count`.
+    /// - Throws: `invalidArgument` for an `after` that is not an event id (`after`) or a count
+    ///   outside 1-10,000 (`limit`).
     public func events(after: String? = nil, count: Int = 100) async throws(KeygateError) -> [KeyEvent] {
+        if let after, !KeyValidation.isEventID(after) {
+            throw KeygateError(.invalidArgument, "after must be an event id: two unsigned 64-bit numbers joined by '-', such as 1733011200000-0", field: "after")
+        }
+        guard (1...10_000).contains(count) else {
+            throw KeygateError(.invalidArgument, "limit must be 1-10000", field: "limit")
+        }
+        // Nothing can follow the largest id (and Redis refuses an exclusive range starting there).
+        if after == "\(UInt64.max)-\(UInt64.max)" { return [] }
         let start = after.map { "(" + $0 } ?? "-"
         let reply = try await command(RedisCommand("XRANGE", [.string(layout.events), .string(start), "+", "COUNT", .integer(Int64(count))]))
         return (reply.array ?? []).compactMap(KeyStoreDecoding.event)
+    }
+
+    /// What the node's verifier learns from one lookup (`KeyStoreScripts.lookup`).
+    public enum Lookup: Sendable {
+        case active(id: String, user: String, scopes: String, expiresAt: RESPValue)
+        case refused(InvalidReason)
+        /// Not a reply the lookup script gives: a record or server Keygate did not write.
+        case malformed
+    }
+
+    /// Looks a key up by hash on `eventLoop`'s connection, for the verifier: one EVALSHA whose reply
+    /// has the same shape for unknown, revoked and disabled keys.
+    public func lookup(_ hash: KeyHash, on eventLoop: any EventLoop) -> EventLoopFuture<Lookup> {
+        redis.evalSHA(KeyStoreScripts.lookup, keys: [.string(layout.record(hash))], arguments: [], on: eventLoop).map { reply in
+            switch reply {
+            case .integer(0): return .refused(.notFound)
+            case .integer(1): return .refused(.revoked)
+            case .integer(2): return .refused(.disabled)
+            case .array(let fields) where fields.count == 4:
+                guard let id = fields[0].string, let user = fields[1].string else { return .malformed }
+                return .active(id: id, user: user, scopes: fields[2].string ?? "", expiresAt: fields[3])
+            default: return .malformed
+            }
+        }
     }
 
     /// Usage of a key: total, the last `days` days (at most 90) and the last 48 hours.

@@ -3,28 +3,48 @@ import Foundation
 
 /// Field rules for key requests; each failure names the field (for 422 and CLI messages).
 enum KeyValidation {
+    /// A new user name: 1-128 bytes, no whitespace, and nothing a terminal acts on or hides (controls,
+    /// C1 included; bidi overrides and other format characters such as zero-width spaces; line
+    /// separators; private-use or unassigned code points). Names are byte strings: no normalisation,
+    /// compared byte for byte (`ExactText`).
     static func user(_ user: String) throws(KeygateError) {
-        guard !user.isEmpty, user.utf8.count <= 128, !user.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } == true }) else {
+        guard !user.isEmpty, user.utf8.count <= 128,
+              !user.unicodeScalars.contains(where: { $0.properties.isWhitespace || DisplayText.needsEscaping($0) }) else {
+            throw KeygateError(.invalidArgument, "user must be 1-128 bytes with no spaces, control, format (bidi, zero-width) or unassigned characters", field: "user")
+        }
+    }
+
+    /// A user name to look up, or read back from a record: the rule names were created under before
+    /// (no whitespace, no ASCII control characters), so users created earlier stay reachable.
+    static func existingUser(_ user: String) throws(KeygateError) {
+        guard !user.isEmpty, user.utf8.count <= 128,
+              !user.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F }) else {
             throw KeygateError(.invalidArgument, "user must be 1-128 bytes with no spaces or control characters", field: "user")
         }
     }
 
+    /// A key's label: at most 128 bytes, no control characters (C0, DEL or C1). Other invisible
+    /// characters are allowed (emoji sequences need zero-width joiners) and escaped when printed.
     static func name(_ name: String) throws(KeygateError) {
-        guard name.utf8.count <= 128, !name.contains(where: { $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } == true }) else {
+        guard name.utf8.count <= 128, !name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
             throw KeygateError(.invalidArgument, "name must be at most 128 bytes with no control characters", field: "name")
         }
     }
 
-    private static let scopeCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-*/")
+    /// Letters, digits and `: . _ - * /`, as bytes (a `Set<Character>` would also match the KELVIN
+    /// SIGN for `K`, being canonically equivalent).
+    private static let scopeBytes: [Bool] = (0..<256).map { byte in
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-*/".utf8.contains(UInt8(byte))
+    }
 
     static func scopes(_ scopes: [String]) throws(KeygateError) {
         guard scopes.count <= 32 else {
             throw KeygateError(.invalidArgument, "at most 32 scopes per key", field: "scopes")
         }
-        for scope in scopes where scope.isEmpty || scope.count > 64 || !scope.allSatisfy(scopeCharacters.contains) {
-            throw KeygateError(.invalidArgument, "scope '\(scope)' must be 1-64 characters of letters, digits and : . _ - * /", field: "scopes")
+        for scope in scopes where scope.utf8.isEmpty || scope.utf8.count > 64 || !scope.utf8.allSatisfy({ scopeBytes[Int($0)] }) {
+            throw KeygateError(.invalidArgument, "scope '\(DisplayText.escaped(String(scope.prefix(64))))' must be 1-64 characters of letters, digits and : . _ - * /", field: "scopes")
         }
-        guard Set(scopes).count == scopes.count else {
+        guard Set(scopes.map(ExactString.init)).count == scopes.count else {
             throw KeygateError(.invalidArgument, "scopes must not repeat", field: "scopes")
         }
     }
@@ -43,6 +63,16 @@ enum KeyValidation {
             throw KeygateError(.invalidArgument, "metadata cannot be encoded", field: "metadata")
         }
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// A Redis Stream id as the audit log hands them out: `<ms>-<seq>`, each an unsigned 64-bit
+    /// decimal (Redis refuses anything larger with an error that would otherwise surface as a 500).
+    static func isEventID(_ text: String) -> Bool {
+        let parts = text.utf8.split(separator: UInt8(ascii: "-"), omittingEmptySubsequences: false)
+        return parts.count == 2 && parts.allSatisfy { part in
+            !part.isEmpty && part.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+                && UInt64(String(decoding: part, as: UTF8.self)) != nil
+        }
     }
 
     /// `key_` followed by 1-32 base62 characters: anything else cannot be an id, so it is not looked up.

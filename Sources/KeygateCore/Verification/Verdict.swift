@@ -21,9 +21,9 @@ public final class Principal: Sendable {
         self.identityHeaders = Array("\r\nX-Keygate-User: \(user)\r\nX-Keygate-Scopes: \(scopesHeader)\r\n".utf8)
     }
 
-    /// True when every scope in `required` is granted.
+    /// True when every scope in `required` is granted, compared byte for byte (`ExactText`).
     public func grants<S: Sequence>(_ required: S) -> Bool where S.Element: StringProtocol {
-        required.allSatisfy { needed in scopes.contains { $0 == needed } }
+        required.allSatisfy { needed in scopes.containsSameBytes(as: needed) }
     }
 }
 

@@ -45,9 +45,10 @@ public final class VerdictCache: Sendable {
         var principals: [PrincipalKey: Principal] = [:]
     }
 
+    /// Byte-exact (`ExactString`): `Ken` and `\u{212A}en` are two users and must not share a principal.
     private struct PrincipalKey: Hashable {
-        var user: String
-        var scopes: [String]
+        var user: ExactString
+        var scopes: [ExactString]
     }
 
     private final class ShardBox: Sendable {
@@ -188,7 +189,7 @@ public final class VerdictCache: Sendable {
     /// The shared principal for a user and scopes (interned per shard; reset when it grows large).
     func principal(user: String, scopes: [String], for hash: KeyHash) -> Principal {
         shard(hash).state.withLock { shard in
-            let key = PrincipalKey(user: user, scopes: scopes)
+            let key = PrincipalKey(user: ExactString(user), scopes: scopes.map(ExactString.init))
             if let existing = shard.principals[key] { return existing }
             if shard.principals.count >= 50_000 { shard.principals.removeAll(keepingCapacity: true) }
             let principal = Principal(user: user, scopes: scopes)

@@ -1,5 +1,4 @@
 import Foundation
-import KeygateRedis
 public import NIOCore
 public import Synchronization
 
@@ -98,10 +97,8 @@ public final class Verifier: Sendable {
             return .decided(.unavailable)
         }
         metrics.lookups.add(1, ordering: .relaxed)
-        // Only the fields a verdict needs, as a fixed array: no dictionary, no metadata JSON.
-        let command = RedisCommand("HMGET", [.string(store.layout.record(hash)), "id", "user", "scopes", "status", "expires_at"])
-        let future = store.redis.send(command, on: eventLoop).map { reply -> VerdictCache.LookupOutcome in
-            self.outcome(for: hash, reply: reply)
+        let future = store.lookup(hash, on: eventLoop).map { lookup -> VerdictCache.LookupOutcome in
+            self.outcome(for: hash, lookup)
         }.recover { _ in
             .failed
         }.map { outcome -> Decision in
@@ -115,42 +112,36 @@ public final class Verifier: Sendable {
         return .pending(future)
     }
 
-    /// Turns `HMGET id user scopes status expires_at` into a cache outcome; a malformed record counts
-    /// as unavailable, never valid.
-    private func outcome(for hash: KeyHash, reply: RESPValue) -> VerdictCache.LookupOutcome {
-        guard let fields = reply.array, fields.count == 5 else { return .failed }
-        if fields[0].isNull { return .refused(.notFound) }
-        guard let id = fields[0].string, let user = fields[1].string, let status = fields[3].string else {
+    /// Turns the store's lookup into a cache outcome; a malformed record counts as unavailable, never
+    /// valid.
+    private func outcome(for hash: KeyHash, _ lookup: KeyStore.Lookup) -> VerdictCache.LookupOutcome {
+        switch lookup {
+        case .refused(let reason):
+            return .refused(reason)
+        case .malformed:
             metrics.malformedRecords.add(1, ordering: .relaxed)
             return .failed
+        case .active(let id, let user, let scopesText, let expiresAt):
+            let scopes = scopesText.split(separator: " ").map(String.init)
+            // What goes into response headers must be what the store would have accepted: a record
+            // edited by hand (a user with a line break, say) is refused, not echoed.
+            guard KeyValidation.isKeyID(id), let keyID = InlineKeyID(id), (try? KeyValidation.existingUser(user)) != nil,
+                  (try? KeyValidation.scopes(scopes)) != nil else {
+                metrics.malformedRecords.add(1, ordering: .relaxed)
+                return .failed
+            }
+            let expires: Int64
+            switch expiresAt {
+            case .null: expires = .max
+            case let value: expires = value.int ?? (value.string?.isEmpty == true ? .max : .min)
+            }
+            guard expires != .min else {
+                metrics.malformedRecords.add(1, ordering: .relaxed)
+                return .failed
+            }
+            let principal = cache.principal(user: user, scopes: scopes, for: hash)
+            return .active(Verdict(keyID: keyID, principal: principal, expiresAtMilliseconds: expires))
         }
-        switch status {
-        case "active": break
-        case "revoked": return .refused(.revoked)
-        case "disabled": return .refused(.disabled)
-        default:
-            metrics.malformedRecords.add(1, ordering: .relaxed)
-            return .failed
-        }
-        let scopes = (fields[2].string ?? "").split(separator: " ").map(String.init)
-        // What goes into response headers must be what the store would have accepted: a record
-        // edited by hand (a user with a line break, say) is refused, not echoed.
-        guard KeyValidation.isKeyID(id), let keyID = InlineKeyID(id), (try? KeyValidation.user(user)) != nil,
-              (try? KeyValidation.scopes(scopes)) != nil else {
-            metrics.malformedRecords.add(1, ordering: .relaxed)
-            return .failed
-        }
-        let expires: Int64
-        switch fields[4] {
-        case .null: expires = .max
-        case let value: expires = value.int ?? (value.string?.isEmpty == true ? .max : .min)
-        }
-        guard expires != .min else {
-            metrics.malformedRecords.add(1, ordering: .relaxed)
-            return .failed
-        }
-        let principal = cache.principal(user: user, scopes: scopes, for: hash)
-        return .active(Verdict(keyID: keyID, principal: principal, expiresAtMilliseconds: expires))
     }
 
     private func decision(for outcome: VerdictCache.LookupOutcome, hash: KeyHash, now: UInt64) -> Decision {
