@@ -32,9 +32,21 @@ public final class ChildProcess: @unchecked Sendable {
         defer { for pointer in argv { free(pointer) } }
         let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0)=\($1)") } + [nil] }
         defer { for pointer in envp ?? [] { free(pointer) } }
+        // Default signal handling and nothing blocked. A child inherits ignored signals and the
+        // spawning thread's signal mask; under the test runner, redis-servers started without this
+        // did not stop on SIGTERM, and every stop waited for the SIGKILL after 5 s.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaults = sigset_t(), empty = sigset_t()
+        sigfillset(&defaults)
+        sigemptyset(&empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
         var child: pid_t = 0
-        let status = envp.map { envp in posix_spawn(&child, executable, &actions, nil, argv, envp) }
-            ?? posix_spawn(&child, executable, &actions, nil, argv, environ)
+        let status = envp.map { envp in posix_spawn(&child, executable, &actions, &attributes, argv, envp) }
+            ?? posix_spawn(&child, executable, &actions, &attributes, argv, environ)
         guard status == 0 else { throw TestSupportError("cannot start \(executable): error \(status)") }
         pid = child
     }
