@@ -3,7 +3,8 @@
 # machine; writes benchmarks/results/latest.md and latest.csv (see benchmarks/README.md).
 #
 #   benchmarks/run.sh                     # every scenario, full length (about 10 minutes)
-#   benchmarks/run.sh --quick             # every scenario for a few seconds (scripts/test.sh runs it)
+#   benchmarks/run.sh --quick             # every scenario for a few seconds (scripts/test.sh runs it;
+#                                         # with KEYGATE_BIN set, on that binary and debug tools)
 #   benchmarks/run.sh --scenario hit      # only the named scenario(s); repeat the flag for several
 #
 # Scenarios: hit, hit10k, miss, badkey, revocation, memory, openloop. Servers (Redis, nginx, the
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=true ;;
         --scenario) scenarios+=("$2"); shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -45,16 +46,25 @@ fi
 # $round_seconds each and keep each system's median (see interleaved below).
 round_seconds=4; $quick && round_seconds=2
 
-echo "building release binaries..."
-build_log=$(mktemp)
-keygate=$(../scripts/build-release.sh 2>"$build_log") || { cat "$build_log" >&2; exit 1; }
-rm -f "$build_log"
-# The tools build into the main package's build folder with its release flags: SwiftNIO, BoringSSL
-# and Keygate's own modules are already there from build-release.sh (one release build, not two).
+# The tools build into the main package's build folder (--scratch-path ../.build), so SwiftNIO,
+# BoringSSL and Keygate's own modules compile once for both packages. A measurement uses release
+# builds (build-release.sh's flags); the --quick smoke run, given the debug binary in KEYGATE_BIN
+# (scripts/test.sh does), uses the debug build the tests already made and compiles only the tools.
+if $quick && [ -n "${KEYGATE_BIN:-}" ]; then
+    echo "building the benchmark tools (debug, for the smoke run)..."
+    keygate=$KEYGATE_BIN
+    tool_flags=(--scratch-path ../.build)
+else
+    echo "building release binaries..."
+    build_log=$(mktemp)
+    keygate=$(../scripts/build-release.sh 2>"$build_log") || { cat "$build_log" >&2; exit 1; }
+    rm -f "$build_log"
+    tool_flags=("${release_flags[@]}" --scratch-path ../.build)
+fi
 for product in keygate-bench-keys keygate-loadgen keygate-revocation-bench; do
-    swift build "${release_flags[@]}" --scratch-path ../.build --product "$product" >/dev/null
+    swift build "${tool_flags[@]}" --product "$product" >/dev/null
 done
-bin="$(swift build "${release_flags[@]}" --scratch-path ../.build --show-bin-path)"
+bin="$(swift build "${tool_flags[@]}" --show-bin-path)"
 
 work=$(mktemp -d -t keygate-bench.XXXXXX)
 pids=()

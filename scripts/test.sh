@@ -60,8 +60,10 @@ summary() {
 trap 'summary; cleanup' EXIT
 
 # The project's own targets build with -warnings-as-errors (Package.swift reads this variable;
-# dependencies are not affected). Only this build: the release and nested-package builds are a user's.
-stage "build (debug, tests)" env KEYGATE_WARNINGS_AS_ERRORS=1 swift build --build-tests
+# dependencies are not affected). Exported for every build below, so the nested packages, which
+# share .build with this one, see the same settings and reuse what it compiled.
+export KEYGATE_WARNINGS_AS_ERRORS=1
+stage "build (debug, tests)" swift build --build-tests
 KEYGATE_BIN="$(swift build --show-bin-path)/keygate"
 export KEYGATE_BIN
 # At most 8 tests at a time: the integration tests start nodes (two event loops each) and Redis
@@ -74,5 +76,6 @@ if [ $# -eq 0 ]; then
     stage "local cluster" bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
     stage "deployment files" bash scripts/check-deploy.sh "$KEYGATE_BIN"
     stage "fuzz (20 s a target)" bash fuzz/run.sh 20
+    # On the debug build above (KEYGATE_BIN): a smoke test of the harness, not a measurement.
     stage "benchmarks --quick" bash benchmarks/run.sh --quick
 fi
