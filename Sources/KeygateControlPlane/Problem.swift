@@ -81,7 +81,7 @@ public struct Problem: Error, HTTPResponseError, Sendable {
         case .conflict: self.init(.conflict, error.message)
         case .limitReached: self.init(.limitReached, error.message)
         case .invalidArgument, .invalidConfiguration: self.init(.invalidField, error.message, field: error.field)
-        case .unavailable: self.init(.unavailable, "Redis did not answer in time")
+        case .unavailable: self.init(.unavailable, "Redis cannot serve this now: \(error.message)")
         default: self.init(.internalError, "the request could not be completed")
         }
     }

@@ -27,6 +27,10 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var database: Int = 0
     /// `CLIENT SETNAME`, so operators can find (and tests can kill) a connection by role.
     public var clientName: String?
+    /// Check with `ROLE` in every connection's handshake that the server is a master, and refuse it
+    /// otherwise (`notWritableMaster`): a replica may miss a revoke or lag behind one, and refuses
+    /// writes. On by default; a Sentinel connection (not a data server) turns it off.
+    public var requiresMaster = true
 
     /// Deadline for TCP/TLS connect plus the pipelined handshake.
     public var connectTimeout: Duration = .seconds(2)

@@ -4,7 +4,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Sendable {
             case connectionClosed, timeout, protocolError, serverError, circuitOpen, cancelled
-            case connectFailed, authenticationFailed, invalidURL
+            case connectFailed, authenticationFailed, invalidURL, notWritableMaster
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -27,6 +27,8 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let authenticationFailed = Code(.authenticationFailed)
         /// The Redis URL is malformed; `message` names the problem.
         public static let invalidURL = Code(.invalidURL)
+        /// The server is not a writable master (a replica, say): Keygate does not use it.
+        public static let notWritableMaster = Code(.notWritableMaster)
 
         public var description: String { value.rawValue }
     }
@@ -55,7 +57,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
 
     /// True for failures where Redis could not be asked (as opposed to Redis saying no).
     public var isUnavailable: Bool {
-        [.connectionClosed, .timeout, .protocolError, .circuitOpen, .connectFailed].contains(code)
+        [.connectionClosed, .timeout, .protocolError, .circuitOpen, .connectFailed, .notWritableMaster].contains(code)
     }
 
     static func protocolError(_ message: String, file: String = #fileID, line: Int = #line) -> RedisError {

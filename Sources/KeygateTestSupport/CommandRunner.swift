@@ -31,3 +31,14 @@ public func keygateBinary() throws -> String {
     }
     throw TestSupportError("keygate binary not found; run scripts/test.sh (it exports KEYGATE_BIN)")
 }
+
+/// The environment a CLI test runs `keygate` in: the test Redis, a namespace of its own (`label`
+/// plus a random suffix), a PATH, and `USER=ops` for the audit trail's actor.
+public func cliTestEnvironment(label: String) throws -> [String: String] {
+    [
+        "KEYGATE_REDIS_URL": try TestRedis.url(),
+        "KEYGATE_NAMESPACE": TestRedis.uniqueNamespace(label),
+        "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+        "USER": "ops",
+    ]
+}

@@ -29,26 +29,27 @@ public enum RawHTTP {
     }
 
     public static func exchange(_ bytes: [UInt8], port: Int, timeout: Duration = .seconds(10)) async throws -> String {
-        let collector = CollectingHandler()
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(2))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
-            }
-            .connect(host: "127.0.0.1", port: port).get()
-        // A server may answer and close before reading (a refused connection): keep what it sent.
-        try? await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes)).get()
-        let timer = channel.eventLoop.scheduleTask(in: TimeAmount.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
-            channel.close(promise: nil)
+        try await converse(port: port, timeout: timeout) { channel in
+            // A server may answer and close before reading (a refused connection): keep what it sent.
+            try? await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes)).get()
         }
-        try await channel.closeFuture.get()
-        timer.cancel()
-        return try await channel.eventLoop.submit { collector.text }.get()
     }
 
     /// Sends `bytes` one at a time, `every` apart, and returns what came back once the server closes
     /// (or after `timeout`): a slow client.
     public static func trickle(_ bytes: [UInt8], every interval: Duration, port: Int, timeout: Duration) async throws -> String {
+        try await converse(port: port, timeout: timeout) { channel in
+            for (index, byte) in bytes.enumerated() where channel.isActive {
+                try? await channel.writeAndFlush(channel.allocator.buffer(bytes: [byte])).get()
+                if index > 0 { try? await Task.sleep(for: interval) }
+            }
+        }
+    }
+
+    /// Connects, runs `send` while collecting what the server sends, and returns that once the server
+    /// closes the connection (or after `timeout`, when it is closed here).
+    private static func converse(port: Int, timeout: Duration,
+                                 _ send: @escaping @Sendable (any Channel) async -> Void) async throws -> String {
         let collector = CollectingHandler()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(2))
@@ -56,16 +57,10 @@ public enum RawHTTP {
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
             }
             .connect(host: "127.0.0.1", port: port).get()
-        let deadline = ContinuousClock.now + timeout
-        let sender = Task {
-            for (index, byte) in bytes.enumerated() where channel.isActive && ContinuousClock.now < deadline {
-                try? await channel.writeAndFlush(channel.allocator.buffer(bytes: [byte])).get()
-                if index > 0 { try? await Task.sleep(for: interval) }
-            }
-        }
         let timer = channel.eventLoop.scheduleTask(in: TimeAmount.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
             channel.close(promise: nil)
         }
+        let sender = Task { await send(channel) }
         try await channel.closeFuture.get()
         timer.cancel()
         sender.cancel()

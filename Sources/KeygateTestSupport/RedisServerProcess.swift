@@ -118,6 +118,7 @@ public final class RedisServerProcess: @unchecked Sendable {
     private func waitUntilReady() async throws {
         var configuration = RedisConfiguration()
         configuration.endpoint = .tcp(host: "127.0.0.1", port: port)
+        configuration.requiresMaster = false // a replica is up too, once it answers
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
             if !process.isRunning { throw TestSupportError("redis-server exited at start") }

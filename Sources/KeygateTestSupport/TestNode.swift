@@ -14,8 +14,9 @@ public final class TestNode: Sendable {
     /// The control plane's port.
     public var controlPort: Int { node.controlPlane.port }
 
-    /// Starts a node against `redisURL` in `namespace` and waits (at most 10 s) until it is ready.
-    public static func start(redisURL: String, namespace: String,
+    /// Starts a node against `redisURL` in `namespace` and waits (at most 10 s) until it is ready,
+    /// or, with `waitForReady: false`, only until both planes listen.
+    public static func start(redisURL: String, namespace: String, waitForReady: Bool = true,
                              configure: (inout NodeConfiguration) -> Void = { _ in }) async throws -> TestNode {
         var configuration = NodeConfiguration()
         configuration.redis = try TestRedis.configuration(url: redisURL)
@@ -38,7 +39,7 @@ public final class TestNode: Sendable {
         let task = Task { try await group.run() }
         let testNode = TestNode(node: node, group: group, task: task)
         let deadline = ContinuousClock.now + .seconds(10)
-        while !(node.isReady && node.dataPlane.port != 0 && node.controlPlane.port != 0) {
+        while !((node.isReady || !waitForReady) && node.dataPlane.port != 0 && node.controlPlane.port != 0) {
             guard ContinuousClock.now < deadline else {
                 await testNode.stop()
                 throw TestSupportError("node did not become ready within 10 s")

@@ -60,7 +60,13 @@ struct CLIFailure: Error, CustomStringConvertible {
         case let failure as CLIFailure:
             self = failure
         case let error as KeygateError where error.code == .unavailable:
-            description = "cannot reach Redis at \(RedisURLRedaction.redact(redisURL)): \(error.message)\nIs redis-server running? Point Keygate at it with --redis-url or KEYGATE_REDIS_URL."
+            let target = RedisURLRedaction.redact(redisURL)
+            if error.message.contains("replica") || error.message.contains("refused") {
+                // Reachable, but not a server Keygate can use now (a replica, loading, ...).
+                description = "Redis at \(target) cannot serve this: \(error.message)\nKeygate needs the master: point --redis-url or KEYGATE_REDIS_URL at it."
+            } else {
+                description = "cannot reach Redis at \(target): \(error.message)\nIs redis-server running? Point Keygate at it with --redis-url or KEYGATE_REDIS_URL."
+            }
             exitCode = 4
         case let error as KeygateError where error.code == .notFound:
             description = "\(error.message). List a user's keys with: keygate keys list --user USER"

@@ -9,12 +9,7 @@ import Testing
 
     init() throws {
         binary = try keygateBinary()
-        environment = [
-            "KEYGATE_REDIS_URL": try TestRedis.url(),
-            "KEYGATE_NAMESPACE": TestRedis.uniqueNamespace("cli"),
-            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-            "USER": "ops",
-        ]
+        environment = try cliTestEnvironment(label: "cli")
     }
 
     func keygate(_ arguments: String..., environment extra: [String: String] = [:]) async throws -> CommandResult {

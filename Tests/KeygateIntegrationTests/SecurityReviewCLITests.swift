@@ -9,12 +9,7 @@ import Testing
 
     init() throws {
         binary = try keygateBinary()
-        environment = [
-            "KEYGATE_REDIS_URL": try TestRedis.url(),
-            "KEYGATE_NAMESPACE": TestRedis.uniqueNamespace("seccli"),
-            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-            "USER": "ops",
-        ]
+        environment = try cliTestEnvironment(label: "seccli")
     }
 
     func keygate(_ arguments: String...) async throws -> CommandResult {

@@ -11,7 +11,7 @@ import Testing
         let channel: EmbeddedChannel
         let handler: RedisChannelHandler
 
-        /// Connects; unless told otherwise, answers the default handshake (a PING) so the connection is ready.
+        /// Connects; unless told otherwise, answers the default handshake (ROLE: a master) so the connection is ready.
         init(completeHandshake: Bool = true, _ configure: (inout RedisConfiguration) -> Void = { _ in }) throws {
             var configuration = RedisConfiguration()
             configure(&configuration)
@@ -20,7 +20,7 @@ import Testing
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
             if completeHandshake {
                 _ = try written()
-                try reply("+PONG\r\n")
+                try reply(RedisChannelHandlerTests.masterRole)
                 guard case .success? = RedisChannelHandlerTests.outcome(handler.ready.futureResult) else {
                     throw RedisError(.protocolError, "handshake did not complete")
                 }
@@ -57,6 +57,9 @@ import Testing
         return error as? RedisError
     }
 
+    /// `ROLE` on a master without replicas.
+    static let masterRole = "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+
     static func encoded(_ commands: RedisCommand...) -> String {
         var buffer = ByteBuffer()
         for command in commands { command.encode(into: &buffer) }
@@ -70,23 +73,54 @@ import Testing
         #expect(try harness.written() == Self.encoded(
             RedisCommand("AUTH", ["app", "pw"]),
             RedisCommand("SELECT", [2]),
-            RedisCommand("CLIENT", ["SETNAME", "keygate-test"])))
+            RedisCommand("CLIENT", ["SETNAME", "keygate-test"]),
+            RedisCommand("ROLE")))
         let ready = NIOLockedValueBox(false)
         harness.handler.ready.futureResult.whenSuccess { ready.withLockedValue { $0 = true } }
-        try harness.reply("+OK\r\n+OK\r\n")
+        try harness.reply("+OK\r\n+OK\r\n+OK\r\n")
         #expect(!ready.withLockedValue { $0 })
-        try harness.reply("+OK\r\n")
+        try harness.reply(Self.masterRole)
         #expect(ready.withLockedValue { $0 })
     }
 
-    @Test func withoutSettingsTheHandshakeIsAPing() throws {
+    @Test func withoutSettingsTheHandshakeIsARoleCheck() throws {
         let harness = try Harness(completeHandshake: false)
-        #expect(try harness.written() == Self.encoded(RedisCommand("PING")))
+        #expect(try harness.written() == Self.encoded(RedisCommand("ROLE")))
         let ready = NIOLockedValueBox(false)
         harness.handler.ready.futureResult.whenSuccess { ready.withLockedValue { $0 = true } }
         #expect(!ready.withLockedValue { $0 })
-        try harness.reply("+PONG\r\n")
+        try harness.reply(Self.masterRole)
         #expect(ready.withLockedValue { $0 })
+    }
+
+    @Test(arguments: [
+        ("*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:10\r\n", "replica of 127.0.0.1:6379 (replication connected)"),
+        ("*2\r\n$8\r\nsentinel\r\n*0\r\n", "role is 'sentinel'"),
+    ])
+    func aServerThatIsNotAMasterIsRefused(role: String, message: String) throws {
+        let harness = try Harness(completeHandshake: false)
+        _ = try harness.written()
+        let failure = NIOLockedValueBox<RedisError?>(nil)
+        harness.handler.ready.futureResult.whenFailure { error in failure.withLockedValue { $0 = error as? RedisError } }
+        try harness.reply(role)
+        #expect(failure.withLockedValue { $0 }?.code == .notWritableMaster)
+        #expect(failure.withLockedValue { $0 }?.message.contains(message) == true, "\(failure.withLockedValue { $0 }?.message ?? "")")
+        #expect(!harness.channel.isActive)
+    }
+
+    @Test func anACLUserWithoutRoleIsLetThrough() throws {
+        let harness = try Harness(completeHandshake: false)
+        _ = try harness.written()
+        try harness.reply("-NOPERM User keygate has no permissions to run the 'role' command\r\n")
+        guard case .success? = Self.outcome(harness.handler.ready.futureResult) else {
+            Issue.record("the handshake failed on NOPERM for ROLE")
+            return
+        }
+    }
+
+    @Test func withoutTheRoleCheckTheHandshakeIsAPing() throws {
+        let harness = try Harness(completeHandshake: false) { $0.requiresMaster = false }
+        #expect(try harness.written() == Self.encoded(RedisCommand("PING")))
     }
 
     @Test func aSilentServerFailsTheHandshakeAtTheConnectDeadline() throws {
@@ -159,9 +193,9 @@ import Testing
         let harness = try Harness(completeHandshake: false) {
             $0.connectTimeout = .seconds(10); $0.commandTimeout = .milliseconds(100)
         }
-        let future = harness.send(RedisCommand("GET", ["k"])) // queued behind the handshake PING
+        let future = harness.send(RedisCommand("GET", ["k"])) // queued behind the handshake's ROLE
         harness.loop.advanceTime(by: .milliseconds(50))
-        try harness.reply("+PONG\r\n")
+        try harness.reply(Self.masterRole)
         harness.loop.advanceTime(by: .milliseconds(60))
         #expect(Self.failure(future)?.code == .timeout, "100 ms deadline, not the 10 s handshake one")
     }

@@ -344,10 +344,18 @@ public final class KeyStore: Sendable {
             if message.hasPrefix("CONFLICT") { return KeygateError(.conflict, detail, underlying: error) }
             if message.hasPrefix("DUPLICATE") { return KeygateError(.duplicate, detail, underlying: error) }
             if message.hasPrefix("LIMIT") { return KeygateError(.limitReached, detail, underlying: error) }
+            // The server cannot take the change here and now (a replica, loading its data, cut off
+            // from its master, short of replicas): "could not check", never an internal error.
+            if Self.unavailableReplies.contains(where: { message.hasPrefix($0) }) {
+                return KeygateError(.unavailable, "Redis refused the command: \(message)", underlying: error)
+            }
             return KeygateError(.internalError, "Redis refused the command: \(message)", underlying: error)
         }
         return KeygateError(.unavailable, "Redis is unavailable (\(redisError.code)): \(redisError.message)", underlying: error)
     }
+
+    /// Error replies that mean "this server cannot do that now", not "the request is wrong".
+    static let unavailableReplies = ["READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY", "TRYAGAIN", "CLUSTERDOWN"]
 
     /// `key_` and 17 base62 characters (96 random bits): public, safe to log.
     static func newKeyID() -> String {

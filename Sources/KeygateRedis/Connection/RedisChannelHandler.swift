@@ -73,7 +73,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
         ready = eventLoop.makePromise()
     }
 
-    /// AUTH, SELECT and CLIENT SETNAME (or PING), pipelined as the first bytes on the connection.
+    /// AUTH, SELECT, CLIENT SETNAME and ROLE, pipelined as the first bytes on the connection.
     static func handshakeCommands(_ configuration: RedisConfiguration) -> [RedisCommand] {
         var commands: [RedisCommand] = []
         if let password = configuration.password {
@@ -90,8 +90,13 @@ final class RedisChannelHandler: ChannelInboundHandler {
             commands.append(RedisCommand("CLIENT", ["SETNAME", .string(name)]))
         }
         // Always at least one round trip before the connection is handed out: it proves the peer
-        // speaks RESP and, over TLS, that the certificate was verified (the TLS handshake runs lazily).
-        if commands.isEmpty { commands.append(RedisCommand("PING")) }
+        // speaks RESP and, over TLS, that the certificate was verified (the TLS handshake runs
+        // lazily). ROLE is that round trip: a replica is refused like an unreachable server.
+        if configuration.requiresMaster {
+            commands.append(RedisCommand("ROLE"))
+        } else if commands.isEmpty {
+            commands.append(RedisCommand("PING"))
+        }
         return commands
     }
 
@@ -115,8 +120,8 @@ final class RedisChannelHandler: ChannelInboundHandler {
         let deadline = context.eventLoop.now + handshakeTimeout
         var buffer = context.channel.allocator.buffer(capacity: 128)
         for command in handshake {
-            let isAuth = command.name == "AUTH"
-            apply(machine.enqueue(nil, deadline: deadline, purpose: .handshake(isAuth: isAuth)), context: context)
+            let step: Machine.HandshakeStep = command.name == "AUTH" ? .auth : command.name == "ROLE" ? .role : .other
+            apply(machine.enqueue(nil, deadline: deadline, purpose: .handshake(step)), context: context)
             command.encode(into: &buffer)
         }
         context.writeAndFlush(NIOAny(buffer), promise: nil)

@@ -7,9 +7,17 @@ import NIOCore
 /// generic so the machine can be tested without an event loop.
 struct RedisConnectionStateMachine<Promise> {
     enum Purpose {
-        /// AUTH / SELECT / CLIENT SETNAME, sent before the connection is handed out.
-        case handshake(isAuth: Bool)
+        /// AUTH / SELECT / CLIENT SETNAME / ROLE, sent before the connection is handed out.
+        case handshake(HandshakeStep)
         case command
+    }
+
+    enum HandshakeStep {
+        /// An error reply means wrong credentials.
+        case auth
+        /// The reply must say `master` (see `roleProblem`).
+        case role
+        case other
     }
 
     struct Pending {
@@ -87,9 +95,10 @@ struct RedisConnectionStateMachine<Promise> {
         switch head.purpose {
         case .command:
             return .succeed(head.promise, value)
-        case .handshake(let isAuth):
-            if case .error(let message) = value {
-                let code: RedisError.Code = isAuth ? .authenticationFailed : .serverError
+        case .handshake(let step):
+            if step == .role, let problem = Self.roleProblem(value) { return failAll(problem) }
+            if case .error(let message) = value, !(step == .role && message.hasPrefix("NOPERM")) {
+                let code: RedisError.Code = step == .auth ? .authenticationFailed : .serverError
                 return failAll(RedisError(code, "handshake failed: \(message)"))
             }
             guard case .handshaking(let remaining) = state else { return .none }
@@ -99,6 +108,24 @@ struct RedisConnectionStateMachine<Promise> {
             }
             state = .active
             return .handshakeCompleted
+        }
+    }
+
+    /// Why the `ROLE` reply rules this server out, or nil when it is a master. Keygate reads
+    /// revocation state and writes counts only on a master: a replica may lag behind a revoke (or be
+    /// an old master that came back empty), and refuses writes. An ACL user without `+role` gets
+    /// NOPERM, which is let through (the check is then off; the README says to grant it).
+    static func roleProblem(_ reply: RESPValue) -> RedisError? {
+        guard case .array(let fields) = reply, let role = fields.first?.string else { return nil }
+        switch role {
+        case "master":
+            return nil
+        case "slave", "replica":
+            let master = fields.count > 2 ? "\(fields[1].string ?? "?"):\(fields[2].int.map(String.init) ?? "?")" : "?"
+            let state = fields.count > 3 ? fields[3].string ?? "?" : "?"
+            return RedisError(.notWritableMaster, "the server is a replica of \(master) (replication \(state)), not a writable master")
+        default:
+            return RedisError(.notWritableMaster, "the server's role is '\(role)', not a writable master")
         }
     }
 
