@@ -13,8 +13,9 @@ ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools py
 pipelined_n=2000000; plain_n=400000; rounds=3
 if [ "${1:-}" = "--quick" ]; then pipelined_n=200000; plain_n=40000; rounds=1; fi
 
-swift build -c release --product redis-client-bench >/dev/null
-bench=$(swift build -c release --show-bin-path)/redis-client-bench
+# Into the main package's build folder, with its release flags (see run.sh).
+swift build "${release_flags[@]}" --scratch-path ../.build --product redis-client-bench >/dev/null
+bench=$(swift build "${release_flags[@]}" --scratch-path ../.build --show-bin-path)/redis-client-bench
 
 workdir=$(mktemp -d -t keygate-bench.XXXXXX)
 port=$(free_port)

@@ -109,20 +109,6 @@ enum KeyStoreScripts {
     return version
     """)
 
-    /// The node's lookup of a key by its hash. Every key that is not active gets the same reply
-    /// shape, a small integer, after the same work (one HGET): an unknown and a revoked key cost the
-    /// node the same time, so response times cannot tell them apart (rule 14, no oracle).
-    /// KEYS: record. Returns {id, user, scopes, expires_at} for an active key; 0 unknown, 1 revoked,
-    /// 2 disabled, 3 a record with any other status (malformed).
-    static let lookup = RedisScript("""
-    local status = redis.call('HGET', KEYS[1], 'status')
-    if status == 'active' then return redis.call('HMGET', KEYS[1], 'id', 'user', 'scopes', 'expires_at') end
-    if not status then return 0 end
-    if status == 'revoked' then return 1 end
-    if status == 'disabled' then return 2 end
-    return 3
-    """)
-
     /// Revokes every active or disabled key of a user: one event and one publish per key changed.
     /// Record keys are derived inside the script, so it runs on standalone Redis only (Cluster later).
     /// KEYS: user set, stream, epoch. ARGV: namespace, now ms, actor, maxlen, channel. Returns the count;
