@@ -152,7 +152,9 @@ struct UsersCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "users", abstract: "Act on every key of a user.", subcommands: [Revoke.self])
 
     struct Revoke: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke every key of a user.")
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke every key of a user.",
+            discussion: "Prints how many keys changed (0 when all were revoked before). A user with no keys at all is 'not found' (exit 3). The name is compared byte for byte.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "The user.") var user: String
 
@@ -168,7 +170,7 @@ struct UsersCommand: AsyncParsableCommand {
 struct EventsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "events", abstract: "Read the audit log of key changes.")
     @OptionGroup var options: GlobalOptions
-    @Option(help: "Only events after this event id (for paging).") var after: String?
+    @Option(help: "Only events after this event id (for paging): two unsigned 64-bit numbers, e.g. 1733011200000-0.") var after: String?
     @Option(help: "At most this many events.") var limit: Int = 100
 
     func run() async throws {
