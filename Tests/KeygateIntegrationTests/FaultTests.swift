@@ -301,6 +301,10 @@ import Testing
     @Test func f10AmbiguousUsageFlushCountsOnce() async throws {
         try await Self.withProxiedNode(namespace: "f10", configure: {
             $0.redis.commandTimeout = .milliseconds(300)
+            // This test is about the usage flush. A pong late by 500 ms under the full suite's load
+            // made the subscriber resubscribe, and its Stream replay (on the data connection, whose
+            // replies are dropped here) kept the cache untrusted: every request 503 (seen once).
+            $0.invalidation.pingTimeout = .seconds(3)
         }) { _, proxy, store, node in
             let keys = try await (0..<5).asyncMap { _ in try await store.create(.init(user: "f10"), actor: "test") }
             for key in keys { #expect(try await Self.auth(key.key, node) == 200) } // cached from now on
