@@ -3,8 +3,8 @@
 /// A user or key name may hold characters a terminal acts on or hides: C0 and C1 controls (`\u{9B}` is
 /// CSI, which starts an escape sequence), bidi overrides (`\u{202E}` reverses what follows), zero-width
 /// characters and line separators. New user names cannot contain them (`KeyValidation.user`), key
-/// names cannot contain controls, but existing data and names of other kinds can: the CLI's tables
-/// and every log line print them as `\u{XXXX}` instead.
+/// names cannot contain controls, but existing data can: the CLI's tables and details, and the
+/// control plane's internal-error log line, print them as `\u{XXXX}` instead.
 public enum DisplayText {
     /// `text` with every control, format (Cf), separator, private-use or unassigned scalar written
     /// as `\u{XXXX}`.
