@@ -1,3 +1,4 @@
+import Foundation
 public import Hummingbird
 import HummingbirdCore
 public import KeygateCore
@@ -32,12 +33,18 @@ public final class ControlPlane: Service, Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
     private let isReady: @Sendable () -> Bool
+    private let notReadyReason: @Sendable () -> String?
     private let metricsText: @Sendable () -> String
     private let boundPort = Atomic<Int>(0)
 
-    /// - Parameter metricsText: the node's metrics in Prometheus text format, built per scrape.
+    /// - Parameters:
+    ///   - notReadyReason: why the node is not ready (Redis's last error, say), for `/health/ready`.
+    ///   - metricsText: the node's metrics in Prometheus text format, built per scrape.
     public init(settings: ControlPlaneSettings, store: KeyStore, verifier: Verifier, eventLoopGroup: any EventLoopGroup,
-                logger: Logger, isReady: @escaping @Sendable () -> Bool, metricsText: @escaping @Sendable () -> String) {
+                logger: Logger, isReady: @escaping @Sendable () -> Bool,
+                notReadyReason: @escaping @Sendable () -> String? = { nil },
+                metricsText: @escaping @Sendable () -> String) {
+        self.notReadyReason = notReadyReason
         self.settings = settings
         self.store = store
         self.verifier = verifier
@@ -57,9 +64,12 @@ public final class ControlPlane: Service, Sendable {
         router.add(middleware: HostHeaderMiddleware())
         let json = "application/json"
         router.on("health/live", .get, recordIn: table) { _, _ in Self.text(#"{"status":"ok"}"#, contentType: json) }
-        router.on("health/ready", .get, recordIn: table) { [isReady] _, _ in
-            isReady() ? Self.text(#"{"status":"ready"}"#, contentType: json)
-                      : Self.text(#"{"status":"not_ready"}"#, contentType: json, status: .serviceUnavailable)
+        router.on("health/ready", .get, recordIn: table) { [isReady, notReadyReason] _, _ in
+            if isReady() { return Self.text(#"{"status":"ready"}"#, contentType: json) }
+            var body: [String: String] = ["status": "not_ready"]
+            body["reason"] = notReadyReason()
+            let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+            return Self.text(String(decoding: data, as: UTF8.self), contentType: json, status: .serviceUnavailable)
         }
         router.on("metrics", .get, recordIn: table) { [metricsText] _, _ in
             Self.text(metricsText(), contentType: PrometheusText.contentType)

@@ -26,6 +26,8 @@ public struct Problem: Error, HTTPResponseError, Sendable {
         public static let bodyTooLarge = Kind(slug: "body-too-large", status: .contentTooLarge, title: "The request body is too large")
         public static let unsupportedMediaType = Kind(slug: "unsupported-media-type", status: .unsupportedMediaType, title: "The request body must be application/json")
         public static let unavailable = Kind(slug: "unavailable", status: .serviceUnavailable, title: "Redis is unavailable; retry later")
+        public static let notReplicated = Kind(slug: "not-replicated", status: .serviceUnavailable,
+                                               title: "The change is not yet durable; retrying is safe")
         public static let internalError = Kind(slug: "internal", status: .internalServerError, title: "Internal error")
 
         public var type: String { "https://keygate.dev/problems/\(slug)" }
@@ -55,7 +57,7 @@ public struct Problem: Error, HTTPResponseError, Sendable {
         var headers: HTTPFields = [.contentType: "application/problem+json", .cacheControl: "no-store"]
         switch kind {
         case .unauthorized: headers[.wwwAuthenticate] = "ApiKey realm=\"keygate\""
-        case .unavailable: headers[.retryAfter] = "1"
+        case .unavailable, .notReplicated: headers[.retryAfter] = "1"
         default: break
         }
         if let allow { headers[.allow] = allow }
@@ -82,6 +84,7 @@ public struct Problem: Error, HTTPResponseError, Sendable {
         case .limitReached: self.init(.limitReached, error.message)
         case .invalidArgument, .invalidConfiguration: self.init(.invalidField, error.message, field: error.field)
         case .unavailable: self.init(.unavailable, "Redis cannot serve this now: \(error.message)")
+        case .notReplicated: self.init(.notReplicated, error.message)
         default: self.init(.internalError, "the request could not be completed")
         }
     }

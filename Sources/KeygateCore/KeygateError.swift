@@ -3,7 +3,7 @@
 public struct KeygateError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Sendable {
-            case notFound, duplicate, invalidArgument, invalidConfiguration, conflict, limitReached, unavailable, internalError
+            case notFound, duplicate, invalidArgument, invalidConfiguration, conflict, limitReached, unavailable, notReplicated, internalError
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -22,6 +22,9 @@ public struct KeygateError: Error, Sendable, CustomStringConvertible {
         public static let limitReached = Code(.limitReached)
         /// Redis could not be reached or did not answer in time.
         public static let unavailable = Code(.unavailable)
+        /// The change was applied on the master, but fewer replicas than required confirmed it
+        /// (`WAIT`): it may not survive a failover. Retrying is safe.
+        public static let notReplicated = Code(.notReplicated)
         /// Redis answered something the store does not understand.
         public static let internalError = Code(.internalError)
 

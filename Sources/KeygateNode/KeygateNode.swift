@@ -15,7 +15,12 @@ public final class KeygateNode: Sendable {
 
     public let configuration: NodeConfiguration
     public let redis: RedisClient
+    /// The data plane's lookups use `store`; changes (admin API) and usage batches use this one, on
+    /// their own connections, so a `WAIT` never holds a lookup up.
+    public let adminStore: KeyStore
     public let store: KeyStore
+    /// Follows `+switch-master` when Redis is reached through Sentinels.
+    public let sentinelWatcher: RedisSentinelWatcher?
     public let verifier: Verifier
     public let invalidation: InvalidationService
     public let usage: UsageRecorder
@@ -34,10 +39,16 @@ public final class KeygateNode: Sendable {
         redisConfiguration.clientName = redisConfiguration.clientName ?? "keygate-node"
         let redis = try RedisClient(configuration: redisConfiguration, eventLoopGroup: group, logger: logger)
         self.redis = redis
-        let store = KeyStore(redis: redis, layout: try KeyStoreLayout(namespace: configuration.namespace),
-                             format: try KeyFormat(prefix: configuration.keyPrefix),
-                             hasher: KeyHasher(pepper: configuration.pepper))
+        let layout = try KeyStoreLayout(namespace: configuration.namespace)
+        let format = try KeyFormat(prefix: configuration.keyPrefix)
+        let hasher = KeyHasher(pepper: configuration.pepper)
+        let store = KeyStore(redis: redis, layout: layout, format: format, hasher: hasher)
         self.store = store
+        let adminRedis = try RedisClient(configuration: redisConfiguration.named("keygate-admin"), eventLoopGroup: group,
+                                         logger: logger, sharingTopologyWith: redis)
+        let adminStore = KeyStore(redis: adminRedis, layout: layout, format: format, hasher: hasher)
+        self.adminStore = adminStore
+        self.sentinelWatcher = RedisSentinelWatcher(client: redis, eventLoop: group.any(), logger: logger)
         let verifier = Verifier(store: store, settings: configuration.verifier)
         self.verifier = verifier
         self.invalidation = InvalidationService(store: store, cache: verifier.cache,
@@ -45,22 +56,32 @@ public final class KeygateNode: Sendable {
                                                 settings: configuration.invalidation, eventLoop: group.any(), logger: logger)
         let usage = UsageRecorder(eventLoopGroup: group)
         self.usage = usage
-        self.flusher = UsageFlusher(store: store, recorder: usage, settings: configuration.usage,
+        self.flusher = UsageFlusher(store: adminStore, recorder: usage, settings: configuration.usage,
                                     nodeID: configuration.nodeID, logger: logger)
         let cache = verifier.cache
         self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage, group: group,
                                          logger: logger, isReady: { redis.isConnected && cache.isTrusted })
         let metricsSource = MetricsSource()
-        self.controlPlane = ControlPlane(settings: configuration.controlPlane, store: store, verifier: verifier,
+        self.controlPlane = ControlPlane(settings: configuration.controlPlane, store: adminStore, verifier: verifier,
                                          eventLoopGroup: group, logger: logger,
                                          isReady: { redis.isConnected && cache.isTrusted },
+                                         notReadyReason: { Self.notReadyReason(redis: redis, cache: cache) },
                                          metricsText: { metricsSource.node.map(NodeMetrics.render) ?? "" })
         metricsSource.node = self
     }
 
     /// The services in dependency order.
     public var services: [any Service] {
-        [RedisClientService(client: redis, group: eventLoopGroup), invalidation, flusher, controlPlane, dataPlane]
+        var services: [any Service] = [RedisClientService(clients: [redis, adminStore.redis], group: eventLoopGroup)]
+        if let sentinelWatcher { services.append(SentinelWatcherService(watcher: sentinelWatcher)) }
+        return services + [invalidation, flusher, controlPlane, dataPlane]
+    }
+
+    /// What `/health/ready` says when not ready: Redis's last error, or the invalidation state.
+    static func notReadyReason(redis: RedisClient, cache: VerdictCache) -> String? {
+        if let reason = redis.unavailableReason { return "redis: \(reason)" }
+        if !cache.isTrusted { return "invalidation channel not subscribed and caught up yet" }
+        return nil
     }
 
     /// Runs until SIGTERM or SIGINT (graceful: drain, flush, exit) or a service fails.
@@ -79,14 +100,23 @@ public final class KeygateNode: Sendable {
 
 /// Opens the Redis connections at start and closes them last.
 struct RedisClientService: Service {
-    let client: RedisClient
+    let clients: [RedisClient]
     let group: MultiThreadedEventLoopGroup
 
     func run() async throws {
-        try? await client.connect() // not fatal: the node answers 503 and reconnects by itself
+        for client in clients { try? await client.connect() } // not fatal: the node answers 503 and reconnects by itself
         try? await gracefulShutdown()
-        await client.shutdown()
+        for client in clients { await client.shutdown() }
         try? await group.shutdownGracefully()
+    }
+}
+
+/// Runs the Sentinel watcher until shutdown.
+struct SentinelWatcherService: Service {
+    let watcher: RedisSentinelWatcher
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await watcher.run() }
     }
 }
 

@@ -59,7 +59,8 @@ enum NodeMetrics {
                    node.verifier.cache.isTrusted ? 1 : 0)
         text.counter("keygate_cache_flush_total", help: "Whole-cache flushes by reason.",
                      samples: [([("reason", "replay_gap")], Double(invalidation.flushesReplayGap.load(ordering: .relaxed))),
-                               ([("reason", "no_baseline")], Double(invalidation.flushesNoBaseline.load(ordering: .relaxed)))])
+                               ([("reason", "no_baseline")], Double(invalidation.flushesNoBaseline.load(ordering: .relaxed))),
+                               ([("reason", "master_change")], Double(invalidation.flushesMasterChange.load(ordering: .relaxed)))])
 
         text.gauge("keygate_invalidation_channel_up", help: "1 while subscribed to the invalidation channel and caught up.",
                    invalidation.channelUp.load(ordering: .relaxed) ? 1 : 0)
@@ -77,6 +78,16 @@ enum NodeMetrics {
                        samples: [([], node.redis.metrics.commandLatency.snapshot())])
         text.counter("keygate_redis_command_errors_total", help: "Failed Redis commands by error code.",
                      samples: node.redis.metrics.errorCounts.map { ([("code", $0.code)], Double($0.count)) })
+
+        let topology = node.redis.topology
+        text.gauge("keygate_redis_master_up", help: "1 while the node holds a connection to a writable master (ROLE checked on connect).",
+                   node.redis.isConnected ? 1 : 0)
+        text.counter("keygate_redis_master_changes_total", help: "Times the node started talking to a different master (new run_id or address); each flushes the verdict cache.",
+                     UInt64(topology.masterChanges))
+        text.counter("keygate_redis_sentinel_switches_total", help: "+switch-master announcements for our master received from a Sentinel (0 without Sentinel).",
+                     node.sentinelWatcher?.switchesAnnounced ?? 0)
+        text.counter("keygate_store_not_durable_total", help: "Changes and usage batches the master applied but fewer replicas than --redis-wait-replicas confirmed (answered 503 not-replicated, or retried).",
+                     UInt64(node.adminStore.durability.notReplicated.load(ordering: .relaxed) + node.store.durability.notReplicated.load(ordering: .relaxed)))
 
         text.gauge("keygate_usage_pending_keys", help: "Keys with usage counts not yet acknowledged by Redis.", Double(usage.pendingKeys.load(ordering: .relaxed)))
         text.counter("keygate_usage_flushed_batches_total", help: "Usage batches acknowledged by Redis.", usage.flushedBatches.load(ordering: .relaxed))

@@ -18,7 +18,30 @@ public struct RedisConfiguration: Sendable, Equatable {
         }
     }
 
+    /// Sentinels that know where the master is, and the master's name among them.
+    public struct Sentinel: Sendable, Equatable {
+        public struct Address: Sendable, Equatable, CustomStringConvertible {
+            public var host: String
+            public var port: Int
+            public init(host: String, port: Int) { self.host = host; self.port = port }
+            public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+        }
+        public var addresses: [Address]
+        public var masterName: String
+        /// The Sentinels' own credentials (`sentinel_user`, `sentinel_password`); the URL's
+        /// credentials are the master's.
+        public var username: String?
+        public var password: String?
+        public init(addresses: [Address], masterName: String, username: String? = nil, password: String? = nil) {
+            self.addresses = addresses; self.masterName = masterName
+            self.username = username; self.password = password
+        }
+    }
+
+    /// Where Redis listens. With `sentinel` set, the master's address is asked of the Sentinels
+    /// before every connect and this field is not dialled.
     public var endpoint: Endpoint = .tcp(host: "127.0.0.1", port: 6379)
+    public var sentinel: Sentinel?
     public var tls: TLS?
     /// ACL user; nil means `AUTH <password>` (the default user).
     public var username: String?
@@ -31,6 +54,23 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// otherwise (`notWritableMaster`): a replica may miss a revoke or lag behind one, and refuses
     /// writes. On by default; a Sentinel connection (not a data server) turns it off.
     public var requiresMaster = true
+
+    /// `WAIT` after every mutation for this many replicas; nil picks the topology's default (1 with
+    /// Sentinel, where a failover is expected; 0 for a single server, where `WAIT` would only fail).
+    public var waitReplicas: Int?
+    /// How long `WAIT` may block for them.
+    public var waitTimeout: Duration = .milliseconds(200)
+    public var effectiveWaitReplicas: Int { waitReplicas ?? (sentinel == nil ? 0 : 1) }
+
+    /// `WAIT` must fit inside the command deadline of the pipeline that carries it.
+    public func validateWait() throws(RedisError) {
+        if let waitReplicas, !(0...100).contains(waitReplicas) {
+            throw RedisError(.invalidURL, "--redis-wait-replicas must be 0-100, got \(waitReplicas)")
+        }
+        guard waitTimeout > .zero, waitTimeout < commandTimeout else {
+            throw RedisError(.invalidURL, "--redis-wait-timeout must be above 0 and below the Redis command timeout (\(commandTimeout))")
+        }
+    }
 
     /// Deadline for TCP/TLS connect plus the pipelined handshake.
     public var connectTimeout: Duration = .seconds(2)
@@ -50,8 +90,9 @@ public struct RedisConfiguration: Sendable, Equatable {
 
     public init() {}
 
-    /// Parses `redis://[user:pass@]host[:port][/db]`, `rediss://...[?ca_file=PATH]` and
-    /// `unix:///path[?db=N&password=P&user=U]`.
+    /// Parses `redis://[user:pass@]host[:port][/db]`, `rediss://...[?ca_file=PATH]`,
+    /// `redis-sentinel://[user:pass@]host1[:port1][,host2...][/db][?sentinel_user=U&sentinel_password=P]#master`
+    /// (and `rediss-sentinel://`), and `unix:///path[?db=N&password=P&user=U]`.
     public init(url: String) throws(RedisError) {
         self = try RedisURLParser.parse(url)
     }
@@ -65,6 +106,15 @@ public struct RedisConfiguration: Sendable, Equatable {
 
     /// The target as `host:port` or the socket path, without credentials: safe to log.
     public var redactedTarget: String {
+        if let sentinel {
+            let hosts = sentinel.addresses.map(\.description).joined(separator: ",")
+            return "\(tls == nil ? "redis" : "rediss")-sentinel://\(hosts)/\(database)#\(sentinel.masterName)"
+        }
+        return endpointDescription
+    }
+
+    /// The endpoint alone (for a Sentinel topology: the master it resolved to), without credentials.
+    public var endpointDescription: String {
         switch endpoint {
         case .tcp(let host, let port):
             return "\(tls == nil ? "redis" : "rediss")://\(host.contains(":") ? "[\(host)]" : host):\(port)/\(database)"

@@ -4,7 +4,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Sendable {
             case connectionClosed, timeout, protocolError, serverError, circuitOpen, cancelled
-            case connectFailed, authenticationFailed, invalidURL, notWritableMaster
+            case connectFailed, authenticationFailed, invalidURL, notWritableMaster, discoveryFailed
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -29,6 +29,8 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let invalidURL = Code(.invalidURL)
         /// The server is not a writable master (a replica, say): Keygate does not use it.
         public static let notWritableMaster = Code(.notWritableMaster)
+        /// No Sentinel gave the master's address (all unreachable, or none knows the master's name).
+        public static let discoveryFailed = Code(.discoveryFailed)
 
         public var description: String { value.rawValue }
     }
@@ -57,7 +59,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
 
     /// True for failures where Redis could not be asked (as opposed to Redis saying no).
     public var isUnavailable: Bool {
-        [.connectionClosed, .timeout, .protocolError, .circuitOpen, .connectFailed, .notWritableMaster].contains(code)
+        [.connectionClosed, .timeout, .protocolError, .circuitOpen, .connectFailed, .notWritableMaster, .discoveryFailed].contains(code)
     }
 
     static func protocolError(_ message: String, file: String = #fileID, line: Int = #line) -> RedisError {

@@ -5,36 +5,71 @@ enum RedisURLParser {
     static func parse(_ url: String) throws(RedisError) -> RedisConfiguration {
         var config = RedisConfiguration()
         guard let schemeEnd = url.range(of: "://") else {
-            throw invalid(url, "missing scheme: expected redis://, rediss:// or unix://")
+            throw invalid(url, "missing scheme: expected redis://, rediss://, redis-sentinel://, rediss-sentinel:// or unix://")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         var rest = String(url[schemeEnd.upperBound...])
+        // A Sentinel URL names its master in the fragment: redis-sentinel://h1,h2/0#mymaster.
+        var fragment: String?
+        if let hash = rest.lastIndex(of: "#") {
+            fragment = try percentDecode(String(rest[rest.index(after: hash)...]), url: url)
+            rest = String(rest[..<hash])
+        }
         let query = try splitQuery(&rest, url: url)
+        var known: Set<String> = ["db"]
 
         switch scheme {
         case "redis", "rediss":
-            if scheme == "rediss" { config.tls = RedisConfiguration.TLS(caFile: query["ca_file"]) }
-            try parseNetwork(rest, into: &config, url: url)
-            if let db = query["db"] { config.database = try parseDatabase(db, url: url) }
+            if scheme == "rediss" { config.tls = RedisConfiguration.TLS(caFile: query["ca_file"]); known.insert("ca_file") }
+            guard fragment == nil else {
+                throw invalid(url, "a '#master-name' belongs to a Sentinel URL: redis-sentinel://host1:26379,host2:26379#\(fragment ?? "")")
+            }
+            let authority = try parseAuthority(rest, into: &config, url: url)
+            if authority.contains(",") {
+                throw invalid(url, "a list of hosts: \(scheme):// takes one server; for Sentinels use \(scheme)-sentinel://host1:26379,host2:26379#master-name")
+            }
+            let (host, port) = try parseHostPort(Substring(authority), defaultPort: 6379, url: url)
+            config.endpoint = .tcp(host: host, port: port)
+            if let tls = config.tls, tls.serverName == nil { config.tls?.serverName = host }
+        case "redis-sentinel", "rediss-sentinel":
+            if scheme == "rediss-sentinel" { config.tls = RedisConfiguration.TLS(caFile: query["ca_file"]); known.insert("ca_file") }
+            known.formUnion(["sentinel_user", "sentinel_password"])
+            let authority = try parseAuthority(rest, into: &config, url: url)
+            guard let masterName = fragment, !masterName.isEmpty else {
+                throw invalid(url, "missing master name: end a Sentinel URL with '#master-name', e.g. redis-sentinel://host1:26379,host2:26379#mymaster")
+            }
+            var sentinels: [RedisConfiguration.Sentinel.Address] = []
+            for part in authority.split(separator: ",", omittingEmptySubsequences: false) {
+                guard !part.isEmpty else { throw invalid(url, "empty entry in the list of Sentinels") }
+                let (host, port) = try parseHostPort(part, defaultPort: 26379, url: url)
+                sentinels.append(.init(host: host, port: port))
+            }
+            config.sentinel = RedisConfiguration.Sentinel(addresses: sentinels, masterName: masterName,
+                                                          username: query["sentinel_user"], password: query["sentinel_password"])
+            // The master's address comes from the Sentinels; this placeholder is never dialled.
+            config.endpoint = .tcp(host: sentinels[0].host, port: sentinels[0].port)
         case "unix":
+            guard fragment == nil else { throw invalid(url, "unexpected '#' in a unix:// URL") }
             guard rest.hasPrefix("/"), rest.count > 1 else {
                 throw invalid(url, "unix:// needs an absolute socket path, e.g. unix:///run/redis.sock")
             }
             config.endpoint = .unix(path: try percentDecode(rest, url: url))
-            if let db = query["db"] { config.database = try parseDatabase(db, url: url) }
             config.username = query["user"]
             config.password = query["password"]
+            known.formUnion(["user", "password"])
         default:
-            throw invalid(url, "unsupported scheme '\(scheme)': expected redis://, rediss:// or unix://")
+            throw invalid(url, "unsupported scheme '\(scheme)': expected redis://, rediss://, redis-sentinel://, rediss-sentinel:// or unix://")
         }
-        let known: Set<String> = ["db", "ca_file", "user", "password"]
+        if let db = query["db"] { config.database = try parseDatabase(db, url: url) }
         if let unknown = query.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid(url, "unknown query parameter '\(unknown)'")
         }
         return config
     }
 
-    private static func parseNetwork(_ text: String, into config: inout RedisConfiguration, url: String) throws(RedisError) {
+    /// Reads `[user:password@]authority[/db]`: credentials and the database go into `config`; the
+    /// authority (one host, or a comma-separated list) is returned.
+    private static func parseAuthority(_ text: String, into config: inout RedisConfiguration, url: String) throws(RedisError) -> String {
         var authority = Substring(text)
         var path: Substring = ""
         if let slash = authority.firstIndex(of: "/") {
@@ -53,9 +88,13 @@ enum RedisURLParser {
                 config.password = try percentDecode(String(credentials), url: url)
             }
         }
-        if authority.contains(",") {
-            throw invalid(url, "a list of hosts: redis:// and rediss:// take one server (Sentinel and Cluster URLs are not supported yet)")
-        }
+        if !path.isEmpty { config.database = try parseDatabase(String(path), url: url) }
+        guard !authority.isEmpty else { throw invalid(url, "missing host") }
+        return String(authority)
+    }
+
+    /// `host`, `host:port`, `[v6]` or `[v6]:port`; `localhost` becomes 127.0.0.1.
+    private static func parseHostPort(_ authority: Substring, defaultPort: Int, url: String) throws(RedisError) -> (String, Int) {
         var host: String
         var portText: Substring?
         if authority.hasPrefix("[") {
@@ -73,8 +112,8 @@ enum RedisURLParser {
             host = String(authority)
         }
         guard !host.isEmpty else { throw invalid(url, "missing host") }
-        if host.contains(where: { $0 == " " || $0 == "/" || $0 == "?" }) { throw invalid(url, "invalid host '\(host)'") }
-        var port = 6379
+        if host.contains(where: { $0 == " " || $0 == "/" || $0 == "?" || $0 == "#" }) { throw invalid(url, "invalid host '\(host)'") }
+        var port = defaultPort
         if let portText {
             guard let value = Int(portText), (1...65_535).contains(value) else {
                 throw invalid(url, "port must be a number from 1 to 65535, got '\(portText)'")
@@ -82,9 +121,7 @@ enum RedisURLParser {
             port = value
         }
         if host == "localhost" { host = "127.0.0.1" } // avoid an IPv6 attempt where Redis binds IPv4 only
-        config.endpoint = .tcp(host: host, port: port)
-        if let tls = config.tls, tls.serverName == nil { config.tls?.serverName = host }
-        if !path.isEmpty { config.database = try parseDatabase(String(path), url: url) }
+        return (host, port)
     }
 
     private static func splitQuery(_ rest: inout String, url: String) throws(RedisError) -> [String: String] {
@@ -144,7 +181,7 @@ enum RedisURLParser {
 extension String {
     fileprivate func replacingPasswordQuery() -> String {
         guard let range = range(of: "password=") else { return self }
-        let end = self[range.upperBound...].firstIndex(of: "&") ?? endIndex
+        let end = self[range.upperBound...].firstIndex(where: { $0 == "&" || $0 == "#" }) ?? endIndex
         return String(self[..<range.upperBound]) + "***" + String(self[end...])
     }
 }

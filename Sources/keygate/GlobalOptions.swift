@@ -15,6 +15,9 @@ struct GlobalOptions: ParsableArguments {
     @Option(help: "Prefix of issued keys, 1-16 lowercase letters or digits (env KEYGATE_KEY_PREFIX, default kg).")
     var keyPrefix: String?
 
+    @Option(help: "Replicas that must confirm a change before it succeeds (env KEYGATE_REDIS_WAIT_REPLICAS, default 1 with Sentinel, 0 otherwise).")
+    var redisWaitReplicas: Int?
+
     @Flag(help: "Print JSON instead of a table.")
     var json = false
 
@@ -28,6 +31,16 @@ struct GlobalOptions: ParsableArguments {
             var redisConfiguration = try RedisConfiguration(url: resolvedRedisURL)
             redisConfiguration.clientName = "keygate-cli"
             redisConfiguration.commandTimeout = .seconds(5) // admin scripts (revoke a whole user) may take longer
+            if let replicas = try redisWaitReplicas ?? Self.environment["KEYGATE_REDIS_WAIT_REPLICAS"].map(Self.waitReplicas) {
+                redisConfiguration.waitReplicas = replicas
+            }
+            if let text = Self.environment["KEYGATE_REDIS_WAIT_TIMEOUT"], !text.isEmpty {
+                guard let timeout = HumanDuration(argument: text) else {
+                    throw CLIFailure(message: "KEYGATE_REDIS_WAIT_TIMEOUT='\(text)' is not a duration", exitCode: CLIFailure.usage)
+                }
+                redisConfiguration.waitTimeout = timeout.duration
+            }
+            try redisConfiguration.validateWait()
             let layout = try KeyStoreLayout(namespace: namespace ?? Self.environment["KEYGATE_NAMESPACE"] ?? "keygate")
             let format = try KeyFormat(prefix: keyPrefix ?? Self.environment["KEYGATE_KEY_PREFIX"] ?? "kg")
             let hasher = KeyHasher(pepper: try KeyHasher.pepperFromEnvironment())
@@ -44,6 +57,13 @@ struct GlobalOptions: ParsableArguments {
         } catch {
             throw CLIFailure(error, redisURL: resolvedRedisURL)
         }
+    }
+
+    private static func waitReplicas(_ text: String) throws -> Int {
+        guard let value = Int(text) else {
+            throw CLIFailure(message: "KEYGATE_REDIS_WAIT_REPLICAS='\(text)' is not a number", exitCode: CLIFailure.usage)
+        }
+        return value
     }
 
     /// Who made a change, recorded in the audit Stream.
@@ -67,6 +87,9 @@ struct CLIFailure: Error, CustomStringConvertible {
             } else {
                 description = "cannot reach Redis at \(target): \(error.message)\nIs redis-server running? Point Keygate at it with --redis-url or KEYGATE_REDIS_URL."
             }
+            exitCode = 4
+        case let error as KeygateError where error.code == .notReplicated:
+            description = "\(error.message)\nThe change is on the master but may not survive a failover; run the same command again once the replicas are back."
             exitCode = 4
         case let error as KeygateError where error.code == .notFound:
             description = "\(error.message). List a user's keys with: keygate keys list --user USER"

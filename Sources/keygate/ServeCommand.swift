@@ -65,6 +65,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "/metrics shows why keys were refused (unknown, revoked, disabled, expired) instead of one 'invalid' result: only where the control port is operator-only (KEYGATE_METRICS_REFUSAL_REASONS).")
     var metricsRefusalReasons = false
     @Option(help: "Deadline of every Redis command (KEYGATE_REDIS_TIMEOUT, default 500ms).") var redisTimeout: HumanDuration?
+    @Option(help: "Replicas that must confirm every change and usage batch (WAIT) before it counts as done (KEYGATE_REDIS_WAIT_REPLICAS, default 1 with Sentinel, 0 otherwise).")
+    var redisWaitReplicas: Int?
+    @Option(help: "How long WAIT may block for them; below --redis-timeout (KEYGATE_REDIS_WAIT_TIMEOUT, default 200ms).")
+    var redisWaitTimeout: HumanDuration?
     @Option(help: "Event loop threads (KEYGATE_THREADS, default: the number of cores).") var threads: Int?
     @Option(help: "trace, debug, info, notice, warning, error, critical (KEYGATE_LOG_LEVEL, default info).") var logLevel: String?
 
@@ -83,6 +87,9 @@ struct ServeCommand: AsyncParsableCommand {
         do {
             config.redis = try RedisConfiguration(url: try value(redisURL, "KEYGATE_REDIS_URL", { $0 }) ?? "redis://127.0.0.1:6379")
             if let timeout = try value(redisTimeout, "KEYGATE_REDIS_TIMEOUT", duration) { config.redis.commandTimeout = timeout.duration }
+            config.redis.waitReplicas = try value(redisWaitReplicas, "KEYGATE_REDIS_WAIT_REPLICAS", { Int($0) })
+            if let timeout = try value(redisWaitTimeout, "KEYGATE_REDIS_WAIT_TIMEOUT", duration) { config.redis.waitTimeout = timeout.duration }
+            try config.redis.validateWait()
             config.namespace = try value(namespace, "KEYGATE_NAMESPACE", { $0 }) ?? "keygate"
             config.keyPrefix = try value(keyPrefix, "KEYGATE_KEY_PREFIX", { $0 }) ?? "kg"
             _ = try KeyStoreLayout(namespace: config.namespace)

@@ -20,7 +20,7 @@ import Testing
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
             if completeHandshake {
                 _ = try written()
-                try reply(RedisChannelHandlerTests.masterRole)
+                try reply(RedisChannelHandlerTests.masterHandshake)
                 guard case .success? = RedisChannelHandlerTests.outcome(handler.ready.futureResult) else {
                     throw RedisError(.protocolError, "handshake did not complete")
                 }
@@ -59,6 +59,10 @@ import Testing
 
     /// `ROLE` on a master without replicas.
     static let masterRole = "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+    /// `INFO server`, cut to the line the handshake reads.
+    static let serverInfo = "$59\r\n# Server\r\nrun_id:0123456789abcdef0123456789abcdef01234567\r\n\r\n"
+    /// The replies to the default handshake (ROLE, INFO server) of a master.
+    static let masterHandshake = masterRole + serverInfo
 
     static func encoded(_ commands: RedisCommand...) -> String {
         var buffer = ByteBuffer()
@@ -74,23 +78,26 @@ import Testing
             RedisCommand("AUTH", ["app", "pw"]),
             RedisCommand("SELECT", [2]),
             RedisCommand("CLIENT", ["SETNAME", "keygate-test"]),
-            RedisCommand("ROLE")))
+            RedisCommand("ROLE"),
+            RedisCommand("INFO", ["server"])))
         let ready = NIOLockedValueBox(false)
         harness.handler.ready.futureResult.whenSuccess { ready.withLockedValue { $0 = true } }
         try harness.reply("+OK\r\n+OK\r\n+OK\r\n")
         #expect(!ready.withLockedValue { $0 })
-        try harness.reply(Self.masterRole)
+        try harness.reply(Self.masterHandshake)
         #expect(ready.withLockedValue { $0 })
     }
 
-    @Test func withoutSettingsTheHandshakeIsARoleCheck() throws {
+    @Test func withoutSettingsTheHandshakeIsARoleCheckAndTheServersIdentity() throws {
         let harness = try Harness(completeHandshake: false)
-        #expect(try harness.written() == Self.encoded(RedisCommand("ROLE")))
+        #expect(try harness.written() == Self.encoded(RedisCommand("ROLE"), RedisCommand("INFO", ["server"])))
         let ready = NIOLockedValueBox(false)
         harness.handler.ready.futureResult.whenSuccess { ready.withLockedValue { $0 = true } }
-        #expect(!ready.withLockedValue { $0 })
         try harness.reply(Self.masterRole)
+        #expect(!ready.withLockedValue { $0 })
+        try harness.reply(Self.serverInfo)
         #expect(ready.withLockedValue { $0 })
+        #expect(harness.handler.serverRunID == "0123456789abcdef0123456789abcdef01234567")
     }
 
     @Test(arguments: [
@@ -112,10 +119,12 @@ import Testing
         let harness = try Harness(completeHandshake: false)
         _ = try harness.written()
         try harness.reply("-NOPERM User keygate has no permissions to run the 'role' command\r\n")
+        try harness.reply("-NOPERM User keygate has no permissions to run the 'info' command\r\n")
         guard case .success? = Self.outcome(harness.handler.ready.futureResult) else {
-            Issue.record("the handshake failed on NOPERM for ROLE")
+            Issue.record("the handshake failed on NOPERM for ROLE or INFO")
             return
         }
+        #expect(harness.handler.serverRunID == nil)
     }
 
     @Test func withoutTheRoleCheckTheHandshakeIsAPing() throws {
@@ -195,7 +204,7 @@ import Testing
         }
         let future = harness.send(RedisCommand("GET", ["k"])) // queued behind the handshake's ROLE
         harness.loop.advanceTime(by: .milliseconds(50))
-        try harness.reply(Self.masterRole)
+        try harness.reply(Self.masterHandshake)
         harness.loop.advanceTime(by: .milliseconds(60))
         #expect(Self.failure(future)?.code == .timeout, "100 ms deadline, not the 10 s handshake one")
     }

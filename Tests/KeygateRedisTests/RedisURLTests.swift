@@ -57,3 +57,56 @@ import Testing
         #expect(error?.message.contains("u:***@") == true)
     }
 }
+
+@Suite struct SentinelURLTests {
+    @Test func parsesSentinelsMasterNameAndCredentials() throws {
+        let config = try RedisConfiguration(
+            url: "redis-sentinel://app:pw@10.0.0.1:26380,sentinel-b,[::1]:26381/2?sentinel_user=watch&sentinel_password=s%23cret#orders")
+        let sentinel = try #require(config.sentinel)
+        #expect(sentinel.addresses == [.init(host: "10.0.0.1", port: 26380), .init(host: "sentinel-b", port: 26379),
+                                       .init(host: "::1", port: 26381)])
+        #expect(sentinel.masterName == "orders")
+        #expect(sentinel.username == "watch")
+        #expect(sentinel.password == "s#cret")
+        #expect(config.username == "app")
+        #expect(config.password == "pw")
+        #expect(config.database == 2)
+        #expect(config.tls == nil)
+        #expect(config.effectiveWaitReplicas == 1)
+        #expect(config.redactedTarget == "redis-sentinel://10.0.0.1:26380,sentinel-b:26379,[::1]:26381/2#orders")
+    }
+
+    @Test func tlsSentinelAndDefaults() throws {
+        let config = try RedisConfiguration(url: "rediss-sentinel://localhost?ca_file=/ca.pem#m")
+        #expect(config.sentinel?.addresses == [.init(host: "127.0.0.1", port: 26379)])
+        #expect(config.tls?.caFile == "/ca.pem")
+        #expect(config.sentinel?.password == nil)
+        #expect(try RedisConfiguration(url: "redis://h").effectiveWaitReplicas == 0)
+    }
+
+    @Test(arguments: [
+        ("redis-sentinel://h1:26379,h2:26379", "missing master name"),
+        ("redis-sentinel://h1:26379#", "missing master name"),
+        ("redis-sentinel://h1:26379,,h2#m", "empty entry in the list of Sentinels"),
+        ("redis-sentinel://h1:x#m", "port must be a number"),
+        ("redis-sentinel://#m", "missing host"),
+        ("redis-sentinel://h1/abc#m", "database must be a non-negative number"),
+        ("redis-sentinel://h1?password=x#m", "unknown query parameter 'password'"),
+        ("redis://h1#m", "belongs to a Sentinel URL"),
+        ("rediss://h1:6379,h2:6380", "rediss-sentinel://"),
+        ("sentinel://h1#m", "unsupported scheme 'sentinel'"),
+    ])
+    func rejectsBadSentinelURLs(url: String, problem: String) {
+        let error = #expect(throws: RedisError.self) { try RedisConfiguration(url: url) }
+        #expect(error?.code == .invalidURL)
+        #expect(error?.message.contains(problem) == true, "\(error?.message ?? "")")
+    }
+
+    @Test func sentinelPasswordIsRedactedInErrors() {
+        let error = #expect(throws: RedisError.self) {
+            try RedisConfiguration(url: "redis-sentinel://u:topsecret@h:x?sentinel_password=alsosecret#m")
+        }
+        #expect(error?.message.contains("topsecret") == false)
+        #expect(error?.message.contains("alsosecret") == false)
+    }
+}

@@ -11,6 +11,12 @@ public import Synchronization
 /// suspect at once: the generation is bumped and every request reads Redis. After resubscribing it
 /// replays the event Stream from the last id known to be delivered, flushes the whole cache if
 /// the Stream was trimmed past that id, and only then trusts the cache again.
+///
+/// A master change (Sentinel failover, a Redis restarted with a new `run_id`) flushes the cache at
+/// once and throws the replay position away: the new master's Stream may be shorter than the old
+/// one's (a replica that missed the last events, a restore from an older snapshot), so an id read
+/// from the old master says nothing about what the new one holds, and a cached verdict may rest on
+/// data the new master never had.
 public final class InvalidationService: Service, Sendable {
     public struct Settings: Sendable, Equatable {
         /// `P`: ping interval on the subscriber connection.
@@ -30,8 +36,14 @@ public final class InvalidationService: Service, Sendable {
     private let logger: Logger
     public let metrics: InvalidationMetrics
     private let subscriber: RedisSubscriber
-    /// The last Stream id whose invalidation is known applied.
-    private let baseline = Mutex<StreamID?>(nil)
+    /// The last Stream id whose invalidation is known applied, and the topology generation (the
+    /// master) it was read from.
+    private let baseline = Mutex<Baseline?>(nil)
+
+    private struct Baseline {
+        var id: StreamID
+        var generation: UInt64
+    }
 
     public init(store: KeyStore, cache: VerdictCache, subscriberConfiguration: RedisConfiguration,
                 settings: Settings = Settings(), eventLoop: any EventLoop, logger: Logger) {
@@ -43,7 +55,7 @@ public final class InvalidationService: Service, Sendable {
         self.logger = logger
         let metrics = InvalidationMetrics()
         self.metrics = metrics
-        self.subscriber = RedisSubscriber(configuration: subscriberConfiguration,
+        self.subscriber = RedisSubscriber(configuration: subscriberConfiguration, topology: store.redis.topology,
                                           channels: [store.layout.invalidationChannel],
                                           pingInterval: settings.pingInterval, pingTimeout: settings.pingTimeout,
                                           eventLoop: eventLoop) { _, payload in
@@ -54,6 +66,15 @@ public final class InvalidationService: Service, Sendable {
             // Rule 2 at once, on the event loop; the consumer below logs and counts the loss.
             cache.markSuspect()
         }
+        store.redis.topology.onMasterChange { [weak self] generation in
+            // Before anything reads the new master through the cache: what it holds may be older.
+            cache.markSuspect()
+            cache.removeAll()
+            metrics.flushes(reason: .masterChange)
+            self?.baseline.withLock { $0 = nil }
+            logger.warning("Redis master changed; verdict cache flushed, replay restarts from the new master's Stream",
+                           metadata: ["generation": "\(generation)"])
+        }
     }
 
     /// Seconds since the subscriber's last pong (nil before the first), for the metrics.
@@ -61,7 +82,10 @@ public final class InvalidationService: Service, Sendable {
 
     public func run() async throws {
         // The baseline is taken before subscribing: anything that changes after it is replayed.
-        if let last = try? await lastStreamID() { baseline.withLock { $0 = last } }
+        let generation = store.redis.topology.generation
+        if let last = try? await lastStreamID(), store.redis.topology.generation == generation {
+            baseline.withLock { $0 = Baseline(id: last, generation: generation) }
+        }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.subscriber.run() }
             group.addTask { await self.advanceBaselineWhileHealthy() }
@@ -107,23 +131,33 @@ public final class InvalidationService: Service, Sendable {
         }
     }
 
+    /// The replay is valid only if the subscriber, the commands and the baseline all saw one master.
     private func catchUp() async throws {
-        guard let start = baseline.withLock({ $0 }) else {
-            // No baseline (Redis was down at start): nothing cached can be vouched for.
+        let topology = store.redis.topology
+        let generation = topology.generation
+        guard subscriber.connectionGeneration == generation else {
+            throw MasterChanged() // the subscriber is moving to the new master; its subscribe replays again
+        }
+        defer { if topology.generation != generation { cache.markSuspect() } }
+        guard let known = baseline.withLock({ $0 }), known.generation == generation else {
+            // No baseline (Redis was down at start, or the master changed): nothing cached can be vouched for.
             cache.removeAll()
             metrics.flushes(reason: .noBaseline)
             baseline.withLock { $0 = nil }
             let last = try await lastStreamID()
-            baseline.withLock { $0 = last }
+            guard topology.generation == generation else { throw MasterChanged() }
+            baseline.withLock { $0 = Baseline(id: last, generation: generation) }
             return
         }
+        let start = known.id
         let info = try await streamInfo()
         if let maxDeleted = info.maxDeleted, maxDeleted > start {
             // XREAD would silently skip what was trimmed: flush instead of trusting a partial replay.
             cache.removeAll()
             metrics.flushes(reason: .replayGap)
             logger.warning("invalidation replay window trimmed past our position; cache flushed")
-            baseline.withLock { $0 = info.last }
+            guard topology.generation == generation else { throw MasterChanged() }
+            baseline.withLock { $0 = Baseline(id: info.last, generation: generation) }
             return
         }
         var position = start
@@ -140,9 +174,14 @@ public final class InvalidationService: Service, Sendable {
             }
             if entries.count < 1_000 { break }
         }
+        guard topology.generation == generation else { throw MasterChanged() }
         metrics.replays.add(1, ordering: .relaxed)
         metrics.replayedEvents.add(replayed, ordering: .relaxed)
-        baseline.withLock { $0 = position }
+        baseline.withLock { $0 = Baseline(id: position, generation: generation) }
+    }
+
+    private struct MasterChanged: Error, CustomStringConvertible {
+        var description: String { "the Redis master changed during the replay" }
     }
 
     /// While subscribed, move the baseline to the Stream's end as of time t once a pong sent after t
@@ -152,12 +191,16 @@ public final class InvalidationService: Service, Sendable {
         let pingTimeout = UInt64(TimeAmount(settings.pingTimeout).nanoseconds)
         while !Task.isCancelled {
             try? await Task.sleep(for: settings.baselineInterval)
+            let generation = store.redis.topology.generation
             guard cache.isTrusted, let candidate = try? await lastStreamID() else { continue }
             let fetchedAt = NIODeadline.now().uptimeNanoseconds
             try? await Task.sleep(for: settings.pingInterval + settings.pingTimeout + .milliseconds(100))
-            if cache.isTrusted, subscriber.lastPongUptimeNanoseconds > fetchedAt + pingTimeout {
+            if cache.isTrusted, subscriber.lastPongUptimeNanoseconds > fetchedAt + pingTimeout,
+               store.redis.topology.generation == generation, subscriber.connectionGeneration == generation {
                 baseline.withLock { current in
-                    if current.map({ candidate > $0 }) ?? true { current = candidate }
+                    if let known = current, known.generation == generation, candidate > known.id {
+                        current = Baseline(id: candidate, generation: generation)
+                    }
                 }
             }
         }
@@ -217,7 +260,9 @@ struct StreamID: Comparable, Sendable, CustomStringConvertible {
 
 /// Counters of the invalidation path, read by the metrics endpoint.
 public final class InvalidationMetrics: Sendable {
-    public enum FlushReason: String, Sendable, CaseIterable { case replayGap = "replay_gap", noBaseline = "no_baseline" }
+    public enum FlushReason: String, Sendable, CaseIterable {
+        case replayGap = "replay_gap", noBaseline = "no_baseline", masterChange = "master_change"
+    }
     /// 1 while subscribed and caught up.
     public let channelUp = Atomic<Bool>(false)
     public let received = Atomic<Int>(0)
@@ -226,11 +271,13 @@ public final class InvalidationMetrics: Sendable {
     public let replayedEvents = Atomic<Int>(0)
     public let flushesReplayGap = Atomic<Int>(0)
     public let flushesNoBaseline = Atomic<Int>(0)
+    public let flushesMasterChange = Atomic<Int>(0)
 
     func flushes(reason: FlushReason) {
         switch reason {
         case .replayGap: flushesReplayGap.add(1, ordering: .relaxed)
         case .noBaseline: flushesNoBaseline.add(1, ordering: .relaxed)
+        case .masterChange: flushesMasterChange.add(1, ordering: .relaxed)
         }
     }
 }

@@ -2,6 +2,7 @@ public import Foundation
 public import KeygateRedis
 public import NIOCore
 internal import CCrypto
+public import Synchronization
 
 /// Creates, changes and reads keys in Redis. The CLI, the admin API and the node all use this type,
 /// so every change has exactly one implementation (a Lua script in `KeyStoreScripts`).
@@ -13,6 +14,8 @@ public final class KeyStore: Sendable {
     /// Approximate cap of the event Stream (`XADD MAXLEN ~`). A node that was away longer than this
     /// many events flushes its whole cache instead of replaying.
     public let streamMaxLength: Int
+    /// Mutations and usage batches that fewer replicas than `waitReplicas` confirmed.
+    public let durability = DurabilityMetrics()
 
     public init(redis: RedisClient, layout: KeyStoreLayout, format: KeyFormat, hasher: KeyHasher,
                 streamMaxLength: Int = 100_000) {
@@ -314,12 +317,39 @@ public final class KeyStore: Sendable {
         return result
     }
 
+    /// Runs a mutation script; with `waitReplicas` > 0, follows it with `WAIT` on the same
+    /// connection (one pipeline), so success means that many replicas hold the change.
     private func run(_ script: RedisScript, keys: [String], arguments: [String]) async throws(KeygateError) -> RESPValue {
+        let keys = keys.map { RedisArgument.string($0) }
+        let arguments = arguments.map { RedisArgument.string($0) }
+        let replicas = redis.configuration.effectiveWaitReplicas
+        guard replicas > 0 else {
+            do { return try await redis.evalSHA(script, keys: keys, arguments: arguments) } catch { throw Self.map(error) }
+        }
+        let timeout = Int64(TimeAmount(redis.configuration.waitTimeout).nanoseconds / 1_000_000)
+        let evalSHA = RedisCommand("EVALSHA", [.string(script.sha1), .integer(Int64(keys.count))] + keys + arguments)
+        // A script that changed nothing (a retried revoke, a batch applied before) replicates nothing,
+        // and WAIT alone would then vouch for an older offset. The mark is always written, and the
+        // replication stream is ordered: a replica that has the mark has every earlier write.
+        let mark = RedisCommand("SET", [.string(layout.replicationMark), "1", "PX", "86400000"])
+        let wait = RedisCommand("WAIT", [.integer(Int64(replicas)), .integer(max(1, timeout))])
+        var replies: [RESPValue]
         do {
-            return try await redis.evalSHA(script, keys: keys.map { .string($0) }, arguments: arguments.map { .string($0) })
+            replies = try await redis.pipeline([evalSHA, mark, wait])
+            if case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") {
+                _ = try await redis.send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
+                replies = try await redis.pipeline([evalSHA, mark, wait])
+            }
         } catch {
             throw Self.map(error)
         }
+        if case .error(let message) = replies[0] { throw Self.map(RedisError(.serverError, message)) }
+        let acknowledged = replies[2].int ?? 0
+        if acknowledged < replicas {
+            durability.notReplicated.add(1, ordering: .relaxed)
+            throw KeygateError(.notReplicated, "only \(acknowledged) of \(replicas) replica(s) confirmed the change within \(timeout) ms")
+        }
+        return replies[0]
     }
 
     private func command(_ command: RedisCommand) async throws(KeygateError) -> RESPValue {
@@ -367,6 +397,13 @@ public final class KeyStore: Sendable {
         precondition(status == 1, "RAND_bytes failed")
         return "key_" + String(decoding: Base62.encode(random, width: 17), as: UTF8.self)
     }
+}
+
+/// Counters of `WAIT` outcomes, read by the metrics endpoint.
+public final class DurabilityMetrics: Sendable {
+    /// Changes the master applied but fewer replicas than required confirmed (reported as not durable).
+    public let notReplicated = Atomic<Int>(0)
+    init() {}
 }
 
 extension Date {

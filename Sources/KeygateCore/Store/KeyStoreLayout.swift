@@ -16,6 +16,7 @@ import Foundation
 /// | `ns:usage-batch:<node>:<seq>` | string | applied-batch marker, expires after 24 h (idempotent retries) |
 /// | `ns:events` | stream | lifecycle events (audit log and invalidation replay), capped |
 /// | `ns:epoch` | string | incremented by every mutation |
+/// | `ns:replication-mark` | string | written before each `WAIT`, so a retried no-op change is confirmed too |
 /// | channel `ns:invalidations` | pub/sub | the hash hex of every changed key |
 public struct KeyStoreLayout: Sendable, Equatable {
     public let namespace: String
@@ -39,6 +40,7 @@ public struct KeyStoreLayout: Sendable, Equatable {
     public func usageBatch(_ batchID: String) -> String { "\(namespace):usage-batch:\(batchID)" }
     public var events: String { "\(namespace):events" }
     public var epoch: String { "\(namespace):epoch" }
+    public var replicationMark: String { "\(namespace):replication-mark" }
     /// Pub/sub ignores the database number, so the channel carries the namespace.
     public var invalidationChannel: String { "\(namespace):invalidations" }
 

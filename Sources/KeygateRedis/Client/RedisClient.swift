@@ -11,23 +11,31 @@ import Synchronization
 /// themselves; during a long outage commands fail fast with `RedisError.Code.circuitOpen`.
 public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
+    /// Where the master is and whether it changed; shared with the subscriber that goes with this client.
+    public let topology: RedisTopology
     public let metrics = RedisClientMetrics()
     private let slots: [RedisConnectionSlot]
     private let slotByLoop: [ObjectIdentifier: RedisConnectionSlot]
     private let nextSlot = Atomic<UInt>(0)
     private let logger: Logger
 
+    /// - Parameter sharingTopologyWith: another client to the same Redis whose master discovery and
+    ///   master changes this one follows (a node's second client, for work that must not queue
+    ///   behind the data plane's lookups).
     /// - Throws: `RedisError` when the TLS settings cannot be loaded.
-    public init(configuration: RedisConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger = Logger(label: "keygate.redis")) throws(RedisError) {
+    public init(configuration: RedisConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger = Logger(label: "keygate.redis"),
+                sharingTopologyWith other: RedisClient? = nil) throws(RedisError) {
         self.configuration = configuration
         self.logger = logger
         let tls = try RedisConnection.makeTLSContext(configuration)
+        let topology = other?.topology ?? RedisTopology(configuration: configuration, tlsContext: tls)
+        self.topology = topology
         var slots: [RedisConnectionSlot] = []
         var byLoop: [ObjectIdentifier: RedisConnectionSlot] = [:]
         let circuit = RedisCircuit(failFastAfter: configuration.failFastAfter)
         for loop in eventLoopGroup.makeIterator() {
-            let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, tlsContext: tls, circuit: circuit,
-                                           metrics: metrics)
+            let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, topology: topology, tlsContext: tls,
+                                           circuit: circuit, metrics: metrics)
             slots.append(slot)
             byLoop[ObjectIdentifier(loop)] = slot
         }
@@ -35,6 +43,8 @@ public final class RedisClient: Sendable {
         self.slotByLoop = byLoop
         let allSlots = slots
         circuit.onRecovery { for slot in allSlots { slot.reconnectNow() } }
+        topology.onMasterChange { generation in for slot in allSlots { slot.dropConnection(olderThan: generation) } }
+        topology.onSwitch { for slot in allSlots { slot.reconnectToNewMaster() } }
     }
 
     /// Sends a command on `eventLoop`'s own connection. Call it on that loop for the no-hop path;
@@ -93,6 +103,12 @@ public final class RedisClient: Sendable {
             let patience = configuration.connectTimeout
             _ = try await slot.eventLoop.flatSubmit { slot.connection(patience: patience) }.get()
         }
+    }
+
+    /// Why the connections are down (the last connect error), or nil while one is up.
+    public var unavailableReason: String? {
+        guard !isConnected else { return nil }
+        return slots.lazy.compactMap { $0.lastError.withLock { $0 } }.first ?? "not connected yet"
     }
 
     /// True when at least one connection is up.

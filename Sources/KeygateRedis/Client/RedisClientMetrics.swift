@@ -8,7 +8,8 @@ public final class RedisClientMetrics: Sendable {
     /// Failures by `RedisError.Code`; index order is `errorCodes`.
     private let errors: [AtomicCounter]
     public static let errorCodes: [RedisError.Code] = [.connectionClosed, .timeout, .protocolError, .serverError,
-                                                       .circuitOpen, .cancelled, .connectFailed, .authenticationFailed]
+                                                       .circuitOpen, .cancelled, .connectFailed, .authenticationFailed,
+                                                       .notWritableMaster, .discoveryFailed]
 
     public init() {
         errors = Self.errorCodes.map { _ in AtomicCounter() }

@@ -10,19 +10,24 @@ import Synchronization
 final class RedisConnectionSlot: Sendable {
     let eventLoop: any EventLoop
     private let configuration: RedisConfiguration
+    private let topology: RedisTopology
     private let tlsContext: NIOSSLContext?
     private let circuit: RedisCircuit
     private let metrics: RedisClientMetrics
     private let state: NIOLoopBoundBox<State>
     /// Readable from any thread, so async callers can prefer a healthy slot.
     let isHealthy = Atomic<Bool>(false)
+    /// Why the last connect failed (nil once connected), for readiness answers and logs.
+    let lastError = Mutex<String?>(nil)
 
     private struct State {
         var connection: RedisConnection?
+        /// The topology generation `connection` belongs to.
+        var generation: UInt64 = 0
         var attempt: EventLoopFuture<RedisConnection>?
         /// The connect of `attempt` while it waits out its backoff delay.
         var pendingConnect: Scheduled<Void>?
-        var pendingPromise: EventLoopPromise<RedisConnection>?
+        var pendingPromise: EventLoopPromise<(RedisConnection, UInt64)>?
         var consecutiveFailures = 0
         var isShutDown = false
         /// Before the first connection a caller waits up to the connect timeout (starting up is not an
@@ -30,9 +35,10 @@ final class RedisConnectionSlot: Sendable {
         var everConnected = false
     }
 
-    init(eventLoop: any EventLoop, configuration: RedisConfiguration, tlsContext: NIOSSLContext?, circuit: RedisCircuit,
-         metrics: RedisClientMetrics) {
+    init(eventLoop: any EventLoop, configuration: RedisConfiguration, topology: RedisTopology, tlsContext: NIOSSLContext?,
+         circuit: RedisCircuit, metrics: RedisClientMetrics) {
         self.eventLoop = eventLoop
+        self.topology = topology
         self.metrics = metrics
         self.circuit = circuit
         self.configuration = configuration
@@ -90,19 +96,38 @@ final class RedisConnectionSlot: Sendable {
 
     @discardableResult
     private func startAttempt(after delay: TimeAmount) -> EventLoopFuture<RedisConnection> {
-        let promise = eventLoop.makePromise(of: RedisConnection.self)
-        state.value.attempt = promise.futureResult
-        let configuration = self.configuration
-        let tlsContext = self.tlsContext
-        let eventLoop = self.eventLoop
+        let promise = eventLoop.makePromise(of: (RedisConnection, UInt64).self)
+        // Registered first, so the slot holds the connection before any waiter uses it.
+        promise.futureResult.whenComplete { result in self.attemptFinished(result) }
+        let attempt = promise.futureResult.map { $0.0 }
+        state.value.attempt = attempt
         state.value.pendingPromise = promise
         state.value.pendingConnect = eventLoop.scheduleTask(in: delay) {
             self.state.value.pendingConnect = nil
-            RedisConnection.connect(configuration: configuration, tlsContext: tlsContext, eventLoop: eventLoop)
-                .cascade(to: promise)
+            self.dial().cascade(to: promise)
         }
-        promise.futureResult.whenComplete { result in self.attemptFinished(result) }
-        return promise.futureResult
+        return attempt
+    }
+
+    private func dial() -> EventLoopFuture<(RedisConnection, UInt64)> {
+        topology.connect(configuration, tlsContext: tlsContext, on: eventLoop)
+    }
+
+    /// The master changed (to `generation`): a connection to an older one must not serve another
+    /// command. Called from any thread.
+    func dropConnection(olderThan generation: UInt64) {
+        eventLoop.execute {
+            guard let connection = self.state.value.connection, self.state.value.generation < generation else { return }
+            _ = connection.close()
+        }
+    }
+
+    /// The master moved: close the connection (it may lead to the old master) and reconnect at once.
+    func reconnectToNewMaster() {
+        eventLoop.execute {
+            if let connection = self.state.value.connection { _ = connection.close() }
+        }
+        reconnectNow()
     }
 
     /// Redis is reachable again (another slot connected): forget the backoff, and skip the rest of
@@ -113,27 +138,30 @@ final class RedisConnectionSlot: Sendable {
             guard let pending = self.state.value.pendingConnect, let promise = self.state.value.pendingPromise else { return }
             pending.cancel()
             self.state.value.pendingConnect = nil
-            RedisConnection.connect(configuration: self.configuration, tlsContext: self.tlsContext, eventLoop: self.eventLoop)
-                .cascade(to: promise)
+            self.dial().cascade(to: promise)
         }
     }
 
-    private func attemptFinished(_ result: Result<RedisConnection, any Error>) {
+    private func attemptFinished(_ result: Result<(RedisConnection, UInt64), any Error>) {
         state.value.attempt = nil
         state.value.pendingPromise = nil
         switch result {
-        case .success(let connection):
-            if state.value.isShutDown {
-                _ = connection.close()
+        case .success(let (connection, generation)):
+            if state.value.isShutDown || generation < topology.generation {
+                _ = connection.close() // shut down, or the master changed again while connecting
+                if !state.value.isShutDown { startAttempt(after: .zero) }
                 return
             }
+            lastError.withLock { $0 = nil }
             state.value.connection = connection
+            state.value.generation = generation
             state.value.everConnected = true
             state.value.consecutiveFailures = 0
             circuit.recordSuccess()
             isHealthy.store(true, ordering: .relaxed)
             connection.closeFuture.whenComplete { _ in self.connectionClosed(connection) }
-        case .failure:
+        case .failure(let error):
+            lastError.withLock { $0 = "\(error)" }
             noteFailure()
             guard !state.value.isShutDown else { return }
             startAttempt(after: backoff())

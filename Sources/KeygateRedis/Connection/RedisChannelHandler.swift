@@ -60,6 +60,8 @@ final class RedisChannelHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     /// Completed when the handshake succeeded (or failed: the connection is then closed).
     let ready: EventLoopPromise<Void>
+    /// The server's `run_id`, known once `ready` succeeded (nil if `INFO` is not allowed).
+    var serverRunID: String? { machine.serverRunID }
     /// Receives replies nobody waits for, after `enterPushMode()` (the subscriber's messages and pongs).
     var onPush: ((RESPValue) -> Void)?
 
@@ -92,8 +94,10 @@ final class RedisChannelHandler: ChannelInboundHandler {
         // Always at least one round trip before the connection is handed out: it proves the peer
         // speaks RESP and, over TLS, that the certificate was verified (the TLS handshake runs
         // lazily). ROLE is that round trip: a replica is refused like an unreachable server.
+        // INFO server names the server (its run_id), so a restarted or replaced master is noticed.
         if configuration.requiresMaster {
             commands.append(RedisCommand("ROLE"))
+            commands.append(RedisCommand("INFO", ["server"]))
         } else if commands.isEmpty {
             commands.append(RedisCommand("PING"))
         }
@@ -120,7 +124,13 @@ final class RedisChannelHandler: ChannelInboundHandler {
         let deadline = context.eventLoop.now + handshakeTimeout
         var buffer = context.channel.allocator.buffer(capacity: 128)
         for command in handshake {
-            let step: Machine.HandshakeStep = command.name == "AUTH" ? .auth : command.name == "ROLE" ? .role : .other
+            let step: Machine.HandshakeStep
+            switch command.name {
+            case "AUTH": step = .auth
+            case "ROLE": step = .role
+            case "INFO": step = .serverInfo
+            default: step = .other
+            }
             apply(machine.enqueue(nil, deadline: deadline, purpose: .handshake(step)), context: context)
             command.encode(into: &buffer)
         }

@@ -11,11 +11,14 @@ public final class RedisConnection: Sendable {
     public let eventLoop: any EventLoop
     let channel: any Channel
     private let handler: NIOLoopBound<RedisChannelHandler>
+    /// The server's `run_id` from the handshake; nil without `INFO` (a Sentinel, or an ACL without it).
+    public let serverRunID: String?
 
     private init(channel: any Channel, handler: RedisChannelHandler) {
         self.eventLoop = channel.eventLoop
         self.channel = channel
         self.handler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        self.serverRunID = handler.serverRunID
     }
 
     /// Connects and runs the handshake within `configuration.connectTimeout`.
@@ -112,7 +115,18 @@ public final class RedisConnection: Sendable {
             let handler = self.handler
             eventLoop.execute { handler.value.send(command, promise: promise) }
         }
-        return promise.futureResult.flatMapThrowing(Self.throwingServerError)
+        return promise.futureResult.flatMapThrowing { [channel] value in
+            if case .error(let message) = value {
+                if message.hasPrefix("READONLY") {
+                    // Demoted by a failover: this connection leads to a replica now. Close it, so
+                    // the reconnect asks where the master is.
+                    channel.close(promise: nil)
+                    throw RedisError(.notWritableMaster, "the server became a replica: \(message)")
+                }
+                throw RedisError(.serverError, message)
+            }
+            return value
+        }
     }
 
     /// Sends commands as one pipeline with one flush; one reply per command, error replies included.
@@ -125,17 +139,17 @@ public final class RedisConnection: Sendable {
             let handler = self.handler
             eventLoop.execute { handler.value.send(batch: commands, promise: promise) }
         }
-        return promise.futureResult
+        return promise.futureResult.map { [channel] replies in
+            if replies.contains(where: { if case .error(let message) = $0 { message.hasPrefix("READONLY") } else { false } }) {
+                channel.close(promise: nil) // demoted by a failover, as in `send`
+            }
+            return replies
+        }
     }
 
     /// Closes the connection; pending commands fail with `.connectionClosed`.
     public func close() -> EventLoopFuture<Void> {
         channel.close().recover { _ in }
-    }
-
-    static func throwingServerError(_ value: RESPValue) throws -> RESPValue {
-        if case .error(let message) = value { throw RedisError(.serverError, message) }
-        return value
     }
 
     // MARK: subscriber support

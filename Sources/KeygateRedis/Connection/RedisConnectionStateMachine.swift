@@ -17,6 +17,8 @@ struct RedisConnectionStateMachine<Promise> {
         case auth
         /// The reply must say `master` (see `roleProblem`).
         case role
+        /// `INFO server`: the reply's `run_id` identifies the server (see `RedisTopology`).
+        case serverInfo
         case other
     }
 
@@ -36,6 +38,8 @@ struct RedisConnectionStateMachine<Promise> {
     }
 
     private var state: State
+    /// The server's `run_id`, once the `INFO server` handshake reply arrived.
+    private(set) var serverRunID: String?
     private var queue = CircularBuffer<Pending>(initialCapacity: 16)
     /// The earliest scheduled deadline check. One timer serves the whole queue; a command whose
     /// deadline is earlier than the armed one (a short command timeout behind a long handshake)
@@ -97,7 +101,9 @@ struct RedisConnectionStateMachine<Promise> {
             return .succeed(head.promise, value)
         case .handshake(let step):
             if step == .role, let problem = Self.roleProblem(value) { return failAll(problem) }
-            if case .error(let message) = value, !(step == .role && message.hasPrefix("NOPERM")) {
+            if step == .serverInfo { serverRunID = value.string.flatMap { Self.runID(inInfo: $0) } }
+            let optional = step == .role || step == .serverInfo
+            if case .error(let message) = value, !(optional && message.hasPrefix("NOPERM")) {
                 let code: RedisError.Code = step == .auth ? .authenticationFailed : .serverError
                 return failAll(RedisError(code, "handshake failed: \(message)"))
             }
@@ -127,6 +133,15 @@ struct RedisConnectionStateMachine<Promise> {
         default:
             return RedisError(.notWritableMaster, "the server's role is '\(role)', not a writable master")
         }
+    }
+
+    /// The `run_id:` line of an `INFO server` reply.
+    static func runID(inInfo text: String) -> String? {
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix("run_id:") {
+            let id = String(line.dropFirst("run_id:".count).filter { !$0.isWhitespace })
+            return id.isEmpty ? nil : id
+        }
+        return nil
     }
 
     /// Replies from now on that no command waits for are pushes (after SUBSCRIBE).

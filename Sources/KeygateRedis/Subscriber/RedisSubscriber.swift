@@ -23,6 +23,12 @@ public final class RedisSubscriber: Sendable {
     public let events: AsyncStream<Event>
     private let continuation: AsyncStream<Event>.Continuation
     private let configuration: RedisConfiguration
+    /// Opens a connection and says which topology generation it belongs to.
+    private let connector: @Sendable (any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)>
+    /// The live connection and its generation, so `reconnect()` can close it.
+    private let current = Mutex<(connection: RedisConnection, generation: UInt64)?>(nil)
+    /// Bumped by `reconnect()`: cuts a backoff sleep short.
+    private let wakeups = Atomic<UInt64>(0)
     private let pingInterval: TimeAmount
     private let pingTimeout: TimeAmount
     private let eventLoop: any EventLoop
@@ -45,12 +51,40 @@ public final class RedisSubscriber: Sendable {
     ///     then carries only `.subscribed` and `.disconnected`.
     ///   - lossHandler: called on the event loop as soon as a connection closes, for the same
     ///     reason (a cache must stop trusting itself at once, not when a task gets scheduled).
-    public init(configuration: RedisConfiguration, channels: [String],
-                pingInterval: Duration = .seconds(1), pingTimeout: Duration = .seconds(1),
-                bufferLimit: Int = 100_000,
-                eventLoop: any EventLoop,
-                messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)? = nil,
-                lossHandler: (@Sendable () -> Void)? = nil) {
+    ///   - topology: the client's topology, to follow its master (Sentinel discovery, master
+    ///     changes); nil connects to `configuration`'s endpoint.
+    public convenience init(configuration: RedisConfiguration, topology: RedisTopology? = nil, channels: [String],
+                            pingInterval: Duration = .seconds(1), pingTimeout: Duration = .seconds(1),
+                            bufferLimit: Int = 100_000,
+                            eventLoop: any EventLoop,
+                            messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)? = nil,
+                            lossHandler: (@Sendable () -> Void)? = nil) {
+        let connector: @Sendable (any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)>
+        if let topology {
+            let tls = try? RedisConnection.makeTLSContext(configuration)
+            connector = { loop in topology.connect(configuration, tlsContext: tls, on: loop) }
+        } else {
+            connector = { loop in RedisConnection.connect(configuration: configuration, eventLoop: loop).map { ($0, 0) } }
+        }
+        self.init(configuration: configuration, connector: connector, channels: channels, pingInterval: pingInterval,
+                  pingTimeout: pingTimeout, bufferLimit: bufferLimit, eventLoop: eventLoop,
+                  messageHandler: messageHandler, lossHandler: lossHandler)
+        if let topology {
+            // A connection to an older master must go; a Sentinel's news wakes a reconnect at once.
+            topology.onMasterChange { [weak self] generation in
+                guard let self, let live = self.current.withLock({ $0 }), live.generation < generation else { return }
+                self.reconnect()
+            }
+            topology.onSwitch { [weak self] in self?.reconnect() }
+        }
+    }
+
+    init(configuration: RedisConfiguration,
+         connector: @escaping @Sendable (any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)>,
+         channels: [String], pingInterval: Duration, pingTimeout: Duration, bufferLimit: Int, eventLoop: any EventLoop,
+         messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)?,
+         lossHandler: (@Sendable () -> Void)?) {
+        self.connector = connector
         self.messageHandler = messageHandler
         self.lossHandler = lossHandler
         precondition(!channels.isEmpty, "subscribe to at least one channel")
@@ -60,6 +94,15 @@ public final class RedisSubscriber: Sendable {
         self.pingTimeout = TimeAmount(pingTimeout)
         self.eventLoop = eventLoop
         (events, continuation) = AsyncStream.makeStream(of: Event.self, bufferingPolicy: .bufferingOldest(bufferLimit))
+    }
+
+    /// The topology generation of the live connection; nil while disconnected.
+    public var connectionGeneration: UInt64? { current.withLock { $0?.generation } }
+
+    /// Drops the connection (if any) and reconnects now, skipping any backoff delay.
+    public func reconnect() {
+        wakeups.add(1, ordering: .relaxed)
+        if let live = current.withLock({ $0 }) { _ = live.connection.close() }
     }
 
     /// `NIODeadline.uptimeNanoseconds` of the last pong (or subscribe acknowledgement); 0 before.
@@ -79,13 +122,15 @@ public final class RedisSubscriber: Sendable {
         while !Task.isCancelled {
             let reason: String
             do {
-                let connection = try await RedisConnection.connect(configuration: configuration, eventLoop: eventLoop).get()
+                let (connection, generation) = try await connector(eventLoop).get()
+                current.withLock { $0 = (connection, generation) }
                 let session = SubscriberSession(subscriber: self, connection: connection)
                 let outcome = await withTaskCancellationHandler {
                     await session.run()
                 } onCancel: {
                     _ = connection.close()
                 }
+                current.withLock { $0 = nil }
                 if outcome.subscribed { failures = 0; wasSubscribed = true }
                 reason = outcome.reason
             } catch {
@@ -96,9 +141,18 @@ public final class RedisSubscriber: Sendable {
             if wasSubscribed || failures == 0 { continuation.yield(.disconnected(reason: reason)) }
             wasSubscribed = false
             failures += 1
-            try? await Task.sleep(for: backoff(failures: failures))
+            await sleepUnlessWoken(backoff(failures: failures))
         }
         continuation.finish()
+    }
+
+    /// Sleeps for `duration`, in short steps so that `reconnect()` ends it early.
+    private func sleepUnlessWoken(_ duration: Duration) async {
+        let wakeup = wakeups.load(ordering: .relaxed)
+        let end = ContinuousClock.now + duration
+        while ContinuousClock.now < end, wakeups.load(ordering: .relaxed) == wakeup, !Task.isCancelled {
+            try? await Task.sleep(for: min(.milliseconds(20), end - ContinuousClock.now))
+        }
     }
 
     private func backoff(failures: Int) -> Duration {
