@@ -103,6 +103,15 @@ public final class RedisServerProcess: @unchecked Sendable {
         try await waitUntilReady()
     }
 
+    /// SIGKILL, as a crashed host: nothing is flushed, clients see their connections reset.
+    public func kill() async {
+        process.signal(SIGKILL)
+        await process.waitForExit(timeout: .seconds(5))
+    }
+
+    /// True until the process exited.
+    public var isRunning: Bool { process.isRunning }
+
     /// SIGSTOP: the server keeps its sockets open but answers nothing (a hung Redis).
     public func pause() { process.signal(SIGSTOP) }
     /// SIGCONT after `pause()`.

@@ -110,3 +110,32 @@ import Testing
         #expect(error?.message.contains("alsosecret") == false)
     }
 }
+
+/// The pieces of Sentinel discovery that need no server: reading the answer, naming the failure.
+@Suite struct SentinelDiscoveryTests {
+    @Test func readsTheMastersAddress() throws {
+        let reply = RESPValue.array([.bulkString(.init(string: "10.0.0.7")), .bulkString(.init(string: "6380"))])
+        #expect(try SentinelDiscovery.answer(reply) == .master(.tcp(host: "10.0.0.7", port: 6380)))
+        #expect(try SentinelDiscovery.answer(.null) == .unknownMaster)
+    }
+
+    @Test(arguments: [
+        RESPValue.array([.bulkString(.init(string: "10.0.0.7"))]),
+        RESPValue.array([.bulkString(.init(string: "10.0.0.7")), .bulkString(.init(string: "port"))]),
+        RESPValue.array([.bulkString(.init(string: "")), .bulkString(.init(string: "6379"))]),
+        RESPValue.integer(1),
+    ])
+    func refusesAnythingElse(reply: RESPValue) {
+        #expect(throws: RedisError.self) { try SentinelDiscovery.answer(reply) }
+    }
+
+    @Test func theFailureNamesWhatEachSentinelSaid() {
+        let unknown = SentinelDiscovery.failure(masterName: "orders", problems: ["a:1: no master named 'orders'", "b:2: no master named 'orders'"])
+        #expect(unknown.code == .discoveryFailed)
+        #expect(unknown.message.contains("no Sentinel knows a master named 'orders'"))
+        let mixed = SentinelDiscovery.failure(masterName: "orders", problems: ["a:1: no master named 'orders'", "b:2: connection refused"])
+        #expect(mixed.message.contains("no Sentinel gave the address of master 'orders'"))
+        #expect(mixed.message.contains("b:2: connection refused"))
+        #expect(mixed.isUnavailable)
+    }
+}

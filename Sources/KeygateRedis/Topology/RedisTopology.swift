@@ -85,8 +85,9 @@ public final class RedisTopology: Sendable {
                  on eventLoop: any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)> {
         locateMaster(on: eventLoop).flatMap { endpoint in
             var target = configuration
-            target.endpoint = endpoint
             if target.sentinel != nil, case .tcp(let host, _) = endpoint { target.tls?.serverName = host }
+            target.sentinel = nil // the connection's errors name the master's address, not the Sentinels
+            target.endpoint = endpoint
             return RedisConnection.connect(configuration: target, tlsContext: tlsContext, eventLoop: eventLoop).map { connection in
                 let identity = MasterIdentity(endpoint: endpoint, runID: connection.serverRunID)
                 return (connection, self.record(identity))
