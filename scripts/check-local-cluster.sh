@@ -11,12 +11,16 @@
 # 401, whichever node answers; with one node killed, requests still succeed; Prometheus reports up == 1
 # for the three nodes; up.sh twice changes nothing; the failure limiter answers 429 through nginx; after
 # down.sh the usage totals in Redis (read back from the append-only file) equal the number of 200s.
+# Then `up.sh --ha` (master, replica, three Sentinels): a key works through the balancer, status.sh
+# names the master; after SIGKILL of the master the balancer answers 200 again once the Sentinels
+# promote the replica (no node restarted), and status.sh names the new master.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
 export KEYGATE_BIN=$1
 
 KEYGATE_LOCAL_DIR=$(mktemp -d -t keygate-cluster.XXXXXX)
+base_dir=$KEYGATE_LOCAL_DIR
 export KEYGATE_LOCAL_DIR
 KEYGATE_LOCAL_LB_PORT=$(free_port) KEYGATE_LOCAL_REDIS_PORT=$(free_port) KEYGATE_LOCAL_DEMO_PORT=$(free_port)
 KEYGATE_LOCAL_PROMETHEUS_PORT=$(free_port)
@@ -36,7 +40,7 @@ cleanup() {
         kill "$check_redis_pid" 2>/dev/null || true
         wait "$check_redis_pid" 2>/dev/null || true # it writes its files on the way out
     fi
-    rm -rf "$KEYGATE_LOCAL_DIR" 2>/dev/null || { sleep 1; rm -rf "$KEYGATE_LOCAL_DIR" || true; }
+    rm -rf "$base_dir" 2>/dev/null || { sleep 1; rm -rf "$base_dir" || true; }
 }
 trap cleanup EXIT INT TERM
 fail() { echo "error: $*" >&2; for log in "$KEYGATE_LOCAL_DIR"/*.log; do echo "--- $log" >&2; tail -5 "$log" >&2; done; exit 1; }
@@ -182,4 +186,33 @@ echo "usage totals: demo $demo_total (200s: $expected_demo), victim $victim_tota
 if [ "$demo_total" != "$expected_demo" ] || [ "$victim_total" != "$expected_victim" ]; then
     fail "usage totals differ from the 200s"
 fi
+kill "$check_redis_pid" 2>/dev/null || true
+wait "$check_redis_pid" 2>/dev/null || true
+check_redis_pid=""
+
+echo "== up.sh --ha: a failover under the balancer"
+export KEYGATE_LOCAL_DIR=$base_dir/ha
+KEYGATE_LOCAL_REPLICA_PORT=$(free_port)
+KEYGATE_LOCAL_SENTINEL_PORTS="$(free_port) $(free_port) $(free_port)"
+export KEYGATE_LOCAL_REPLICA_PORT KEYGATE_LOCAL_SENTINEL_PORTS
+deploy/local/up.sh --ha > "$base_dir/up-ha.out" || fail "up.sh --ha failed: $(cat "$base_dir/up-ha.out")"
+# shellcheck source=/dev/null
+source "$KEYGATE_LOCAL_DIR/keys.env"
+lb="http://127.0.0.1:$KEYGATE_LOCAL_LB_PORT/hello"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $DEMO_KEY" "$lb")" = 200 ] || fail "HA: the demo key is not 200"
+# (The output is read whole: grep -q would stop reading early and fail the pipe.)
+[[ "$(deploy/local/status.sh)" == *"master 127.0.0.1:$KEYGATE_LOCAL_REDIS_PORT"* ]] || fail "HA: status.sh does not name the master"
+kill -KILL "$(cat "$KEYGATE_LOCAL_DIR/redis.pid")"
+killed=$(date +%s%N)
+recovered=""
+for _ in $(seq 1 300); do # at most 30 s: Sentinels notice after 2 s, then elect and promote
+    status=$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $DEMO_KEY" "$lb")
+    [ "$status" = 401 ] && fail "HA: a valid key got 401 during the failover"
+    if [ "$status" = 200 ]; then recovered=$(date +%s%N); break; fi
+    sleep 0.1
+done
+[ -n "$recovered" ] || fail "HA: no 200 through the balancer within 30 s of killing the master"
+echo "HA: 200 again $(( (recovered - killed) / 1000000 )) ms after SIGKILL of the master"
+[[ "$(deploy/local/status.sh)" == *"master 127.0.0.1:$KEYGATE_LOCAL_REPLICA_PORT"* ]] || fail "HA: status.sh does not name the promoted replica"
+deploy/local/down.sh > /dev/null
 echo "local cluster checks passed"

@@ -13,6 +13,13 @@ nodes=(1 2 3)
 data_port() { echo $((first_port + 2 * ($1 - 1))); }
 control_port() { echo $((first_port + 2 * ($1 - 1) + 1)); }
 redis_url="redis://127.0.0.1:$redis_port"
+# With --ha: a replica on redis_port + 1 and three Sentinels; nodes find the master through them.
+replica_port=${KEYGATE_LOCAL_REPLICA_PORT:-$((redis_port + 1))}
+read -r -a sentinel_ports <<< "${KEYGATE_LOCAL_SENTINEL_PORTS:-26380 26381 26382}"
+master_name=keygate
+sentinel_url="redis-sentinel://$(printf '127.0.0.1:%s,' "${sentinel_ports[@]}" | sed 's/,$//')#$master_name"
+# The mode up.sh started (single or ha), so status.sh and down.sh know what runs.
+mode() { cat "$run_dir/mode" 2>/dev/null || echo single; }
 
 # alive NAME: true when the pid recorded for NAME runs.
 alive() {

@@ -24,7 +24,11 @@ stop() {
 stop prometheus TERM
 stop nginx QUIT
 for i in "${nodes[@]}"; do stop "node$i" TERM; done
-if alive redis; then
-    redis-cli -p "$redis_port" shutdown >/dev/null 2>&1 || true
-fi
-stop redis TERM
+# Sentinels first, so stopping the master does not start a failover.
+for port in "${sentinel_ports[@]}"; do stop "sentinel-$port" TERM; done
+for name in redis-replica redis; do
+    port=$redis_port
+    [ "$name" = redis-replica ] && port=$replica_port
+    if alive "$name"; then redis-cli -p "$port" shutdown >/dev/null 2>&1 || true; fi
+    stop "$name" TERM
+done

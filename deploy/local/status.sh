@@ -5,7 +5,7 @@ set -uo pipefail
 source "$(dirname "$0")/common.sh"
 
 status=0
-row() { printf '%-11s %-8s %-7s %s\n' "$@"; }
+row() { printf '%-15s %-8s %-7s %s\n' "$@"; }
 check() { # NAME URL-or-empty ADDRESS
     local pid="-" state="stopped" health=""
     if alive "$1"; then
@@ -19,8 +19,16 @@ check() { # NAME URL-or-empty ADDRESS
     row "$1" "$pid" "$state" "$3 $health"
 }
 row NAME PID STATE ADDRESS
-if alive redis && redis-cli -p "$redis_port" ping >/dev/null 2>&1; then redis_health=ok; else redis_health=""; fi
-check redis "" "127.0.0.1:$redis_port $redis_health"
+# redis_state PORT: "ok <role>" when it answers.
+redis_state() { redis-cli -p "$1" role 2>/dev/null | head -1 | sed 's/^/ok /'; }
+check redis "" "127.0.0.1:$redis_port $(redis_state "$redis_port")"
+if [ "$(mode)" = ha ]; then
+    check redis-replica "" "127.0.0.1:$replica_port $(redis_state "$replica_port")"
+    for port in "${sentinel_ports[@]}"; do
+        master=$(redis-cli -p "$port" sentinel get-master-addr-by-name "$master_name" 2>/dev/null | paste -sd: -)
+        check "sentinel-$port" "" "127.0.0.1:$port ${master:+ok, master $master}"
+    done
+fi
 for i in "${nodes[@]}"; do
     check "node$i" "http://127.0.0.1:$(control_port "$i")/health/ready" "127.0.0.1:$(data_port "$i") (control $(control_port "$i"))"
 done

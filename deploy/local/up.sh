@@ -3,7 +3,11 @@
 # nginx on 127.0.0.1:8000 as the load balancer (auth_request to the three nodes, then a demo API that
 # echoes the identity it received). Creates an admin key and a demo key and prints how to use them.
 #
-#   deploy/local/up.sh [--with-prometheus]
+#   deploy/local/up.sh [--ha] [--with-prometheus]
+#
+# --ha: Redis as operators run it for failover: a master, a replica and three Sentinels (quorum 2),
+# AOF on both servers; the nodes get a redis-sentinel:// URL, follow a failover by themselves and
+# wait for the replica to confirm every change (WAIT 1). status.sh shows which server is master.
 #
 # Safe to run twice: what already runs is left alone, and the keys are kept. Stop with down.sh.
 # KEYGATE_BIN=/path/to/keygate skips the release build (the tests use their debug build).
@@ -14,10 +18,12 @@ source "$(dirname "$0")/common.sh"
 source "$repo/scripts/lib/packages.sh"
 
 with_prometheus=false
+ha=false
 for arg in "$@"; do
     case $arg in
         --with-prometheus) with_prometheus=true ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --ha) ha=true ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "error: unknown option $arg (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -34,20 +40,55 @@ if [ -z "$bin" ]; then
 fi
 mkdir -p "$run_dir/redis" "$run_dir/nginx-tmp" "$run_dir/nginx"
 chmod 700 "$run_dir"
-
-# Redis: loopback only, append-only file on, so keys and usage survive a restart.
-if alive redis; then
-    echo "redis-server already running (pid $(cat "$run_dir/redis.pid"))"
-else
-    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$run_dir/redis" --appendonly yes \
-        --appendfsync everysec --save '' --maxmemory-policy noeviction \
-        --daemonize yes --pidfile "$run_dir/redis.pid" --logfile "$run_dir/redis.log"
-    for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-    redis-cli -p "$redis_port" ping >/dev/null || { echo "error: redis-server did not start; see $run_dir/redis.log" >&2; exit 1; }
-    echo "redis-server on 127.0.0.1:$redis_port (data in $run_dir/redis)"
+wanted_mode=single
+$ha && wanted_mode=ha
+if [ -f "$run_dir/mode" ] && [ "$(mode)" != "$wanted_mode" ] && alive redis; then
+    echo "error: a $(mode) cluster runs in $run_dir; stop it with deploy/local/down.sh first" >&2
+    exit 1
 fi
+echo "$wanted_mode" > "$run_dir/mode"
 
+# start_redis NAME PORT [replicaof-port]: loopback only, append-only file on, so keys and usage
+# survive a restart. From a config file, which Sentinel rewrites when it promotes or demotes the server.
+start_redis() {
+    local name=$1 port=$2 conf="$run_dir/$1.conf"
+    if alive "$name"; then
+        echo "$name already running (pid $(cat "$run_dir/$name.pid"))"
+        return
+    fi
+    mkdir -p "$run_dir/$name"
+    if [ ! -f "$conf" ]; then
+        printf 'port %s\nbind 127.0.0.1\ndir %s\nappendonly yes\nappendfsync everysec\nsave ""\nmaxmemory-policy noeviction\nrepl-diskless-sync-delay 0\n' \
+            "$port" "$run_dir/$name" > "$conf"
+        [ -n "${3:-}" ] && printf 'replicaof 127.0.0.1 %s\n' "$3" >> "$conf"
+    fi
+    redis-server "$conf" --daemonize yes --pidfile "$run_dir/$name.pid" --logfile "$run_dir/$name.log"
+    for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    redis-cli -p "$port" ping >/dev/null || { echo "error: redis-server did not start; see $run_dir/$name.log" >&2; exit 1; }
+    echo "$name on 127.0.0.1:$port (data in $run_dir/$name)"
+}
+start_redis redis "$redis_port"
 export KEYGATE_REDIS_URL=$redis_url
+
+if $ha; then
+    start_redis redis-replica "$replica_port" "$redis_port"
+    for port in "${sentinel_ports[@]}"; do
+        name="sentinel-$port"
+        if alive "$name"; then echo "$name already running (pid $(cat "$run_dir/$name.pid"))"; continue; fi
+        # Sentinel rewrites its file with what it learns (replicas, other Sentinels, failovers): kept.
+        if [ ! -f "$run_dir/$name.conf" ]; then
+            printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor %s 127.0.0.1 %s 2\nsentinel down-after-milliseconds %s 2000\nsentinel failover-timeout %s 10000\n' \
+                "$port" "$run_dir" "$master_name" "$redis_port" "$master_name" "$master_name" > "$run_dir/$name.conf"
+        fi
+        redis-server "$run_dir/$name.conf" --sentinel --daemonize yes --pidfile "$run_dir/$name.pid" --logfile "$run_dir/$name.log"
+    done
+    for _ in $(seq 1 100); do
+        [ -n "$(redis-cli -p "${sentinel_ports[0]}" sentinel get-master-addr-by-name "$master_name" 2>/dev/null)" ] && break
+        sleep 0.1
+    done
+    echo "sentinels on ${sentinel_ports[*]} watch master '$master_name' (now $(redis-cli -p "${sentinel_ports[0]}" sentinel get-master-addr-by-name "$master_name" | paste -sd: -))"
+    export KEYGATE_REDIS_URL=$sentinel_url
+fi
 for i in "${nodes[@]}"; do
     if alive "node$i"; then
         echo "node $i already running (pid $(cat "$run_dir/node$i.pid"))"
@@ -128,10 +169,10 @@ Through the load balancer (nginx asks Keygate, then calls the demo API, which ec
 
   python3 -c 'import requests; r = requests.get("http://127.0.0.1:$lb_port/hello", headers={"X-API-Key": "$DEMO_KEY"}); print(r.status_code, r.json())'
 
-Manage keys (admin API on any node's control port, or the CLI with KEYGATE_REDIS_URL=$redis_url):
+Manage keys (admin API on any node's control port, or the CLI with KEYGATE_REDIS_URL=$KEYGATE_REDIS_URL):
   curl -s -H "X-API-Key: $ADMIN_KEY" -H 'Content-Type: application/json' \\
        -d '{"user":"alice","scopes":["orders:read"]}' http://127.0.0.1:$(control_port 1)/v1/keys
-  KEYGATE_REDIS_URL=$redis_url $bin keys list --user demo
+  KEYGATE_REDIS_URL=$KEYGATE_REDIS_URL $bin keys list --user demo
   curl -s http://127.0.0.1:$(control_port 1)/metrics | grep keygate_verify_result_total
 
 Status: deploy/local/status.sh    Stop: deploy/local/down.sh
