@@ -9,7 +9,8 @@
 # validator and schemathesis (Python tools from PyPI, installed in .venv/); check-local-cluster.sh
 # runs deploy/local/up.sh end to end with nginx and Prometheus; check-deploy.sh validates the
 # deployment files offline; fuzz/run.sh runs the libFuzzer targets for 20 s each;
-# benchmarks/run.sh --quick runs every benchmark scenario for a few seconds so the harness cannot rot.
+# benchmarks/run.sh --quick runs every benchmark scenario for a few seconds so the harness cannot rot,
+# and benchmarks/sentinel.sh --quick does the same for the Sentinel figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
@@ -78,4 +79,5 @@ if [ $# -eq 0 ]; then
     stage "fuzz (20 s a target)" bash fuzz/run.sh 20
     # On the debug build above (KEYGATE_BIN): a smoke test of the harness, not a measurement.
     stage "benchmarks --quick" bash benchmarks/run.sh --quick
+    stage "sentinel benchmark --quick" bash benchmarks/sentinel.sh --quick
 fi
