@@ -33,7 +33,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Control plane address (KEYGATE_CONTROL_HOST, default: the same as --host).") var controlHost: String?
     @Option(help: "Active keys a user may hold when creating keys with a keygate:self key (KEYGATE_SELF_SERVICE_MAX_KEYS, default 10).")
     var selfServiceMaxKeys: Int?
-    @Option(help: "Redis URL (KEYGATE_REDIS_URL, default redis://127.0.0.1:6379).") var redisURL: String?
+    @Option(help: "Redis URL: redis://, rediss://, redis-sentinel://host1:26379,host2:26379#master, unix:// (KEYGATE_REDIS_URL, default redis://127.0.0.1:6379).") var redisURL: String?
     @Option(help: "Redis key and channel prefix (KEYGATE_NAMESPACE, default keygate).") var namespace: String?
     @Option(help: "Prefix of issued keys (KEYGATE_KEY_PREFIX, default kg).") var keyPrefix: String?
     @Option(name: .customLong("key-header"), help: "Header carrying the key; repeat for several (KEYGATE_KEY_HEADERS, default X-API-Key).")
