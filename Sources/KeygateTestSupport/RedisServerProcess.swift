@@ -109,9 +109,6 @@ public final class RedisServerProcess: @unchecked Sendable {
         await process.waitForExit(timeout: .seconds(5))
     }
 
-    /// True until the process exited.
-    public var isRunning: Bool { process.isRunning }
-
     /// SIGSTOP: the server keeps its sockets open but answers nothing (a hung Redis).
     public func pause() { process.signal(SIGSTOP) }
     /// SIGCONT after `pause()`.

@@ -73,7 +73,7 @@ public final class InvalidationService: Service, Sendable {
             metrics.flushes(reason: .masterChange)
             self?.baseline.withLock { $0 = nil }
             logger.warning("Redis master changed; verdict cache flushed, replay restarts from the new master's Stream",
-                           metadata: ["generation": "\(generation)"])
+                           metadata: ["generation": "\(generation)", "master": "\(store.redis.topology.currentMaster ?? "?")"])
         }
     }
 

@@ -327,19 +327,14 @@ public final class KeyStore: Sendable {
             do { return try await redis.evalSHA(script, keys: keys, arguments: arguments) } catch { throw Self.map(error) }
         }
         let timeout = Int64(TimeAmount(redis.configuration.waitTimeout).nanoseconds / 1_000_000)
-        let evalSHA = RedisCommand("EVALSHA", [.string(script.sha1), .integer(Int64(keys.count))] + keys + arguments)
         // A script that changed nothing (a retried revoke, a batch applied before) replicates nothing,
         // and WAIT alone would then vouch for an older offset. The mark is always written, and the
         // replication stream is ordered: a replica that has the mark has every earlier write.
         let mark = RedisCommand("SET", [.string(layout.replicationMark), "1", "PX", "86400000"])
         let wait = RedisCommand("WAIT", [.integer(Int64(replicas)), .integer(max(1, timeout))])
-        var replies: [RESPValue]
+        let replies: [RESPValue]
         do {
-            replies = try await redis.pipeline([evalSHA, mark, wait])
-            if case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") {
-                _ = try await redis.send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
-                replies = try await redis.pipeline([evalSHA, mark, wait])
-            }
+            replies = try await redis.evalSHA(script, keys: keys, arguments: arguments, followedBy: [mark, wait])
         } catch {
             throw Self.map(error)
         }

@@ -34,7 +34,7 @@ public final class RedisClient: Sendable {
         var byLoop: [ObjectIdentifier: RedisConnectionSlot] = [:]
         let circuit = RedisCircuit(failFastAfter: configuration.failFastAfter)
         for loop in eventLoopGroup.makeIterator() {
-            let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, topology: topology, tlsContext: tls,
+            let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, topology: topology,
                                            circuit: circuit, metrics: metrics)
             slots.append(slot)
             byLoop[ObjectIdentifier(loop)] = slot
@@ -77,6 +77,18 @@ public final class RedisClient: Sendable {
             _ = try await send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
             return try await send(Self.evalSHACommand(script, keys: keys, arguments: arguments))
         }
+    }
+
+    /// `EVALSHA` and then `followers` on one connection, as one pipeline (loading the script first
+    /// if Redis answers `NOSCRIPT`): `WAIT` after a write must run on the connection that wrote.
+    /// Returns one reply per command, the script's first; error replies are values.
+    public func evalSHA(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument],
+                        followedBy followers: [RedisCommand]) async throws -> [RESPValue] {
+        let commands = [Self.evalSHACommand(script, keys: keys, arguments: arguments)] + followers
+        let replies = try await pipeline(commands)
+        guard case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") else { return replies }
+        _ = try await send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
+        return try await pipeline(commands)
     }
 
     /// `evalSHA` on `eventLoop`'s own connection, for callers on the event loop.

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOSSL
 import Synchronization
 
 /// The connection one event loop owns, and its reconnect loop.
@@ -11,7 +10,6 @@ final class RedisConnectionSlot: Sendable {
     let eventLoop: any EventLoop
     private let configuration: RedisConfiguration
     private let topology: RedisTopology
-    private let tlsContext: NIOSSLContext?
     private let circuit: RedisCircuit
     private let metrics: RedisClientMetrics
     private let state: NIOLoopBoundBox<State>
@@ -35,14 +33,13 @@ final class RedisConnectionSlot: Sendable {
         var everConnected = false
     }
 
-    init(eventLoop: any EventLoop, configuration: RedisConfiguration, topology: RedisTopology, tlsContext: NIOSSLContext?,
+    init(eventLoop: any EventLoop, configuration: RedisConfiguration, topology: RedisTopology,
          circuit: RedisCircuit, metrics: RedisClientMetrics) {
         self.eventLoop = eventLoop
         self.topology = topology
         self.metrics = metrics
         self.circuit = circuit
         self.configuration = configuration
-        self.tlsContext = tlsContext
         self.state = .makeBoxSendingValue(State(), eventLoop: eventLoop)
     }
 
@@ -110,7 +107,7 @@ final class RedisConnectionSlot: Sendable {
     }
 
     private func dial() -> EventLoopFuture<(RedisConnection, UInt64)> {
-        topology.connect(configuration, tlsContext: tlsContext, on: eventLoop)
+        topology.connect(configuration, on: eventLoop)
     }
 
     /// The master changed (to `generation`): a connection to an older one must not serve another

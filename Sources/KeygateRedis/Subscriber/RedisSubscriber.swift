@@ -61,8 +61,7 @@ public final class RedisSubscriber: Sendable {
                             lossHandler: (@Sendable () -> Void)? = nil) {
         let connector: @Sendable (any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)>
         if let topology {
-            let tls = try? RedisConnection.makeTLSContext(configuration)
-            connector = { loop in topology.connect(configuration, tlsContext: tls, on: loop) }
+            connector = { loop in topology.connect(configuration, on: loop) }
         } else {
             connector = { loop in RedisConnection.connect(configuration: configuration, eventLoop: loop).map { ($0, 0) } }
         }

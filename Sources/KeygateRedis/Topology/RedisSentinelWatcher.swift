@@ -36,7 +36,7 @@ public final class RedisSentinelWatcher: Sendable {
             configuration: discovery.configuration(for: addresses[0]),
             connector: { loop in
                 let address = addresses[next.wrappingAdd(1, ordering: .relaxed).oldValue % addresses.count]
-                return RedisConnection.connect(configuration: discovery.configuration(for: address), eventLoop: loop).map { ($0, 0) }
+                return discovery.connect(to: address, on: loop).map { ($0, 0) }
             },
             channels: ["+switch-master"], pingInterval: .seconds(1), pingTimeout: .seconds(1), bufferLimit: 1_000,
             eventLoop: eventLoop,

@@ -27,6 +27,8 @@ public final class RedisTopology: Sendable {
 
     public let configuration: RedisConfiguration
     let discovery: SentinelDiscovery?
+    /// Built once from `configuration` by the client; every connection of the topology reuses it.
+    private let tlsContext: NIOSSLContext?
     private let state = Mutex(State())
     private let generationValue = Atomic<UInt64>(0)
 
@@ -39,6 +41,7 @@ public final class RedisTopology: Sendable {
 
     init(configuration: RedisConfiguration, tlsContext: NIOSSLContext?) {
         self.configuration = configuration
+        self.tlsContext = tlsContext
         self.discovery = configuration.sentinel.map { SentinelDiscovery(configuration: configuration, sentinel: $0, tlsContext: tlsContext) }
     }
 
@@ -81,14 +84,13 @@ public final class RedisTopology: Sendable {
     /// Finds the master and connects to it. `configuration` gives the connection's own settings
     /// (client name, timeouts); its endpoint is replaced by the master's address.
     /// - Returns: the connection and the generation it belongs to.
-    func connect(_ configuration: RedisConfiguration, tlsContext: NIOSSLContext?,
-                 on eventLoop: any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)> {
+    func connect(_ configuration: RedisConfiguration, on eventLoop: any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)> {
         locateMaster(on: eventLoop).flatMap { endpoint in
             var target = configuration
             if target.sentinel != nil, case .tcp(let host, _) = endpoint { target.tls?.serverName = host }
             target.sentinel = nil // the connection's errors name the master's address, not the Sentinels
             target.endpoint = endpoint
-            return RedisConnection.connect(configuration: target, tlsContext: tlsContext, eventLoop: eventLoop).map { connection in
+            return RedisConnection.connect(configuration: target, tlsContext: self.tlsContext, eventLoop: eventLoop).map { connection in
                 let identity = MasterIdentity(endpoint: endpoint, runID: connection.serverRunID)
                 return (connection, self.record(identity))
             }

@@ -66,8 +66,13 @@ final class SentinelDiscovery: Sendable {
         case unknownMaster
     }
 
-    private func query(_ address: RedisConfiguration.Sentinel.Address, on eventLoop: any EventLoop) -> EventLoopFuture<Answer> {
+    /// A connection to Sentinel `address`, with the client's TLS context.
+    func connect(to address: RedisConfiguration.Sentinel.Address, on eventLoop: any EventLoop) -> EventLoopFuture<RedisConnection> {
         RedisConnection.connect(configuration: configuration(for: address), tlsContext: tlsContext, eventLoop: eventLoop)
+    }
+
+    private func query(_ address: RedisConfiguration.Sentinel.Address, on eventLoop: any EventLoop) -> EventLoopFuture<Answer> {
+        connect(to: address, on: eventLoop)
             .flatMap { connection in
                 connection.send(RedisCommand("SENTINEL", ["get-master-addr-by-name", .string(self.sentinel.masterName)]))
                     .flatMapThrowing(Self.answer)
