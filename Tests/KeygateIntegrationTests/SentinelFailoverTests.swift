@@ -273,6 +273,7 @@ import Testing
         var configuration = RedisConfiguration()
         configuration.endpoint = .tcp(host: "127.0.0.1", port: port)
         configuration.requiresMaster = false
+        configuration.commandTimeout = .seconds(5) // the test deadline (TestRedis): the full suite loads both cores
         let client = try TestRedis.client(configuration)
         defer { Task { await client.shutdown() } }
         return try await client.send(command)
