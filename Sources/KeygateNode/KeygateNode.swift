@@ -8,7 +8,7 @@ public import NIOPosix
 public import ServiceLifecycle
 
 /// One Keygate node: the parts, wired, and the services that run them in dependency order
-/// (Redis client, invalidation, usage flusher, control plane, data plane). Shutdown runs in reverse:
+/// (Redis client, invalidation, usage flusher, repair, control plane, data plane). Shutdown runs in reverse:
 /// stop accepting and drain, flush usage counts, stop the subscriber, close Redis.
 public final class KeygateNode: Sendable {
     public static let version = "0.1.0"
@@ -25,6 +25,8 @@ public final class KeygateNode: Sendable {
     public let invalidation: InvalidationService
     public let usage: UsageRecorder
     public let flusher: UsageFlusher
+    /// Finishes changes a crashed writer left half-done.
+    public let repair: RepairService
     public let dataPlane: DataPlaneServer
     public let controlPlane: ControlPlane
     public let eventLoopGroup: MultiThreadedEventLoopGroup
@@ -58,6 +60,7 @@ public final class KeygateNode: Sendable {
         self.usage = usage
         self.flusher = UsageFlusher(store: adminStore, recorder: usage, settings: configuration.usage,
                                     nodeID: configuration.nodeID, logger: logger)
+        self.repair = RepairService(store: adminStore, logger: logger)
         let cache = verifier.cache
         self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage, group: group,
                                          logger: logger, isReady: { redis.isConnected && cache.isTrusted })
@@ -74,7 +77,7 @@ public final class KeygateNode: Sendable {
     public var services: [any Service] {
         var services: [any Service] = [RedisClientService(clients: [redis, adminStore.redis], group: eventLoopGroup)]
         if let sentinelWatcher { services.append(SentinelWatcherService(watcher: sentinelWatcher)) }
-        return services + [invalidation, flusher, controlPlane, dataPlane]
+        return services + [invalidation, flusher, repair, controlPlane, dataPlane]
     }
 
     /// What `/health/ready` says when not ready: Redis's last error, or the invalidation state.

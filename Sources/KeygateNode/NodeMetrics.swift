@@ -86,6 +86,9 @@ enum NodeMetrics {
                      UInt64(topology.masterChanges))
         text.counter("keygate_redis_sentinel_switches_total", help: "+switch-master announcements for our master received from a Sentinel (0 without Sentinel).",
                      node.sentinelWatcher?.switchesAnnounced ?? 0)
+        text.counter("keygate_store_repairs_total", help: "Half-done changes this node's repair pass finished (completed: applied, now logged) or dropped (never applied).",
+                     samples: [([("outcome", "completed")], Double(node.repair.metrics.completed.load(ordering: .relaxed))),
+                               ([("outcome", "dropped")], Double(node.repair.metrics.dropped.load(ordering: .relaxed)))])
         text.counter("keygate_store_not_durable_total", help: "Changes and usage batches the master applied but fewer replicas than --redis-wait-replicas confirmed (answered 503 not-replicated, or retried).",
                      UInt64(node.adminStore.durability.notReplicated.load(ordering: .relaxed) + node.store.durability.notReplicated.load(ordering: .relaxed)))
 

@@ -17,6 +17,6 @@ struct Keygate: AsyncParsableCommand {
         5 conflict, 64 bad command-line usage (an unknown flag, a malformed value or Redis URL).
         """,
         version: KeygateNode.version,
-        subcommands: [ServeCommand.self, KeysCommand.self, UsersCommand.self, EventsCommand.self]
+        subcommands: [ServeCommand.self, KeysCommand.self, UsersCommand.self, EventsCommand.self, RepairCommand.self]
     )
 }

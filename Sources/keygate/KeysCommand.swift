@@ -183,3 +183,27 @@ struct EventsCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct RepairCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "repair",
+        abstract: "Finish key changes a writer left half-done.",
+        discussion: """
+        A change runs in steps (register, apply to the record, log the event). A writer that crashed \
+        or lost Redis between them leaves the change registered; every node finishes such changes \
+        by itself within about a minute. This runs one pass now: an applied change gets its audit \
+        event (and its invalidation, published again); one that never reached the record is dropped. \
+        Changes registered less than --older-than ago are left to their writer.
+        """)
+    @OptionGroup var options: GlobalOptions
+    @Option(help: "Only changes registered at least this long ago (\(HumanDuration.formatHelp)).")
+    var olderThan: HumanDuration = HumanDuration(argument: "30s")!
+
+    func run() async throws {
+        try await reportingFailures {
+            let report = try await options.withStore { try await $0.repair(olderThan: olderThan.duration) }
+            if options.json { try Output.json(report); return }
+            print("completed \(report.completed), dropped \(report.dropped), left in flight \(report.inFlight)")
+        }
+    }
+}

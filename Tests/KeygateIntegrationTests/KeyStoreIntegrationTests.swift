@@ -19,7 +19,7 @@ import Testing
         try await store.redis.send(RedisCommand("XLEN", [.string(store.layout.events)])).int ?? -1
     }
 
-    @Test func everyMutationChangesTheRecordAppendsOneEventAndPublishesOneMessage() async throws {
+    @Test func everyMutationChangesTheRecordAppendsOneEventAndPublishesItsHash() async throws {
         let store = try Self.makeStore()
         defer { Task { await store.redis.shutdown() } }
         // A generous pong timeout: under the full suite a 1 s ping could time out, and a message
@@ -34,47 +34,48 @@ import Testing
         #expect(await events.waitFor(timeout: .seconds(5)) { $0 == .subscribed } != nil)
 
         var published = 0
-        /// Runs one mutation and checks: one event, one message carrying `expectedHash`.
-        func expectOneEventAndMessage(_ label: String, hash expectedHash: @escaping () -> KeyHash?,
-                                      _ mutation: () async throws -> Void) async throws {
+        /// Runs one mutation and checks: one event, and the messages `expectedHashes` (in order): a
+        /// change publishes its hash when the record changes and again when its event is logged.
+        func expectOneEventAndMessages(_ label: String, hashes expectedHashes: @escaping () -> [KeyHash?],
+                                       _ mutation: () async throws -> Void) async throws {
             let before = try await Self.streamLength(store)
             try await mutation()
             #expect(try await Self.streamLength(store) == before + 1, "\(label): exactly one event")
-            let messageIndex = await events.waitFor(from: published + 1, timeout: .seconds(5)) { event in
+            let expected = expectedHashes()
+            let messageIndex = await events.waitFor(from: published + expected.count, timeout: .seconds(5)) { event in
                 if case .message = event { return true } else { return false }
             }
-            #expect(messageIndex != nil, "\(label): a message")
+            #expect(messageIndex != nil, "\(label): its messages")
             try await Task.sleep(for: .milliseconds(50))
-            let messages = events.all.filter { if case .message = $0 { return true } else { return false } }
-            #expect(messages.count == published + 1, "\(label): exactly one message")
-            if case .message(_, let payload)? = messages.last {
-                #expect(KeyHash(hex: String(buffer: payload)) == expectedHash(), "\(label): the message is the key's hash")
+            let messages = events.all.compactMap { event -> KeyHash? in
+                if case .message(_, let payload) = event { return KeyHash(hex: String(buffer: payload)) } else { return nil }
             }
+            #expect(Array(messages.dropFirst(published)) == expected, "\(label): the messages are the key's hash")
             published = messages.count
         }
 
         var issued: IssuedKey?
-        try await expectOneEventAndMessage("create", hash: { issued?.record.hash }) {
+        try await expectOneEventAndMessages("create", hashes: { [issued?.record.hash, issued?.record.hash] }) {
             issued = try await store.create(.init(user: "alice", name: "ci", scopes: ["read"]), actor: "test")
         }
         let key = try #require(issued)
         #expect(try await store.record(id: key.record.id).version == 1)
 
-        try await expectOneEventAndMessage("update", hash: { key.record.hash }) {
+        try await expectOneEventAndMessages("update", hashes: { [key.record.hash, key.record.hash] }) {
             let updated = try await store.update(id: key.record.id, .init(name: "renamed", scopes: ["read", "write"], metadata: ["plan": "pro"]), actor: "test")
             #expect(updated.name == "renamed" && updated.scopes == ["read", "write"] && updated.metadata == ["plan": "pro"])
             #expect(updated.version == 2)
         }
-        try await expectOneEventAndMessage("disable", hash: { key.record.hash }) {
+        try await expectOneEventAndMessages("disable", hashes: { [key.record.hash, key.record.hash] }) {
             let disabled = try await store.setEnabled(id: key.record.id, false, actor: "test")
             #expect(disabled.status == .disabled && disabled.version == 3)
         }
-        try await expectOneEventAndMessage("enable", hash: { key.record.hash }) {
+        try await expectOneEventAndMessages("enable", hashes: { [key.record.hash, key.record.hash] }) {
             let enabled = try await store.setEnabled(id: key.record.id, true, actor: "test")
             #expect(enabled.status == .active && enabled.version == 4)
         }
         var successor: IssuedKey?
-        try await expectOneEventAndMessage("rotate", hash: { key.record.hash }) {
+        try await expectOneEventAndMessages("rotate", hashes: { [key.record.hash, successor?.record.hash, key.record.hash] }) {
             successor = try await store.rotate(id: key.record.id, grace: .seconds(3600), actor: "test")
         }
         let old = try await store.record(id: key.record.id)
@@ -82,7 +83,7 @@ import Testing
         #expect(old.expiresAt.map { abs($0.timeIntervalSinceNow - 3600) < 60 } == true, "old key expires after the grace")
         #expect(successor?.record.scopes == ["read", "write"] && successor?.record.user == "alice")
 
-        try await expectOneEventAndMessage("revoke", hash: { key.record.hash }) {
+        try await expectOneEventAndMessages("revoke", hashes: { [key.record.hash, key.record.hash] }) {
             let revoked = try await store.revoke(id: key.record.id, actor: "test")
             #expect(revoked.status == .revoked && revoked.revokedAt != nil)
         }
@@ -95,7 +96,7 @@ import Testing
         let error = await #expect(throws: KeygateError.self) { try await store.setEnabled(id: key.record.id, true, actor: "test") }
         #expect(error?.code == .conflict)
 
-        try await expectOneEventAndMessage("revoke all of a user", hash: { successor?.record.hash }) {
+        try await expectOneEventAndMessages("revoke all of a user", hashes: { [successor?.record.hash, successor?.record.hash] }) {
             let count = try await store.revokeAll(user: "alice", actor: "test")
             #expect(count == 1) // only the successor was still live
         }

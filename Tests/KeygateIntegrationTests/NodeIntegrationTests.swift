@@ -100,20 +100,32 @@ import Testing
                 #expect(try await Self.auth(issued.key, port: node.port).status == 200)
                 #expect(try await Self.auth(issued.key, port: node.port).status == 200) // cached
 
-                // Kill the subscriber and revoke in one pipeline: the revoke lands while it is down,
-                // so its publish is lost and only the Stream replay can deliver it.
+                // Kill the subscriber and revoke (the store's steps: register, apply, log) in one
+                // pipeline: the revoke lands while it is down, so both of its publishes are lost and
+                // only the Stream replay can deliver it.
                 let hash = issued.record.hash
-                _ = try await store.redis.send(RedisCommand("SCRIPT", ["LOAD", .string(KeyStoreScripts.setStatus.source)]))
+                let now = String(Int64(Date().timeIntervalSince1970 * 1000))
+                let operation = PendingOperation(op: PendingOperation.newID(), kind: .status, hash: hash.hex, keyID: issued.record.id,
+                                                 user: "alice", event: ["type", "revoked", "key_id", issued.record.id, "user", "alice",
+                                                                        "actor", "test", "time", now, "hash", hash.hex])
+                let payload = String(decoding: try JSONEncoder().encode(operation), as: UTF8.self)
+                for script in [KeyStoreScripts.begin, KeyStoreScripts.applyStatus, KeyStoreScripts.log] {
+                    _ = try await store.redis.send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
+                }
                 let replies = try await store.redis.pipeline([
                     RedisCommand("CLIENT", ["KILL", "TYPE", "pubsub"]),
-                    RedisCommand("EVALSHA", [.string(KeyStoreScripts.setStatus.sha1), 3,
-                                             .string(store.layout.record(hash)), .string(store.layout.events), .string(store.layout.epoch),
-                                             .string(issued.record.id), "revoked", .string(String(Int64(Date().timeIntervalSince1970 * 1000))),
-                                             "test", "100000", .string(store.layout.invalidationChannel), .string(hash.hex)]),
+                    RedisCommand("EVALSHA", [.string(KeyStoreScripts.begin.sha1), 1, .string(store.layout.pending),
+                                             .string(operation.op), .string(payload)]),
+                    RedisCommand("EVALSHA", [.string(KeyStoreScripts.applyStatus.sha1), 2,
+                                             .string(store.layout.record(hash)), .string(store.layout.unlogged(hash)),
+                                             .string(operation.op), .string(now), "10000", .string(store.layout.invalidationChannel),
+                                             .string(hash.hex), .string(issued.record.id), "revoked", .string(now)]),
+                    RedisCommand("EVALSHA", [.string(KeyStoreScripts.log.sha1), 3,
+                                             .string(store.layout.pending), .string(store.layout.events), .string(store.layout.epoch),
+                                             "100000", .string(store.layout.invalidationChannel), .string(operation.op), "2", .string(hash.hex)]),
                 ])
-                if case .error(let message) = replies[1], message.hasPrefix("NOSCRIPT") {
-                    Issue.record("script not loaded yet"); return
-                }
+                #expect(replies[2].array?.first == .integer(1), "the revoke was applied: \(replies[2])")
+                #expect(replies[3].array?.first?.string?.isEmpty == false, "and logged: \(replies[3])")
                 #expect(replies[0] == .integer(1))
                 let elapsed = try await Self.timeUntilRefused(issued.key, port: node.port, limit: .seconds(5))
                 #expect(elapsed != nil, "the revoked key is refused after the reconnect")

@@ -6,7 +6,8 @@ public import Synchronization
 /// Moves usage counts from the event loops to Redis every `interval`, exactly once (rule 10).
 ///
 /// A batch gets an id (`node:sequence`) and is frozen until Redis acknowledges it: a retry after a
-/// timeout resends the same id and contents, and the batch script ignores an id it already applied.
+/// timeout resends the same id and contents, and the batch script ignores a sequence it already
+/// applied (the next batch is cut only once this one is acknowledged, so sequences arrive in order).
 /// New counts accumulate meanwhile. Past `maxPendingKeys` distinct keys the accumulated counts are
 /// appended to a local spill file instead of being dropped, and replayed (with their batch ids) as
 /// soon as Redis takes a batch again, or at the next start. On graceful shutdown it flushes once
@@ -38,6 +39,9 @@ public final class UsageFlusher: Service, Sendable {
         var accumulating: [KeyHash: UsageRecorder.Delta] = [:]
         var frozen: Batch?
         var sequence = 0
+        /// Memory-cap spills so far: each one is its own batch series (`<node>-spill<n>:1`), since
+        /// it is replayed after later batches of the node's own series (`KeyStore.applyUsage`).
+        var spills = 0
         /// Failed rounds in a row, and when the last warning was logged (an outage logs a line
         /// every 10 s, not one per retry).
         var failedRounds = 0
@@ -158,10 +162,10 @@ public final class UsageFlusher: Service, Sendable {
     private func spillAccumulating() {
         let batch: Batch? = state.withLock { state in
             guard !state.accumulating.isEmpty else { return nil }
-            state.sequence += 1
+            state.spills += 1
             let entries = state.accumulating.map { Batch.Entry(hash: $0.key.hex, count: $0.value.count, lastUsedMilliseconds: $0.value.lastUsedMilliseconds) }
             state.accumulating = [:]
-            return Batch(id: "\(nodeID):\(state.sequence)", deltas: entries)
+            return Batch(id: "\(nodeID)-spill\(state.spills):1", deltas: entries)
         }
         if let batch { write([batch], reason: "memory cap") }
     }

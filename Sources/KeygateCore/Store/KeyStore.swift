@@ -16,6 +16,8 @@ public final class KeyStore: Sendable {
     public let streamMaxLength: Int
     /// Mutations and usage batches that fewer replicas than `waitReplicas` confirmed.
     public let durability = DurabilityMetrics()
+    /// Tests make a mutation stop between its steps with it.
+    let injectedCrash = InjectedCrash()
 
     public init(redis: RedisClient, layout: KeyStoreLayout, format: KeyFormat, hasher: KeyHasher,
                 streamMaxLength: Int = 100_000) {
@@ -76,14 +78,34 @@ public final class KeyStore: Sendable {
         let hash = hasher.hash(plaintext)
         let id = Self.newKeyID()
         let metadata = try KeyValidation.encodeMetadata(request.metadata)
-        _ = try await run(KeyStoreScripts.create,
-                          keys: [layout.record(hash), layout.idIndex(id), layout.userKeys(request.user), layout.events, layout.epoch],
-                          arguments: [hash.hex, id, request.user, request.name, request.scopes.joined(separator: " "),
-                                      request.expiresAt.map { String($0.milliseconds) } ?? "", metadata,
-                                      String(now.milliseconds), actor, String(streamMaxLength), layout.invalidationChannel,
-                                      layout.namespace, String(max(0, maxActiveKeys ?? 0))])
+        let now = now.truncatedToMilliseconds
+        let operation = PendingOperation(op: PendingOperation.newID(), kind: .create, hash: hash.hex, keyID: id, user: request.user,
+                                         event: ["type", "created", "key_id", id, "user", request.user, "actor", actor,
+                                                 "time", String(now.milliseconds), "hash", hash.hex])
+        let create = { () async throws(KeygateError) -> Void in
+            let results = try await self.perform([operation], calls: { issued in
+                [ScriptCall(script: KeyStoreScripts.applyCreate, keys: [self.layout.record(hash), self.layout.unlogged(hash)],
+                            arguments: [operation.op, String(issued), String(Self.applyWindowMilliseconds), self.layout.invalidationChannel,
+                                        hash.hex, id, request.user, request.name, request.scopes.joined(separator: " "),
+                                        request.expiresAt.map { String($0.milliseconds) } ?? "", metadata, String(now.milliseconds)])]
+            }, afterApply: { applied throws(KeygateError) in
+                for (operation, _) in applied { try await self.finishSideEffects(operation) }
+            })
+            _ = try results[0].get()
+        }
+        if let maxActiveKeys {
+            try await withCreateLock(user: request.user) { () async throws(KeygateError) in
+                let active = try await self.list(user: request.user).filter { $0.effectiveStatus(at: now) == .active }.count
+                if active >= max(0, maxActiveKeys) {
+                    throw KeygateError(.limitReached, "the user already has \(active) active keys")
+                }
+                try await create()
+            }
+        } else {
+            try await create()
+        }
         let record = KeyRecord(hash: hash, id: id, user: request.user, name: request.name, scopes: request.scopes,
-                               status: .active, createdAt: now.truncatedToMilliseconds, expiresAt: request.expiresAt?.truncatedToMilliseconds,
+                               status: .active, createdAt: now, expiresAt: request.expiresAt?.truncatedToMilliseconds,
                                revokedAt: nil, lastUsedAt: nil, version: 1, metadata: request.metadata,
                                rotatedFrom: nil, rotatedTo: nil)
         return IssuedKey(record: record, key: plaintext)
@@ -102,11 +124,24 @@ public final class KeyStore: Sendable {
     }
 
     private func setStatus(id: String, to status: KeyStatus, actor: String, now: Date) async throws(KeygateError) -> KeyRecord {
-        let hash = try await hash(forID: id)
-        _ = try await run(KeyStoreScripts.setStatus, keys: [layout.record(hash), layout.events, layout.epoch],
-                          arguments: [id, status.rawValue, String(now.milliseconds), actor, String(streamMaxLength),
-                                      layout.invalidationChannel, hash.hex])
+        let current = try await record(id: id)
+        let operation = statusOperation(id: id, hash: current.hash, user: current.user, to: status, actor: actor, now: now)
+        _ = try await perform([operation.0], calls: { issued in [operation.1(issued)] })[0].get()
         return try await record(id: id)
+    }
+
+    /// A status change's registration and its step-2 call.
+    private func statusOperation(id: String, hash: KeyHash, user: String, to status: KeyStatus, actor: String,
+                                 now: Date) -> (PendingOperation, (Int64) -> ScriptCall) {
+        let kind = [KeyStatus.revoked: "revoked", .disabled: "disabled", .active: "enabled"][status] ?? status.rawValue
+        let operation = PendingOperation(op: PendingOperation.newID(), kind: .status, hash: hash.hex, keyID: id, user: user,
+                                         event: ["type", kind, "key_id", id, "user", user, "actor", actor,
+                                                 "time", String(now.milliseconds), "hash", hash.hex])
+        return (operation, { issued in
+            ScriptCall(script: KeyStoreScripts.applyStatus, keys: [self.layout.record(hash), self.layout.unlogged(hash)],
+                       arguments: [operation.op, String(issued), String(Self.applyWindowMilliseconds), self.layout.invalidationChannel,
+                                   hash.hex, id, status.rawValue, String(now.milliseconds)])
+        })
     }
 
     /// Changes name, scopes, expiry or metadata.
@@ -126,10 +161,17 @@ public final class KeyStore: Sendable {
             try KeyValidation.metadata(metadata)
             pairs += ["metadata", try KeyValidation.encodeMetadata(metadata)]
         }
-        let hash = try await hash(forID: id)
-        _ = try await run(KeyStoreScripts.update, keys: [layout.record(hash), layout.events, layout.epoch],
-                          arguments: [id, String(now.milliseconds), actor, String(streamMaxLength),
-                                      layout.invalidationChannel, hash.hex] + pairs)
+        let current = try await record(id: id)
+        let hash = current.hash
+        let fields = stride(from: 0, to: pairs.count, by: 2).map { pairs[$0] }.joined(separator: ",")
+        let operation = PendingOperation(op: PendingOperation.newID(), kind: .update, hash: hash.hex, keyID: id, user: current.user,
+                                         event: ["type", "updated", "key_id", id, "user", current.user, "actor", actor,
+                                                 "time", String(now.milliseconds), "fields", fields, "hash", hash.hex])
+        _ = try await perform([operation], calls: { issued in
+            [ScriptCall(script: KeyStoreScripts.applyUpdate, keys: [self.layout.record(hash), self.layout.unlogged(hash)],
+                        arguments: [operation.op, String(issued), String(Self.applyWindowMilliseconds), self.layout.invalidationChannel,
+                                    hash.hex, id] + pairs)]
+        })[0].get()
         return try await record(id: id)
     }
 
@@ -138,32 +180,84 @@ public final class KeyStore: Sendable {
     /// `rotated_to` / `rotated_from`, with their own usage history.
     public func rotate(id: String, grace: Duration, actor: String, now: Date = Date()) async throws(KeygateError) -> IssuedKey {
         guard grace >= .zero else { throw KeygateError(.invalidArgument, "grace must not be negative", field: "grace") }
-        let oldHash = try await hash(forID: id)
-        let plaintext = format.generate()
-        let newHash = hasher.hash(plaintext)
-        let newID = Self.newKeyID()
         let graceEnd = now.addingTimeInterval(Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18)
-        _ = try await run(KeyStoreScripts.rotate,
-                          keys: [layout.record(oldHash), layout.record(newHash), layout.idIndex(newID),
-                                 layout.userKeys(try await record(id: id).user), layout.events, layout.epoch],
-                          arguments: [id, oldHash.hex, newHash.hex, newID, String(now.milliseconds),
-                                      String(graceEnd.milliseconds), actor, String(streamMaxLength), layout.invalidationChannel])
-        return IssuedKey(record: try await record(id: newID), key: plaintext)
+        // The successor copies the record as read; a change in between (STALE) means read it again.
+        for attempt in 1...3 {
+            let old = try await record(id: id)
+            let plaintext = format.generate()
+            let newHash = hasher.hash(plaintext)
+            let newID = Self.newKeyID()
+            let successor = PendingOperation.Successor(
+                hash: newHash.hex, id: newID, name: old.name, scopes: old.scopes.joined(separator: " "),
+                expiresAt: old.expiresAt.map { String($0.milliseconds) } ?? "",
+                metadata: try KeyValidation.encodeMetadata(old.metadata), createdAt: String(now.milliseconds))
+            let operation = PendingOperation(op: PendingOperation.newID(), kind: .rotate, hash: old.hash.hex, keyID: id, user: old.user,
+                                             event: ["type", "rotated", "key_id", id, "user", old.user, "actor", actor,
+                                                     "time", String(now.milliseconds), "successor_id", newID, "hash", old.hash.hex],
+                                             successor: successor)
+            let results = try await perform([operation], calls: { issued in
+                [ScriptCall(script: KeyStoreScripts.applyRotate, keys: [self.layout.record(old.hash), self.layout.unlogged(old.hash)],
+                            arguments: [operation.op, String(issued), String(Self.applyWindowMilliseconds), self.layout.invalidationChannel,
+                                        old.hash.hex, id, String(old.version), newID, String(graceEnd.milliseconds)])]
+            }, afterApply: { applied throws(KeygateError) in
+                for (operation, outcome) in applied where outcome.changed { try await self.finishSideEffects(operation) }
+            })
+            switch results[0] {
+            case .success:
+                return IssuedKey(record: try await record(id: newID), key: plaintext)
+            case .failure(let error) where error.code == .conflict && error.message.hasPrefix("the key changed") && attempt < 3:
+                continue
+            case .failure(let error):
+                throw error
+            }
+        }
+        throw KeygateError(.conflict, "the key kept changing while it was being rotated; try again")
     }
 
     /// Revokes every key of `user`; returns how many changed (already revoked ones do not count).
+    /// Keys created while it runs may stay active (it revokes the keys the user held when it read the
+    /// user's set).
     /// - Throws: `KeygateError.notFound` when the user holds no keys at all, revoked or not.
     public func revokeAll(user: String, actor: String, now: Date = Date()) async throws(KeygateError) -> Int {
         try KeyValidation.existingUser(user)
-        let reply: RESPValue
-        do {
-            reply = try await run(KeyStoreScripts.revokeUser, keys: [layout.userKeys(user), layout.events, layout.epoch],
-                                  arguments: [layout.namespace, String(now.milliseconds), actor, String(streamMaxLength),
-                                              layout.invalidationChannel])
-        } catch let error where error.code == .notFound {
-            throw KeygateError(.notFound, "user '\(DisplayText.escaped(user))' has no keys")
+        let ids = (try await command(RedisCommand("SMEMBERS", [.string(layout.userKeys(user))])).array ?? []).compactMap(\.string)
+        guard !ids.isEmpty else { throw KeygateError(.notFound, "user '\(DisplayText.escaped(user))' has no keys") }
+        var revoked = 0
+        for chunk in stride(from: 0, to: ids.count, by: 200).map({ Array(ids[$0..<min($0 + 200, ids.count)]) }) {
+            let hashes = try await pipeline(chunk.map { RedisCommand("GET", [.string(layout.idIndex($0))]) })
+            let operations = zip(chunk, hashes).compactMap { id, reply in
+                reply.string.flatMap(KeyHash.init(hex:)).map { statusOperation(id: id, hash: $0, user: user, to: .revoked, actor: actor, now: now) }
+            }
+            guard !operations.isEmpty else { continue }
+            let results = try await perform(operations.map(\.0), calls: { issued in operations.map { $0.1(issued) } })
+            for result in results {
+                switch result {
+                case .success(let outcome): if outcome.changed { revoked += 1 }
+                case .failure(let error) where error.code == .notFound: continue // deleted meanwhile
+                case .failure(let error): throw error
+                }
+            }
         }
-        return Int(reply.int ?? 0)
+        return revoked
+    }
+
+    /// Holds `ns:create-lock:<user>` while `body` runs, so two limited creates for one user cannot
+    /// both pass the count. Waits up to 2 s for another holder; the lock expires after 5 s if its
+    /// holder dies (then, and only then, two creates could both pass).
+    private func withCreateLock(user: String, _ body: () async throws(KeygateError) -> Void) async throws(KeygateError) {
+        let lock = layout.createLock(user)
+        let token = PendingOperation.newID()
+        var acquired = false
+        for _ in 0..<40 {
+            let reply = try await command(RedisCommand("SET", [.string(lock), .string(token), "NX", "PX", "5000"]))
+            if reply.string == "OK" { acquired = true; break }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        guard acquired else { throw KeygateError(.unavailable, "another key is being created for this user; try again") }
+        let outcome: Result<Void, KeygateError>
+        do { try await body(); outcome = .success(()) } catch { outcome = .failure(error) }
+        _ = try? await runScripts([ScriptCall(script: KeyStoreScripts.unlock, keys: [lock], arguments: [token])])
+        try outcome.get()
     }
 
     // MARK: reads
@@ -188,8 +282,9 @@ public final class KeyStore: Sendable {
         try KeyValidation.existingUser(user)
         let ids = try await command(RedisCommand("SMEMBERS", [.string(layout.userKeys(user))])).array ?? []
         guard !ids.isEmpty else { return [] }
-        let hashes = try await command(RedisCommand("MGET", ids.compactMap { $0.string.map { .string(layout.idIndex($0)) } }))
-        let found = (hashes.array ?? []).compactMap { $0.string.flatMap { KeyHash(hex: $0) } }
+        // One GET per id (not MGET): the index keys live in different Cluster slots.
+        let hashes = try await pipeline(ids.compactMap { $0.string.map { RedisCommand("GET", [.string(layout.idIndex($0))]) } })
+        let found = hashes.compactMap { $0.string.flatMap { KeyHash(hex: $0) } }
         return try await records(hashes: found).sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
 
@@ -269,21 +364,39 @@ public final class KeyStore: Sendable {
         }
     }
 
-    /// Adds a batch to the counters exactly once per `batchID` (unique per node and batch, e.g.
-    /// `node-a:42`). Retrying after an ambiguous failure with the same id cannot double count.
-    /// - Returns: true when applied now, false when this batch id had already been applied.
+    /// Adds a batch to the counters exactly once per `batchID` (`<node run>:<sequence>`, e.g.
+    /// `node-a-12-99:42`). A node run's batches must be applied in sequence order, each one resent
+    /// unchanged until it is acknowledged (as `UsageFlusher` does): the batch is split by the slot of
+    /// its keys' counters and each slot keeps the last sequence applied, so a retry after an
+    /// ambiguous failure cannot double count.
+    /// - Returns: true when some part was applied now, false when all of it had been applied before.
     @discardableResult
     public func applyUsage(batchID: String, _ deltas: [UsageDelta], at now: Date = Date()) async throws(KeygateError) -> Bool {
         guard !deltas.isEmpty else { return true }
-        let bucket = UsageBuckets.names(at: now)
-        var keys = [layout.usageBatch(batchID)]
-        var arguments = ["86400", String(91 * 86_400), String(49 * 3_600)]
-        for delta in deltas {
-            keys += [layout.usage(delta.hash), layout.dailyUsage(delta.hash, day: bucket.day),
-                     layout.hourlyUsage(delta.hash, hour: bucket.hour)]
-            arguments += [String(delta.count), String(delta.lastUsedAt.milliseconds)]
+        guard let colon = batchID.lastIndex(of: ":"), let sequence = Int64(batchID[batchID.index(after: colon)...]), sequence > 0,
+              colon > batchID.startIndex else {
+            throw KeygateError(.invalidArgument, "a usage batch id is '<node run>:<sequence>', got '\(batchID)'")
         }
-        return try await run(KeyStoreScripts.applyUsage, keys: keys, arguments: arguments).int == 1
+        let run = String(batchID[..<colon])
+        let bucket = UsageBuckets.names(at: now)
+        var groups: [Int: [UsageDelta]] = [:]
+        for delta in deltas { groups[redis.scriptGroup(forKey: layout.usage(delta.hash)), default: []].append(delta) }
+        let calls = groups.sorted { $0.key < $1.key }.map { slot, deltas in
+            var keys = [layout.usageApplied(slot: slot, run: run)]
+            var arguments = [String(sequence), "86400", String(91 * 86_400), String(49 * 3_600)]
+            for delta in deltas {
+                keys += [layout.usage(delta.hash), layout.dailyUsage(delta.hash, day: bucket.day),
+                         layout.hourlyUsage(delta.hash, hour: bucket.hour)]
+                arguments += [String(delta.count), String(delta.lastUsedAt.milliseconds)]
+            }
+            return ScriptCall(script: KeyStoreScripts.applyUsage, keys: keys, arguments: arguments)
+        }
+        let (replies, shortfall) = try await runScripts(calls, throwingErrors: true)
+        if let shortfall {
+            durability.notReplicated.add(1, ordering: .relaxed)
+            throw shortfall
+        }
+        return replies.contains { $0.int == 1 }
     }
 
     // MARK: plumbing
@@ -317,41 +430,40 @@ public final class KeyStore: Sendable {
         return result
     }
 
-    /// Runs a mutation script; with `waitReplicas` > 0, follows it with `WAIT` on the same
-    /// connection (one pipeline), so success means that many replicas hold the change.
-    private func run(_ script: RedisScript, keys: [String], arguments: [String]) async throws(KeygateError) -> RESPValue {
-        let keys = keys.map { RedisArgument.string($0) }
-        let arguments = arguments.map { RedisArgument.string($0) }
+    /// Runs scripts as one pipeline on one connection; with `waitReplicas` > 0, follows them with
+    /// `WAIT` on that connection, so a shortfall means fewer replicas than required hold the writes.
+    /// - Parameter throwingErrors: throw the first error reply instead of returning it.
+    /// - Returns: one reply per call, and a `notReplicated` error (not thrown: the writes happened)
+    ///   when `WAIT` fell short.
+    func runScripts(_ calls: [ScriptCall], throwingErrors: Bool = false) async throws(KeygateError) -> (replies: [RESPValue], shortfall: KeygateError?) {
+        guard let first = calls.first?.keys.first else { return ([], nil) }
+        let encoded = calls.map { (script: $0.script, keys: $0.keys.map { RedisArgument.string($0) }, arguments: $0.arguments.map { RedisArgument.string($0) }) }
         let replicas = redis.configuration.effectiveWaitReplicas
-        guard replicas > 0 else {
-            do { return try await redis.evalSHA(script, keys: keys, arguments: arguments) } catch { throw Self.map(error) }
-        }
         let timeout = Int64(TimeAmount(redis.configuration.waitTimeout).nanoseconds / 1_000_000)
         // A script that changed nothing (a retried revoke, a batch applied before) replicates nothing,
         // and WAIT alone would then vouch for an older offset. The mark is always written, and the
         // replication stream is ordered: a replica that has the mark has every earlier write.
-        let mark = RedisCommand("SET", [.string(layout.replicationMark), "1", "PX", "86400000"])
-        let wait = RedisCommand("WAIT", [.integer(Int64(replicas)), .integer(max(1, timeout))])
+        let followers = replicas > 0 ? [RedisCommand("SET", [.string(layout.replicationMark(slotOf: first)), "1", "PX", "86400000"]),
+                                        RedisCommand("WAIT", [.integer(Int64(replicas)), .integer(max(1, timeout))])] : []
         let replies: [RESPValue]
-        do {
-            replies = try await redis.evalSHA(script, keys: keys, arguments: arguments, followedBy: [mark, wait])
-        } catch {
-            throw Self.map(error)
+        do { replies = try await redis.evalSHA(encoded, followedBy: followers) } catch { throw Self.map(error) }
+        let scriptReplies = Array(replies.prefix(calls.count))
+        if throwingErrors, let message = scriptReplies.lazy.compactMap({ reply -> String? in
+            if case .error(let message) = reply { return message } else { return nil }
+        }).first {
+            throw Self.map(RedisError(.serverError, message))
         }
-        if case .error(let message) = replies[0] { throw Self.map(RedisError(.serverError, message)) }
-        let acknowledged = replies[2].int ?? 0
-        if acknowledged < replicas {
-            durability.notReplicated.add(1, ordering: .relaxed)
-            throw KeygateError(.notReplicated, "only \(acknowledged) of \(replicas) replica(s) confirmed the change within \(timeout) ms")
-        }
-        return replies[0]
+        guard replicas > 0 else { return (scriptReplies, nil) }
+        let acknowledged = replies[calls.count + 1].int ?? 0
+        guard acknowledged < replicas else { return (scriptReplies, nil) }
+        return (scriptReplies, KeygateError(.notReplicated, "only \(acknowledged) of \(replicas) replica(s) confirmed the change within \(timeout) ms"))
     }
 
-    private func command(_ command: RedisCommand) async throws(KeygateError) -> RESPValue {
+    func command(_ command: RedisCommand) async throws(KeygateError) -> RESPValue {
         do { return try await redis.send(command) } catch { throw Self.map(error) }
     }
 
-    private func pipeline(_ commands: [RedisCommand]) async throws(KeygateError) -> [RESPValue] {
+    func pipeline(_ commands: [RedisCommand]) async throws(KeygateError) -> [RESPValue] {
         let replies: [RESPValue]
         do { replies = try await redis.pipeline(commands) } catch { throw Self.map(error) }
         for reply in replies {
@@ -372,6 +484,8 @@ public final class KeyStore: Sendable {
             if message.hasPrefix("CONFLICT") { return KeygateError(.conflict, detail, underlying: error) }
             if message.hasPrefix("DUPLICATE") { return KeygateError(.duplicate, detail, underlying: error) }
             if message.hasPrefix("LIMIT") { return KeygateError(.limitReached, detail, underlying: error) }
+            if message.hasPrefix("STALE") { return KeygateError(.conflict, detail, underlying: error) }
+            if message.hasPrefix("EXPIRED") { return KeygateError(.unavailable, detail + "; try again", underlying: error) }
             // The server cannot take the change here and now (a replica, loading its data, cut off
             // from its master, short of replicas): "could not check", never an internal error.
             if Self.unavailableReplies.contains(where: { message.hasPrefix($0) }) {

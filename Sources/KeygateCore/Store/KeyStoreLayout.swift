@@ -1,22 +1,30 @@
 import Foundation
+import KeygateRedis
 
 /// Where everything lives in Redis, under one namespace (`KEYGATE_NAMESPACE`, default `keygate`).
 ///
-/// The `{hash}` hash tag puts a key's record and all its usage counters in one Cluster slot, so the
-/// scripts that touch both stay single-slot per key. Nothing stored contains a plaintext key.
+/// Every script touches one Redis Cluster slot (`KeyStoreScripts`): a key's record, its counters and
+/// its unlogged-operation marks share the `{hash}` hash tag; the Stream, the epoch and the pending
+/// operations share the Stream's slot (`{ns:events}`, the slot of the untagged name `ns:events`);
+/// the id index and the user sets are single Redis keys, read and written on their own. Nothing
+/// stored contains a plaintext key. The names are those of earlier versions, so existing data is
+/// read as it is (README, "Data model").
 ///
 /// | Redis key | type | content |
 /// |---|---|---|
 /// | `ns:key:{<sha256 hex>}` | hash | the record (id, user, name, scopes, status, times, version, metadata, rotation links) |
+/// | `ns:unlogged:{<hash>}` | hash | operations applied to the record whose event is not logged yet: op id -> version |
 /// | `ns:id:<key id>` | string | the key's hash hex: id -> record |
 /// | `ns:user:<user>` | set | the user's key ids |
 /// | `ns:usage:{<hash>}` | hash | `total`, `last_used_at` (ms) |
 /// | `ns:usage:{<hash>}:d:<yyyymmdd>` | string | per-day count, expires after 91 days |
 /// | `ns:usage:{<hash>}:h:<yyyymmddhh>` | string | per-hour count, expires after 49 hours |
-/// | `ns:usage-batch:<node>:<seq>` | string | applied-batch marker, expires after 24 h (idempotent retries) |
+/// | `ns:usage-applied:{<slot tag>}:<node run>` | string | last usage batch of that node run applied to the slot's counters, expires after 24 h |
 /// | `ns:events` | stream | lifecycle events (audit log and invalidation replay), capped |
-/// | `ns:epoch` | string | incremented by every mutation |
-/// | `ns:replication-mark` | string | written before each `WAIT`, so a retried no-op change is confirmed too |
+/// | `{ns:events}:epoch` | string | incremented by every logged mutation |
+/// | `{ns:events}:pending` | hash | registered operations not yet logged: op id -> "<registered ms> <payload JSON>" |
+/// | `ns:create-lock:<user>` | string | held while a limited create counts the user's keys |
+/// | `ns:replication-mark:{<slot tag>}` | string | written before each `WAIT`, so a retried no-op change is confirmed too |
 /// | channel `ns:invalidations` | pub/sub | the hash hex of every changed key |
 public struct KeyStoreLayout: Sendable, Equatable {
     public let namespace: String
@@ -37,10 +45,18 @@ public struct KeyStoreLayout: Sendable, Equatable {
     public func usage(_ hash: KeyHash) -> String { "\(namespace):usage:{\(hash.hex)}" }
     public func dailyUsage(_ hash: KeyHash, day: String) -> String { "\(namespace):usage:{\(hash.hex)}:d:\(day)" }
     public func hourlyUsage(_ hash: KeyHash, hour: String) -> String { "\(namespace):usage:{\(hash.hex)}:h:\(hour)" }
-    public func usageBatch(_ batchID: String) -> String { "\(namespace):usage-batch:\(batchID)" }
+    public func unlogged(_ hash: KeyHash) -> String { "\(namespace):unlogged:{\(hash.hex)}" }
+    /// The high-water mark of one node run's usage batches in one slot.
+    public func usageApplied(slot: Int, run: String) -> String { "\(namespace):usage-applied:{\(HashSlot.tag(forSlot: slot))}:\(run)" }
     public var events: String { "\(namespace):events" }
-    public var epoch: String { "\(namespace):epoch" }
-    public var replicationMark: String { "\(namespace):replication-mark" }
+    /// In the Stream's slot: the hash tag is the Stream's whole name.
+    public var epoch: String { "{\(events)}:epoch" }
+    public var pending: String { "{\(events)}:pending" }
+    public func createLock(_ user: String) -> String { "\(namespace):create-lock:\(user)" }
+    /// One per slot, so the mark is written on the server (and connection) that ran the change.
+    public func replicationMark(slotOf key: String) -> String {
+        "\(namespace):replication-mark:{\(HashSlot.tag(forSlot: HashSlot.of(key)))}"
+    }
     /// Pub/sub ignores the database number, so the channel carries the namespace.
     public var invalidationChannel: String { "\(namespace):invalidations" }
 

@@ -1,158 +1,183 @@
 import KeygateRedis
 
-/// The Lua scripts behind every key mutation. Each one, atomically: changes the record, bumps its
-/// version, appends exactly one event per changed key to the capped Stream (no secret in it; the
-/// hash is there so nodes can replay invalidations), increments the epoch, and publishes the key's
-/// hash on the invalidation channel. No mutation can forget to invalidate.
+/// The Lua scripts behind every key mutation. Each script touches one Redis Cluster slot, so the
+/// same scripts run on standalone Redis, behind Sentinel and on a Cluster.
 ///
-/// Error replies start with a word the store maps to `KeygateError`: NOTFOUND, DUPLICATE, CONFLICT.
+/// A mutation runs in four steps (`KeyStore.perform`), each one atomic in its own slot:
+/// 1. `begin`, in the log slot (`ns:events`): registers the operation and what its event will say
+///    under `{ns:events}:pending`, stamped with the log server's clock.
+/// 2. an `apply*` script, in the key's slot: checks and changes the record, bumps its version,
+///    notes the operation in `ns:unlogged:{hash}` and publishes the hash. Refused (`EXPIRED`) when it
+///    runs more than `window` ms after `begin`, so a stale retry cannot act behind a repair's back.
+/// 3. `log`, in the log slot: removes the registration and, exactly once, appends the event to the
+///    Stream (audit log and invalidation replay), bumps the epoch and publishes the hash again.
+/// 4. `HDEL ns:unlogged:{hash} <op>`, in the key's slot.
+///
+/// A crash between steps leaves a registration behind; `KeyStore.repair` completes it (applied:
+/// log it) or drops it (never applied, and too old to be applied now).
+///
+/// Error replies start with a word the store maps to `KeygateError`: NOTFOUND, DUPLICATE, CONFLICT,
+/// STALE (the record changed since it was read: retried), EXPIRED.
 enum KeyStoreScripts {
-    /// KEYS: record, id index, user set, stream, epoch.
-    /// ARGV: hash, id, user, name, scopes, expires_at ms or "", metadata JSON, now ms, actor, maxlen, channel,
-    /// namespace, most active keys the user may hold (0: no limit; counted here so concurrent creates
-    /// cannot both pass the check).
-    static let create = RedisScript("""
-    if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('DUPLICATE a key with this hash exists') end
-    if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('DUPLICATE a key with this id exists') end
-    local limit = tonumber(ARGV[13])
-    if limit > 0 then
-      local active = 0
-      for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-        local hash = redis.call('GET', ARGV[12] .. ':id:' .. id)
-        if hash then
-          local fields = redis.call('HMGET', ARGV[12] .. ':key:{' .. hash .. '}', 'status', 'expires_at')
-          if fields[1] == 'active' and (fields[2] == false or fields[2] == '' or tonumber(fields[2]) > tonumber(ARGV[8])) then
-            active = active + 1
-          end
+    /// Shared by the `apply*` scripts: refuse an operation whose `begin` is older than the window.
+    private static let deadline = """
+    local clock = redis.call('TIME')
+    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    if now > tonumber(ARGV[2]) + tonumber(ARGV[3]) then
+      return redis.error_reply('EXPIRED the change was not applied within ' .. ARGV[3] .. ' ms of its registration')
+    end
+    local others = {}
+    for _, op in ipairs(redis.call('HKEYS', KEYS[2])) do if op ~= ARGV[1] then others[#others + 1] = op end end
+
+    """
+
+    /// Step 1. KEYS: pending. ARGV: op id, payload, op id, payload... Returns the log server's time (ms).
+    static let begin = RedisScript("""
+    local clock = redis.call('TIME')
+    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], now .. ' ' .. ARGV[i + 1]) end
+    return now
+    """)
+
+    /// Step 3. KEYS: pending, stream, epoch. ARGV: stream maxlen, channel, then per operation: op id,
+    /// version ("0": nothing changed: the registration goes, nothing is logged or published), hash.
+    /// An operation no longer registered was logged before (by a repair or a concurrent completion):
+    /// not logged twice, its hash published again. Returns one event id per operation ("" when none
+    /// was appended now).
+    static let log = RedisScript("""
+    local ids = {}
+    for i = 3, #ARGV, 3 do
+      local entry = redis.call('HGET', KEYS[1], ARGV[i])
+      local id = ''
+      if entry then redis.call('HDEL', KEYS[1], ARGV[i]) end
+      if ARGV[i + 1] ~= '0' then
+        if entry then
+          local fields = cjson.decode(string.sub(entry, string.find(entry, ' ', 1, true) + 1)).event
+          fields[#fields + 1] = 'version'
+          fields[#fields + 1] = ARGV[i + 1]
+          id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+          redis.call('INCR', KEYS[3])
         end
+        redis.call('PUBLISH', ARGV[2], ARGV[i + 2])
       end
-      if active >= limit then return redis.error_reply('LIMIT the user already has ' .. active .. ' active keys') end
+      ids[#ids + 1] = id
     end
-    redis.call('HSET', KEYS[1], 'id', ARGV[2], 'user', ARGV[3], 'name', ARGV[4], 'scopes', ARGV[5],
-      'status', 'active', 'created_at', ARGV[8], 'expires_at', ARGV[6], 'metadata', ARGV[7], 'version', 1)
-    redis.call('SET', KEYS[2], ARGV[1])
-    redis.call('SADD', KEYS[3], ARGV[2])
-    local event = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*', 'type', 'created', 'key_id', ARGV[2],
-      'user', ARGV[3], 'actor', ARGV[9], 'time', ARGV[8], 'version', 1, 'hash', ARGV[1])
-    redis.call('INCR', KEYS[5])
-    redis.call('PUBLISH', ARGV[11], ARGV[1])
-    return event
+    return ids
     """)
 
-    /// Revoke, disable or enable. Revoking a revoked key is a successful no-op (no event).
-    /// KEYS: record, stream, epoch. ARGV: id, new status, now ms, actor, maxlen, channel, hash.
-    /// Returns {changed 0/1, version}.
-    static let setStatus = RedisScript("""
-    if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return redis.error_reply('NOTFOUND no such key') end
+    /// For `repair`. KEYS: pending. Returns {now ms, op id, entry, op id, entry...}.
+    static let pending = RedisScript("""
+    local clock = redis.call('TIME')
+    local reply = {tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)}
+    for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do reply[#reply + 1] = value end
+    return reply
+    """)
+
+    /// Step 2 of create. KEYS: record, unlogged.
+    /// ARGV: op id, issued ms, window ms, channel, hash, id, user, name, scopes, expires_at ms or "",
+    /// metadata JSON, now ms. Returns {1, version, other unlogged ops...}.
+    static let applyCreate = RedisScript(deadline + """
+    if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('DUPLICATE a key with this hash exists') end
+    redis.call('HSET', KEYS[1], 'id', ARGV[6], 'user', ARGV[7], 'name', ARGV[8], 'scopes', ARGV[9],
+      'status', 'active', 'created_at', ARGV[12], 'expires_at', ARGV[10], 'metadata', ARGV[11], 'version', 1)
+    redis.call('HSET', KEYS[2], ARGV[1], 1)
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+    return {1, 1, unpack(others)}
+    """)
+
+    /// Step 2 of revoke, disable, enable. Revoking a revoked key changes nothing (no event).
+    /// KEYS: record, unlogged. ARGV: op id, issued ms, window ms, channel, hash, id, new status, now ms.
+    /// Returns {changed 0/1, version, other unlogged ops...}.
+    static let applyStatus = RedisScript(deadline + """
+    if redis.call('HGET', KEYS[1], 'id') ~= ARGV[6] then return redis.error_reply('NOTFOUND no such key') end
     local current = redis.call('HGET', KEYS[1], 'status')
-    if current == ARGV[2] then return {0, tonumber(redis.call('HGET', KEYS[1], 'version'))} end
+    if current == ARGV[7] then return {0, tonumber(redis.call('HGET', KEYS[1], 'version')), unpack(others)} end
     if current == 'revoked' then return redis.error_reply('CONFLICT the key is revoked; revocation is final') end
-    redis.call('HSET', KEYS[1], 'status', ARGV[2])
-    if ARGV[2] == 'revoked' then redis.call('HSET', KEYS[1], 'revoked_at', ARGV[3]) end
+    redis.call('HSET', KEYS[1], 'status', ARGV[7])
+    if ARGV[7] == 'revoked' then redis.call('HSET', KEYS[1], 'revoked_at', ARGV[8]) end
     local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-    local kind = ({revoked = 'revoked', disabled = 'disabled', active = 'enabled'})[ARGV[2]]
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'type', kind, 'key_id', ARGV[1],
-      'user', redis.call('HGET', KEYS[1], 'user'), 'actor', ARGV[4], 'time', ARGV[3], 'version', version, 'hash', ARGV[7])
-    redis.call('INCR', KEYS[3])
-    redis.call('PUBLISH', ARGV[6], ARGV[7])
-    return {1, version}
+    redis.call('HSET', KEYS[2], ARGV[1], version)
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+    return {1, version, unpack(others)}
     """)
 
-    /// Name, scopes, expiry, metadata. KEYS: record, stream, epoch.
-    /// ARGV: id, now ms, actor, maxlen, channel, hash, then field/value pairs. Returns the new version.
-    static let update = RedisScript("""
-    if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return redis.error_reply('NOTFOUND no such key') end
+    /// Step 2 of update (name, scopes, expiry, metadata). KEYS: record, unlogged.
+    /// ARGV: op id, issued ms, window ms, channel, hash, id, then field/value pairs.
+    /// Returns {1, version, other unlogged ops...}.
+    static let applyUpdate = RedisScript(deadline + """
+    if redis.call('HGET', KEYS[1], 'id') ~= ARGV[6] then return redis.error_reply('NOTFOUND no such key') end
     if redis.call('HGET', KEYS[1], 'status') == 'revoked' then return redis.error_reply('CONFLICT the key is revoked; revocation is final') end
-    local fields = {}
-    for i = 7, #ARGV, 2 do
-      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-      fields[#fields + 1] = ARGV[i]
-    end
+    for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
     local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'updated', 'key_id', ARGV[1],
-      'user', redis.call('HGET', KEYS[1], 'user'), 'actor', ARGV[3], 'time', ARGV[2], 'version', version,
-      'fields', table.concat(fields, ','), 'hash', ARGV[6])
-    redis.call('INCR', KEYS[3])
-    redis.call('PUBLISH', ARGV[5], ARGV[6])
-    return version
+    redis.call('HSET', KEYS[2], ARGV[1], version)
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+    return {1, version, unpack(others)}
     """)
 
-    /// A successor with the same user, name, scopes, metadata and expiry; the old key now expires at
-    /// min(its expiry, now + grace). Refused when the key was already rotated (so concurrent rotations
-    /// leave exactly one successor) or is revoked.
-    /// KEYS: old record, new record, new id index, user set, stream, epoch.
-    /// ARGV: old id, old hash, new hash, new id, now ms, grace-end ms, actor, maxlen, channel.
-    /// Returns the new record's version (1).
-    static let rotate = RedisScript("""
-    if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return redis.error_reply('NOTFOUND no such key') end
-    local old = redis.call('HMGET', KEYS[1], 'status', 'rotated_to', 'user', 'name', 'scopes', 'expires_at', 'metadata')
+    /// Step 2 of rotate, on the old key: links it to its successor and makes it expire at
+    /// min(its expiry, grace end). Refused when the key was already rotated (concurrent rotations
+    /// leave exactly one successor), is revoked, or changed since it was read (STALE: the successor
+    /// copies what was read). KEYS: record, unlogged.
+    /// ARGV: op id, issued ms, window ms, channel, hash, id, version read, successor id, grace end ms.
+    /// Returns {1, version, other unlogged ops...}.
+    static let applyRotate = RedisScript(deadline + """
+    if redis.call('HGET', KEYS[1], 'id') ~= ARGV[6] then return redis.error_reply('NOTFOUND no such key') end
+    local old = redis.call('HMGET', KEYS[1], 'status', 'rotated_to', 'expires_at', 'version')
     if old[1] == 'revoked' then return redis.error_reply('CONFLICT the key is revoked; revocation is final') end
     if old[2] and old[2] ~= '' then return redis.error_reply('CONFLICT the key was already rotated to ' .. old[2]) end
-    if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+    if old[4] ~= ARGV[7] then return redis.error_reply('STALE the key changed while it was being rotated') end
+    local expires = old[3] or ''
+    if expires == '' or tonumber(ARGV[9]) < tonumber(expires) then redis.call('HSET', KEYS[1], 'expires_at', ARGV[9]) end
+    redis.call('HSET', KEYS[1], 'rotated_to', ARGV[8])
+    local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+    redis.call('HSET', KEYS[2], ARGV[1], version)
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+    return {1, version, unpack(others)}
+    """)
+
+    /// The successor of a rotation (after `applyRotate`, or from a repair), in its own slot. Idempotent:
+    /// a successor already written with this id is success.
+    /// KEYS: record. ARGV: channel, hash, id, user, name, scopes, expires_at, metadata, now ms, predecessor id.
+    /// Returns 1 when written now, 0 when it existed.
+    static let writeSuccessor = RedisScript("""
+    if redis.call('EXISTS', KEYS[1]) == 1 then
+      if redis.call('HGET', KEYS[1], 'id') == ARGV[3] then return 0 end
       return redis.error_reply('DUPLICATE the successor collides with an existing key')
     end
-    local expires = old[6] or ''
-    local graceEnd = ARGV[6]
-    if expires == '' or tonumber(graceEnd) < tonumber(expires) then
-      redis.call('HSET', KEYS[1], 'expires_at', graceEnd)
-    end
-    redis.call('HSET', KEYS[1], 'rotated_to', ARGV[4])
-    local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-    redis.call('HSET', KEYS[2], 'id', ARGV[4], 'user', old[3], 'name', old[4], 'scopes', old[5], 'status', 'active',
-      'created_at', ARGV[5], 'expires_at', expires, 'metadata', old[7] or '{}', 'version', 1, 'rotated_from', ARGV[1])
-    redis.call('SET', KEYS[3], ARGV[3])
-    redis.call('SADD', KEYS[4], ARGV[4])
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'type', 'rotated', 'key_id', ARGV[1], 'user', old[3],
-      'actor', ARGV[7], 'time', ARGV[5], 'version', version, 'successor_id', ARGV[4], 'hash', ARGV[2])
-    redis.call('INCR', KEYS[6])
-    redis.call('PUBLISH', ARGV[9], ARGV[2])
-    return version
+    redis.call('HSET', KEYS[1], 'id', ARGV[3], 'user', ARGV[4], 'name', ARGV[5], 'scopes', ARGV[6], 'status', 'active',
+      'created_at', ARGV[9], 'expires_at', ARGV[7], 'metadata', ARGV[8], 'version', 1, 'rotated_from', ARGV[10])
+    redis.call('PUBLISH', ARGV[1], ARGV[2])
+    return 1
     """)
 
-    /// Revokes every active or disabled key of a user: one event and one publish per key changed.
-    /// Record keys are derived inside the script, so it runs on standalone Redis only (Cluster later).
-    /// KEYS: user set, stream, epoch. ARGV: namespace, now ms, actor, maxlen, channel. Returns the count;
-    /// NOTFOUND when the user has no keys at all (so a typo is not reported as "0 revoked").
-    static let revokeUser = RedisScript("""
-    if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('NOTFOUND the user has no keys') end
-    local revoked = 0
-    for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-      local hash = redis.call('GET', ARGV[1] .. ':id:' .. id)
-      if hash then
-        local record = ARGV[1] .. ':key:{' .. hash .. '}'
-        local status = redis.call('HGET', record, 'status')
-        if status and status ~= 'revoked' then
-          redis.call('HSET', record, 'status', 'revoked', 'revoked_at', ARGV[2])
-          local version = redis.call('HINCRBY', record, 'version', 1)
-          redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'revoked', 'key_id', id,
-            'user', redis.call('HGET', record, 'user'), 'actor', ARGV[3], 'time', ARGV[2], 'version', version, 'hash', hash)
-          redis.call('INCR', KEYS[3])
-          redis.call('PUBLISH', ARGV[5], hash)
-          revoked = revoked + 1
-        end
-      end
-    end
-    return revoked
+    /// Releases a lock only if this caller still holds it. KEYS: lock. ARGV: token.
+    static let unlock = RedisScript("""
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
     """)
 
-    /// Applies one node's usage batch exactly once: the batch marker is set NX first, so a retry
-    /// after an ambiguous timeout (the reply lost, the write done) changes nothing.
-    /// KEYS: batch marker, then per key: usage hash, daily bucket, hourly bucket.
-    /// ARGV: marker ttl s, daily ttl s, hourly ttl s, then per key: count, last-used ms.
-    /// Returns 1 when applied, 0 when this batch id was applied before.
+    /// Applies one node's usage batch to the counters of one slot, exactly once. A node's batches
+    /// carry increasing sequence numbers and a batch is resent unchanged until acknowledged, so a
+    /// per-slot high-water mark per node run is enough: a retry after an ambiguous timeout (the reply
+    /// lost, the write done) changes nothing.
+    /// KEYS: applied mark, then per key: usage hash, daily bucket, hourly bucket.
+    /// ARGV: sequence, mark ttl s, daily ttl s, hourly ttl s, then per key: count, last-used ms.
+    /// Returns 1 when applied, 0 when this batch (or a later one) was applied before.
     static let applyUsage = RedisScript("""
-    if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+    local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if tonumber(ARGV[1]) <= applied then return 0 end
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
     local n = (#KEYS - 1) / 3
     for i = 0, n - 1 do
-      local count = tonumber(ARGV[4 + i * 2])
-      local last = tonumber(ARGV[5 + i * 2])
+      local count = tonumber(ARGV[5 + i * 2])
+      local last = tonumber(ARGV[6 + i * 2])
       local usage = KEYS[2 + i * 3]
       redis.call('HINCRBY', usage, 'total', count)
       local previous = tonumber(redis.call('HGET', usage, 'last_used_at') or '0')
       if last > previous then redis.call('HSET', usage, 'last_used_at', last) end
       -- A bucket's expiry is set when the bucket is created (its first increment), not every flush.
-      if redis.call('INCRBY', KEYS[3 + i * 3], count) == count then redis.call('EXPIRE', KEYS[3 + i * 3], ARGV[2]) end
-      if redis.call('INCRBY', KEYS[4 + i * 3], count) == count then redis.call('EXPIRE', KEYS[4 + i * 3], ARGV[3]) end
+      if redis.call('INCRBY', KEYS[3 + i * 3], count) == count then redis.call('EXPIRE', KEYS[3 + i * 3], ARGV[3]) end
+      if redis.call('INCRBY', KEYS[4 + i * 3], count) == count then redis.call('EXPIRE', KEYS[4 + i * 3], ARGV[4]) end
     end
     return 1
     """)

@@ -79,16 +79,22 @@ public final class RedisClient: Sendable {
         }
     }
 
-    /// `EVALSHA` and then `followers` on one connection, as one pipeline (loading the script first
-    /// if Redis answers `NOSCRIPT`): `WAIT` after a write must run on the connection that wrote.
-    /// Returns one reply per command, the script's first; error replies are values.
-    public func evalSHA(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument],
+    /// Several `EVALSHA`s and then `followers` on one connection, as one pipeline: `WAIT` after a
+    /// write must run on the connection that wrote. A script Redis does not know (`NOSCRIPT`) is
+    /// loaded and only the calls that were refused are sent again (with the followers), so no script
+    /// runs twice. Returns one reply per call, then one per follower; error replies are values.
+    public func evalSHA(_ calls: [(script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument])],
                         followedBy followers: [RedisCommand]) async throws -> [RESPValue] {
-        let commands = [Self.evalSHACommand(script, keys: keys, arguments: arguments)] + followers
-        let replies = try await pipeline(commands)
-        guard case .error(let message) = replies[0], message.hasPrefix("NOSCRIPT") else { return replies }
-        _ = try await send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
-        return try await pipeline(commands)
+        var replies = try await pipeline(calls.map { Self.evalSHACommand($0.script, keys: $0.keys, arguments: $0.arguments) } + followers)
+        let refused = calls.indices.filter { if case .error(let message) = replies[$0] { return message.hasPrefix("NOSCRIPT") } else { return false } }
+        guard !refused.isEmpty else { return replies }
+        for script in Set(refused.map { calls[$0].script }) {
+            _ = try await send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
+        }
+        let again = try await pipeline(refused.map { Self.evalSHACommand(calls[$0].script, keys: calls[$0].keys, arguments: calls[$0].arguments) } + followers)
+        for (position, index) in refused.enumerated() { replies[index] = again[position] }
+        for position in followers.indices { replies[calls.count + position] = again[refused.count + position] }
+        return replies
     }
 
     /// `evalSHA` on `eventLoop`'s own connection, for callers on the event loop.
@@ -103,6 +109,11 @@ public final class RedisClient: Sendable {
                 .flatMap { _ in self.send(command, on: eventLoop) }
         }
     }
+
+    /// Which keys one script may touch together: keys with the same group run on one server in one
+    /// script. A standalone or Sentinel-managed Redis is one server (every key is in group 0); a
+    /// Cluster's group is the key's hash slot.
+    public func scriptGroup(forKey key: String) -> Int { 0 }
 
     static func evalSHACommand(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {
         RedisCommand("EVALSHA", [.string(script.sha1), .integer(Int64(keys.count))] + keys + arguments)

@@ -1,0 +1,69 @@
+import Testing
+@testable import KeygateRedis
+
+@Suite("Cluster hash slots and redirects")
+struct HashSlotTests {
+    @Test("CRC16 is the specification's XMODEM variant")
+    func crc16CheckValue() {
+        // The check value the cluster specification gives for its reference implementation.
+        #expect(HashSlot.crc16(Array("123456789".utf8)) == 0x31C3)
+        #expect(HashSlot.crc16([UInt8]()) == 0)
+    }
+
+    @Test("slots match Redis's CLUSTER KEYSLOT for known keys")
+    func knownSlots() {
+        // Values from `redis-cli CLUSTER KEYSLOT` (Redis 7.0), also in the Redis documentation.
+        #expect(HashSlot.of("foo") == 12182)
+        #expect(HashSlot.of("bar") == 5061)
+        #expect(HashSlot.of("hello") == 866)
+        #expect(HashSlot.of("somekey") == 11058)
+        #expect(HashSlot.of("") == 0)
+        // The CLUSTER KEYSLOT page's examples.
+        #expect(HashSlot.of("foo{hash_tag}") == 2515)
+        #expect(HashSlot.of("bar{hash_tag}") == 2515)
+    }
+
+    @Test("hash tags follow the specification's examples")
+    func hashTags() {
+        // {user1000}.following and {user1000}.followers hash only "user1000".
+        #expect(HashSlot.of("{user1000}.following") == HashSlot.of("user1000"))
+        #expect(HashSlot.of("{user1000}.followers") == HashSlot.of("user1000"))
+        // foo{}{bar}: the first { is followed directly by }, so the whole key is hashed.
+        #expect(HashSlot.of("foo{}{bar}") == Int(HashSlot.crc16(Array("foo{}{bar}".utf8)) & 0x3FFF))
+        // foo{{bar}}zap: "{bar" is hashed (from the first { to the first } after it).
+        #expect(HashSlot.of("foo{{bar}}zap") == HashSlot.of("{bar"))
+        // foo{bar}{zap}: only "bar".
+        #expect(HashSlot.of("foo{bar}{zap}") == HashSlot.of("bar"))
+        // No closing brace: the whole key.
+        #expect(HashSlot.of("foo{bar") == Int(HashSlot.crc16(Array("foo{bar".utf8)) & 0x3FFF))
+        // Keygate's own layout: a record and its counters share the key hash's slot.
+        #expect(HashSlot.of("keygate:key:{abc}") == HashSlot.of("keygate:usage:{abc}:d:20261203"))
+    }
+
+    @Test("every slot has a tag that maps to it")
+    func slotTags() {
+        for slot in [0, 1, 866, 5061, 12182, 16383] {
+            #expect(HashSlot.of("marker:{\(HashSlot.tag(forSlot: slot))}:x") == slot)
+        }
+        var all = Set<Int>()
+        for slot in 0..<HashSlot.count { all.insert(HashSlot.of(HashSlot.tag(forSlot: slot))) }
+        #expect(all.count == HashSlot.count)
+        #expect((0..<HashSlot.count).allSatisfy { HashSlot.tag(forSlot: $0).utf8.count <= 4 })
+    }
+
+    @Test("MOVED and ASK replies parse; anything else does not")
+    func redirects() {
+        #expect(ClusterRedirect(errorMessage: "MOVED 3999 127.0.0.1:6381") == ClusterRedirect(kind: .moved, slot: 3999, host: "127.0.0.1", port: 6381))
+        #expect(ClusterRedirect(errorMessage: "ASK 0 10.0.0.2:7002") == ClusterRedirect(kind: .ask, slot: 0, host: "10.0.0.2", port: 7002))
+        #expect(ClusterRedirect(errorMessage: "MOVED 16383 ::1:7000") == ClusterRedirect(kind: .moved, slot: 16383, host: "::1", port: 7000))
+        #expect(ClusterRedirect(errorMessage: "MOVED 12 [::1]:7000")?.host == "::1")
+        #expect(ClusterRedirect(errorMessage: "MOVED 12 redis-0.redis:6379")?.host == "redis-0.redis")
+        // An empty host means the node that answered.
+        #expect(ClusterRedirect(errorMessage: "MOVED 3999 :6381") == ClusterRedirect(kind: .moved, slot: 3999, host: "", port: 6381))
+        for bad in ["MOVED", "MOVED 3999", "MOVED 16384 127.0.0.1:6381", "MOVED -1 127.0.0.1:6381", "MOVED x 127.0.0.1:6381",
+                    "MOVED 1 127.0.0.1", "MOVED 1 127.0.0.1:0", "MOVED 1 127.0.0.1:70000", "MOVED 1 ?:6379",
+                    "ERR MOVED 1 a:1", "moved 1 a:1", "MOVED 1 a:1 extra", "CROSSSLOT Keys in request don't hash to the same slot"] {
+            #expect(ClusterRedirect(errorMessage: bad) == nil, "\(bad)")
+        }
+    }
+}
