@@ -64,6 +64,8 @@ trap 'summary; cleanup' EXIT
 # dependencies are not affected). Exported for every build below, so the nested packages, which
 # share .build with this one, see the same settings and reuse what it compiled.
 export KEYGATE_WARNINGS_AS_ERRORS=1
+# Cluster slot rules on the test servers too: a cross-slot command fails the tests, not a Cluster.
+export KEYGATE_REDIS_CLUSTER_SLOTS=1
 stage "build (debug, tests)" swift build --build-tests
 KEYGATE_BIN="$(swift build --show-bin-path)/keygate"
 export KEYGATE_BIN

@@ -1,3 +1,4 @@
+import Foundation
 /// How to reach Redis and how patient to be with it. Every field has a default.
 public struct RedisConfiguration: Sendable, Equatable {
     /// Where Redis listens.
@@ -54,6 +55,14 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// otherwise (`notWritableMaster`): a replica may miss a revoke or lag behind one, and refuses
     /// writes. On by default; a Sentinel connection (not a data server) turns it off.
     public var requiresMaster = true
+
+    /// Apply Redis Cluster's one-slot rule on a single server too: a multi-key command or script
+    /// whose keys are in different slots is refused (`crossSlot`), and `scriptGroup` splits by slot.
+    /// A single server does not need it (one script may touch any keys there); the test suite turns
+    /// it on (`KEYGATE_REDIS_CLUSTER_SLOTS=1`), so a change that would fail on a Cluster fails there.
+    public var enforcesClusterSlots = RedisConfiguration.clusterSlotsFromEnvironment
+
+    static let clusterSlotsFromEnvironment = ProcessInfo.processInfo.environment["KEYGATE_REDIS_CLUSTER_SLOTS"] == "1"
 
     /// `WAIT` after every mutation for this many replicas; nil picks the topology's default (1 with
     /// Sentinel, where a failover is expected; 0 for a single server, where `WAIT` would only fail).

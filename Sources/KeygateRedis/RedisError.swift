@@ -4,7 +4,7 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Value: String, Sendable {
             case connectionClosed, timeout, protocolError, serverError, circuitOpen, cancelled
-            case connectFailed, authenticationFailed, invalidURL, notWritableMaster, discoveryFailed
+            case connectFailed, authenticationFailed, invalidURL, notWritableMaster, discoveryFailed, crossSlot
         }
         private let value: Value
         private init(_ value: Value) { self.value = value }
@@ -31,6 +31,9 @@ public struct RedisError: Error, Sendable, CustomStringConvertible {
         public static let notWritableMaster = Code(.notWritableMaster)
         /// No Sentinel gave the master's address (all unreachable, or none knows the master's name).
         public static let discoveryFailed = Code(.discoveryFailed)
+        /// A command's keys are in different Cluster slots: refused before sending, on every
+        /// topology, since no Cluster server could run it. A programming error in the caller.
+        public static let crossSlot = Code(.crossSlot)
 
         public var description: String { value.rawValue }
     }

@@ -70,7 +70,7 @@ import Testing
             try await group.waitForAll()
         }
         let keys = (0..<callers).map { RedisArgument.string("\(ns):c\($0)") }
-        let values = try await client.send(RedisCommand("MGET", keys)).array ?? []
+        let values = try await client.pipeline(keys.map { RedisCommand("GET", [$0]) })
         #expect(values.map(\.int) == Array(repeating: Int64(perCaller), count: callers))
     }
 

@@ -1,3 +1,4 @@
+import NIOPosix
 import Testing
 @testable import KeygateRedis
 
@@ -65,5 +66,58 @@ struct HashSlotTests {
                     "ERR MOVED 1 a:1", "moved 1 a:1", "MOVED 1 a:1 extra", "CROSSSLOT Keys in request don't hash to the same slot"] {
             #expect(ClusterRedirect(errorMessage: bad) == nil, "\(bad)")
         }
+    }
+}
+
+@Suite("Command routing from the key table")
+struct CommandRoutingTests {
+    @Test("single-key, multi-key, script and keyless commands route by their keys")
+    func routing() {
+        #expect(RedisCommand("GET", ["foo"]).routing == .slot(12182))
+        #expect(RedisCommand("HMGET", ["keygate:key:{abc}", "status", "id"]).routing == .slot(HashSlot.of("abc")))
+        #expect(RedisCommand("MGET", ["{u}:a", "{u}:b"]).routing == .slot(HashSlot.of("u")))
+        #expect(RedisCommand("MGET", ["foo", "bar"]).routing == .crossSlot)
+        #expect(RedisCommand("DEL", ["foo", "{foo}:x"]).routing == .slot(12182))
+        #expect(RedisCommand("XINFO", ["STREAM", "keygate:events"]).routing == .slot(HashSlot.of("keygate:events")))
+        #expect(RedisCommand("MSET", ["{t}a", "1", "{t}b", "2"]).routing == .slot(HashSlot.of("t")))
+        #expect(RedisCommand("MSET", ["foo", "bar", "bar", "foo"]).routing == .crossSlot, "keys foo and bar; values are not keys")
+        // EVALSHA: numkeys, then the keys; arguments after them are not keys.
+        #expect(RedisCommand("EVALSHA", ["sha", 2, "{h}:record", "{h}:unlogged", "foo", "bar"]).routing == .slot(HashSlot.of("h")))
+        #expect(RedisCommand("EVALSHA", ["sha", 2, "foo", "bar"]).routing == .crossSlot)
+        #expect(RedisCommand("EVALSHA", ["sha", 0, "foo"]).routing == .keyless)
+        for keyless in ["PING", "WAIT", "SCRIPT", "PUBLISH", "ROLE", "CLUSTER"] {
+            #expect(RedisCommand(keyless, ["a", "b"]).routing == .keyless, "\(keyless)")
+        }
+        #expect(RedisCommand("SPUBLISH", ["chan", "msg"]).routing == .slot(HashSlot.of("chan")), "a shard channel routes as a key")
+    }
+
+    @Test("the store's own layout never builds a cross-slot script")
+    func keygateLayoutIsSingleSlot() {
+        let hash = String(repeating: "ab", count: 32)
+        let record = "keygate:key:{\(hash)}", unlogged = "keygate:unlogged:{\(hash)}", usage = "keygate:usage:{\(hash)}"
+        #expect(RedisCommand("EVALSHA", ["s", 2, .string(record), .string(unlogged)]).routing == .slot(HashSlot.of(hash)))
+        #expect(RedisCommand("EVALSHA", ["s", 3, .string(usage), .string(usage + ":d:20261203"), .string(usage + ":h:2026120301")]).routing
+                == .slot(HashSlot.of(hash)))
+        #expect(RedisCommand("EVALSHA", ["s", 3, "{keygate:events}:pending", "keygate:events", "{keygate:events}:epoch"]).routing
+                == .slot(HashSlot.of("keygate:events")))
+    }
+
+    @Test("a cross-slot command is refused before it is sent where slots are enforced")
+    func crossSlotRefused() async throws {
+        var configuration = RedisConfiguration()
+        configuration.enforcesClusterSlots = true
+        let client = try RedisClient(configuration: configuration, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        defer { Task { await client.shutdown() } }
+        let error = #expect(throws: RedisError.self) { try client.refuseCrossSlot([RedisCommand("MGET", ["foo", "bar"])]) }
+        #expect(error?.code == .crossSlot)
+        #expect(throws: Never.self) { try client.refuseCrossSlot([RedisCommand("MGET", ["{x}1", "{x}2"]), RedisCommand("GET", ["foo"])]) }
+        #expect(client.scriptGroup(forKey: "foo") == 12182)
+        // A single server without the rule takes any keys together.
+        var single = RedisConfiguration()
+        single.enforcesClusterSlots = false
+        let plain = try RedisClient(configuration: single, eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        defer { Task { await plain.shutdown() } }
+        #expect(throws: Never.self) { try plain.refuseCrossSlot([RedisCommand("MGET", ["foo", "bar"])]) }
+        #expect(plain.scriptGroup(forKey: "foo") == 0)
     }
 }

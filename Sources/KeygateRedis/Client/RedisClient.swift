@@ -57,6 +57,7 @@ public final class RedisClient: Sendable {
 
     /// Sends a command on any healthy connection.
     public func send(_ command: RedisCommand) async throws -> RESPValue {
+        try refuseCrossSlot([command])
         let slot = currentLoopSlot() ?? anySlot()
         if slot.eventLoop.inEventLoop { return try await slot.send(command).get() }
         return try await slot.eventLoop.flatSubmit { slot.send(command) }.get()
@@ -64,6 +65,7 @@ public final class RedisClient: Sendable {
 
     /// Sends commands as one pipeline (one flush); returns one reply per command, error replies as values.
     public func pipeline(_ commands: [RedisCommand]) async throws -> [RESPValue] {
+        try refuseCrossSlot(commands)
         let slot = currentLoopSlot() ?? anySlot()
         if slot.eventLoop.inEventLoop { return try await slot.pipeline(commands).get() }
         return try await slot.eventLoop.flatSubmit { slot.pipeline(commands) }.get()
@@ -112,8 +114,19 @@ public final class RedisClient: Sendable {
 
     /// Which keys one script may touch together: keys with the same group run on one server in one
     /// script. A standalone or Sentinel-managed Redis is one server (every key is in group 0); a
-    /// Cluster's group is the key's hash slot.
-    public func scriptGroup(forKey key: String) -> Int { 0 }
+    /// Cluster's group (and with `enforcesClusterSlots`, a single server's) is the key's hash slot.
+    public func scriptGroup(forKey key: String) -> Int {
+        configuration.enforcesClusterSlots ? HashSlot.of(key) : 0
+    }
+
+    /// Multi-key commands whose keys are in different slots fail here when slots matter (a Cluster,
+    /// or `enforcesClusterSlots`); the data plane's single-key lookups never need the check.
+    func refuseCrossSlot(_ commands: [RedisCommand]) throws(RedisError) {
+        guard configuration.enforcesClusterSlots else { return }
+        for command in commands where command.hasSeveralKeys && command.routing == .crossSlot {
+            throw RedisError(.crossSlot, "the keys of \(command.name) are in different Cluster slots")
+        }
+    }
 
     static func evalSHACommand(_ script: RedisScript, keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {
         RedisCommand("EVALSHA", [.string(script.sha1), .integer(Int64(keys.count))] + keys + arguments)
