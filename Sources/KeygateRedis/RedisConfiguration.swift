@@ -39,10 +39,18 @@ public struct RedisConfiguration: Sendable, Equatable {
         }
     }
 
+    /// A Redis Cluster: the client learns the slot map from these seeds (any nodes of the cluster)
+    /// and then talks to every primary.
+    public struct Cluster: Sendable, Equatable {
+        public var seeds: [Sentinel.Address]
+        public init(seeds: [Sentinel.Address]) { self.seeds = seeds }
+    }
+
     /// Where Redis listens. With `sentinel` set, the master's address is asked of the Sentinels
-    /// before every connect and this field is not dialled.
+    /// before every connect and this field is not dialled; with `cluster`, it is the first seed.
     public var endpoint: Endpoint = .tcp(host: "127.0.0.1", port: 6379)
     public var sentinel: Sentinel?
+    public var cluster: Cluster?
     public var tls: TLS?
     /// ACL user; nil means `AUTH <password>` (the default user).
     public var username: String?
@@ -61,6 +69,8 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// A single server does not need it (one script may touch any keys there); the test suite turns
     /// it on (`KEYGATE_REDIS_CLUSTER_SLOTS=1`), so a change that would fail on a Cluster fails there.
     public var enforcesClusterSlots = RedisConfiguration.clusterSlotsFromEnvironment
+    /// Slot rules apply: a Cluster, or `enforcesClusterSlots`.
+    public var usesClusterSlots: Bool { cluster != nil || enforcesClusterSlots }
 
     static let clusterSlotsFromEnvironment = ProcessInfo.processInfo.environment["KEYGATE_REDIS_CLUSTER_SLOTS"] == "1"
 
@@ -69,7 +79,7 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var waitReplicas: Int?
     /// How long `WAIT` may block for them.
     public var waitTimeout: Duration = .milliseconds(200)
-    public var effectiveWaitReplicas: Int { waitReplicas ?? (sentinel == nil ? 0 : 1) }
+    public var effectiveWaitReplicas: Int { waitReplicas ?? (sentinel == nil && cluster == nil ? 0 : 1) }
 
     /// `WAIT` must fit inside the command deadline of the pipeline that carries it.
     public func validateWait() throws(RedisError) {
@@ -115,6 +125,9 @@ public struct RedisConfiguration: Sendable, Equatable {
 
     /// The target as `host:port` or the socket path, without credentials: safe to log.
     public var redactedTarget: String {
+        if let cluster {
+            return "\(tls == nil ? "redis" : "rediss")-cluster://" + cluster.seeds.map(\.description).joined(separator: ",")
+        }
         if let sentinel {
             let hosts = sentinel.addresses.map(\.description).joined(separator: ",")
             return "\(tls == nil ? "redis" : "rediss")-sentinel://\(hosts)/\(database)#\(sentinel.masterName)"

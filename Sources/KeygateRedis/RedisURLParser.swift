@@ -5,7 +5,7 @@ enum RedisURLParser {
     static func parse(_ url: String) throws(RedisError) -> RedisConfiguration {
         var config = RedisConfiguration()
         guard let schemeEnd = url.range(of: "://") else {
-            throw invalid(url, "missing scheme: expected redis://, rediss://, redis-sentinel://, rediss-sentinel:// or unix://")
+            throw invalid(url, "missing scheme: expected redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster://, rediss-cluster:// or unix://")
         }
         let scheme = url[..<schemeEnd.lowerBound].lowercased()
         var rest = String(url[schemeEnd.upperBound...])
@@ -48,6 +48,19 @@ enum RedisURLParser {
                                                           username: query["sentinel_user"], password: query["sentinel_password"])
             // The master's address comes from the Sentinels; this placeholder is never dialled.
             config.endpoint = .tcp(host: sentinels[0].host, port: sentinels[0].port)
+        case "redis-cluster", "rediss-cluster":
+            if scheme == "rediss-cluster" { config.tls = RedisConfiguration.TLS(caFile: query["ca_file"]); known.insert("ca_file") }
+            guard fragment == nil else { throw invalid(url, "unexpected '#' in a cluster URL") }
+            let authority = try parseAuthority(rest, into: &config, url: url)
+            var seeds: [RedisConfiguration.Sentinel.Address] = []
+            for part in authority.split(separator: ",", omittingEmptySubsequences: false) {
+                guard !part.isEmpty else { throw invalid(url, "empty entry in the list of cluster nodes") }
+                let (host, port) = try parseHostPort(part, defaultPort: 6379, url: url)
+                seeds.append(.init(host: host, port: port))
+            }
+            config.cluster = RedisConfiguration.Cluster(seeds: seeds)
+            config.endpoint = .tcp(host: seeds[0].host, port: seeds[0].port)
+            if let tls = config.tls, tls.serverName == nil { config.tls?.serverName = seeds[0].host }
         case "unix":
             guard fragment == nil else { throw invalid(url, "unexpected '#' in a unix:// URL") }
             guard rest.hasPrefix("/"), rest.count > 1 else {
@@ -58,9 +71,12 @@ enum RedisURLParser {
             config.password = query["password"]
             known.formUnion(["user", "password"])
         default:
-            throw invalid(url, "unsupported scheme '\(scheme)': expected redis://, rediss://, redis-sentinel://, rediss-sentinel:// or unix://")
+            throw invalid(url, "unsupported scheme '\(scheme)': expected redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster://, rediss-cluster:// or unix://")
         }
         if let db = query["db"] { config.database = try parseDatabase(db, url: url) }
+        if config.cluster != nil && config.database != 0 {
+            throw invalid(url, "a Redis Cluster has only database 0")
+        }
         if let unknown = query.keys.sorted().first(where: { !known.contains($0) }) {
             throw invalid(url, "unknown query parameter '\(unknown)'")
         }

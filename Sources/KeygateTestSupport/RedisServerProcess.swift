@@ -91,6 +91,8 @@ public final class RedisServerProcess: @unchecked Sendable {
     }
 
     public var pid: Int32 { process.pid }
+    /// False once it exited (killed, or stopped).
+    public var isRunning: Bool { process.isRunning }
     public var url: String { "redis://127.0.0.1:\(port)" }
 
     /// Stops the server (SIGTERM: with `--appendonly yes` it syncs the append-only file) and starts it

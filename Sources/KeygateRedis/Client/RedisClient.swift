@@ -16,6 +16,9 @@ public final class RedisClient: Sendable {
     public let metrics = RedisClientMetrics()
     private let slots: [RedisConnectionSlot]
     private let slotByLoop: [ObjectIdentifier: RedisConnectionSlot]
+    /// Set on a Redis Cluster: routes every command to its slot's primary (`slots` is then empty).
+    private let router: RedisClusterRouter?
+    private let loops: [any EventLoop]
     private let nextSlot = Atomic<UInt>(0)
     private let logger: Logger
 
@@ -30,10 +33,21 @@ public final class RedisClient: Sendable {
         let tls = try RedisConnection.makeTLSContext(configuration)
         let topology = other?.topology ?? RedisTopology(configuration: configuration, tlsContext: tls)
         self.topology = topology
+        let loops = Array(eventLoopGroup.makeIterator())
+        self.loops = loops
         var slots: [RedisConnectionSlot] = []
         var byLoop: [ObjectIdentifier: RedisConnectionSlot] = [:]
+        if configuration.cluster != nil {
+            let metrics = self.metrics
+            self.router = RedisClusterRouter(configuration: configuration, tlsContext: tls, loops: loops, metrics: metrics,
+                                             onPrimariesChanged: { topology.clusterPrimariesChanged() })
+            self.slots = []
+            self.slotByLoop = [:]
+            return
+        }
+        self.router = nil
         let circuit = RedisCircuit(failFastAfter: configuration.failFastAfter)
-        for loop in eventLoopGroup.makeIterator() {
+        for loop in loops {
             let slot = RedisConnectionSlot(eventLoop: loop, configuration: configuration, topology: topology,
                                            circuit: circuit, metrics: metrics)
             slots.append(slot)
@@ -50,6 +64,7 @@ public final class RedisClient: Sendable {
     /// Sends a command on `eventLoop`'s own connection. Call it on that loop for the no-hop path;
     /// from elsewhere it hops. An error reply fails with `.serverError`.
     public func send(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<RESPValue> {
+        if let router { return router.send(command, on: eventLoop) }
         let slot = slotByLoop[ObjectIdentifier(eventLoop)] ?? anySlot()
         if slot.eventLoop.inEventLoop { return slot.send(command) }
         return slot.eventLoop.flatSubmit { slot.send(command) }
@@ -58,6 +73,7 @@ public final class RedisClient: Sendable {
     /// Sends a command on any healthy connection.
     public func send(_ command: RedisCommand) async throws -> RESPValue {
         try refuseCrossSlot([command])
+        if let router { return try await router.send(command, on: routerLoop()).get() }
         let slot = currentLoopSlot() ?? anySlot()
         if slot.eventLoop.inEventLoop { return try await slot.send(command).get() }
         return try await slot.eventLoop.flatSubmit { slot.send(command) }.get()
@@ -66,6 +82,7 @@ public final class RedisClient: Sendable {
     /// Sends commands as one pipeline (one flush); returns one reply per command, error replies as values.
     public func pipeline(_ commands: [RedisCommand]) async throws -> [RESPValue] {
         try refuseCrossSlot(commands)
+        if let router { return try await router.pipeline(commands, on: routerLoop()).get() }
         let slot = currentLoopSlot() ?? anySlot()
         if slot.eventLoop.inEventLoop { return try await slot.pipeline(commands).get() }
         return try await slot.eventLoop.flatSubmit { slot.pipeline(commands) }.get()
@@ -76,7 +93,7 @@ public final class RedisClient: Sendable {
         do {
             return try await send(Self.evalSHACommand(script, keys: keys, arguments: arguments))
         } catch let error as RedisError where error.code == .serverError && error.message.hasPrefix("NOSCRIPT") {
-            _ = try await send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
+            try await load(script)
             return try await send(Self.evalSHACommand(script, keys: keys, arguments: arguments))
         }
     }
@@ -90,9 +107,7 @@ public final class RedisClient: Sendable {
         var replies = try await pipeline(calls.map { Self.evalSHACommand($0.script, keys: $0.keys, arguments: $0.arguments) } + followers)
         let refused = calls.indices.filter { if case .error(let message) = replies[$0] { return message.hasPrefix("NOSCRIPT") } else { return false } }
         guard !refused.isEmpty else { return replies }
-        for script in Set(refused.map { calls[$0].script }) {
-            _ = try await send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]))
-        }
+        for script in Set(refused.map { calls[$0].script }) { try await load(script) }
         let again = try await pipeline(refused.map { Self.evalSHACommand(calls[$0].script, keys: calls[$0].keys, arguments: calls[$0].arguments) } + followers)
         for (position, index) in refused.enumerated() { replies[index] = again[position] }
         for position in followers.indices { replies[calls.count + position] = again[refused.count + position] }
@@ -107,22 +122,35 @@ public final class RedisClient: Sendable {
                   redisError.message.hasPrefix("NOSCRIPT") else {
                 return eventLoop.makeFailedFuture(error)
             }
-            return self.send(RedisCommand("SCRIPT", ["LOAD", .string(script.source)]), on: eventLoop)
-                .flatMap { _ in self.send(command, on: eventLoop) }
+            let load = RedisCommand("SCRIPT", ["LOAD", .string(script.source)])
+            let loaded = self.router.map { $0.broadcast(load, on: eventLoop).map { _ in RESPValue.null } } ?? self.send(load, on: eventLoop)
+            return loaded.flatMap { _ in self.send(command, on: eventLoop) }
         }
+    }
+
+    /// Loads a script where `EVALSHA` will look for it: the server, or every primary of a Cluster.
+    private func load(_ script: RedisScript) async throws {
+        let command = RedisCommand("SCRIPT", ["LOAD", .string(script.source)])
+        if let router { _ = try await router.broadcast(command, on: routerLoop()).get() } else { _ = try await send(command) }
+    }
+
+    /// The loop an async caller's cluster command runs on: the caller's own, when it is one of ours.
+    private func routerLoop() -> any EventLoop {
+        if let current = MultiThreadedEventLoopGroup.currentEventLoop, loops.contains(where: { $0 === current }) { return current }
+        return loops[Int(nextSlot.wrappingAdd(1, ordering: .relaxed).oldValue % UInt(loops.count))]
     }
 
     /// Which keys one script may touch together: keys with the same group run on one server in one
     /// script. A standalone or Sentinel-managed Redis is one server (every key is in group 0); a
     /// Cluster's group (and with `enforcesClusterSlots`, a single server's) is the key's hash slot.
     public func scriptGroup(forKey key: String) -> Int {
-        configuration.enforcesClusterSlots ? HashSlot.of(key) : 0
+        configuration.usesClusterSlots ? HashSlot.of(key) : 0
     }
 
     /// Multi-key commands whose keys are in different slots fail here when slots matter (a Cluster,
     /// or `enforcesClusterSlots`); the data plane's single-key lookups never need the check.
     func refuseCrossSlot(_ commands: [RedisCommand]) throws(RedisError) {
-        guard configuration.enforcesClusterSlots else { return }
+        guard configuration.usesClusterSlots else { return }
         for command in commands where command.hasSeveralKeys && command.routing == .crossSlot {
             throw RedisError(.crossSlot, "the keys of \(command.name) are in different Cluster slots")
         }
@@ -135,6 +163,11 @@ public final class RedisClient: Sendable {
     /// Opens every loop's connection now, so the first requests do not pay for it.
     /// - Throws: the first connection error.
     public func connect() async throws {
+        if let router {
+            router.start()
+            try await router.connectAll()
+            return
+        }
         for slot in slots {
             let patience = configuration.connectTimeout
             _ = try await slot.eventLoop.flatSubmit { slot.connection(patience: patience) }.get()
@@ -143,15 +176,23 @@ public final class RedisClient: Sendable {
 
     /// Why the connections are down (the last connect error), or nil while one is up.
     public var unavailableReason: String? {
+        if let router { return router.unavailableReason }
         guard !isConnected else { return nil }
         return slots.lazy.compactMap { $0.lastError.withLock { $0 } }.first ?? "not connected yet"
     }
 
     /// True when at least one connection is up.
-    public var isConnected: Bool { slots.contains { $0.isHealthy.load(ordering: .relaxed) } }
+    public var isConnected: Bool {
+        if let router { return router.isHealthy }
+        return slots.contains { $0.isHealthy.load(ordering: .relaxed) }
+    }
+
+    /// A Cluster's slot map as last fetched (nil on other topologies, or before the first).
+    public var clusterSlotMap: ClusterSlotMap? { router?.slotMap }
 
     /// Closes every connection and stops reconnecting; later commands fail with `.cancelled`.
     public func shutdown() async {
+        await router?.shutdown()
         for slot in slots { try? await slot.shutdown().get() }
     }
 

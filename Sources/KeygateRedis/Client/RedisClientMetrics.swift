@@ -11,6 +11,14 @@ public final class RedisClientMetrics: Sendable {
                                                        .circuitOpen, .cancelled, .connectFailed, .authenticationFailed,
                                                        .notWritableMaster, .discoveryFailed]
 
+    /// Cluster only: `MOVED` and `ASK` redirects followed, retries after `TRYAGAIN`/`CLUSTERDOWN`/
+    /// `LOADING` or an unreachable primary, slot-map refreshes and refreshes that found no node.
+    public let movedRedirects = AtomicCounter()
+    public let askRedirects = AtomicCounter()
+    public let clusterRetries = AtomicCounter()
+    public let slotMapRefreshes = AtomicCounter()
+    public let slotMapRefreshFailures = AtomicCounter()
+
     public init() {
         errors = Self.errorCodes.map { _ in AtomicCounter() }
     }

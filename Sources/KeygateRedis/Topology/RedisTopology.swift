@@ -103,6 +103,16 @@ public final class RedisTopology: Sendable {
         return discovery.locate(on: eventLoop)
     }
 
+    /// A Cluster's primaries changed (a failover, a primary added or removed): what was read from the
+    /// old ones may be gone, as after a Sentinel switch. Bumps the generation and runs the handlers.
+    func clusterPrimariesChanged() {
+        let (generation, handlers) = state.withLock { state -> (UInt64, [@Sendable (UInt64) -> Void]) in
+            state.changes += 1
+            return (generationValue.wrappingAdd(1, ordering: .releasing).newValue, state.changeHandlers)
+        }
+        for handler in handlers { handler(generation) }
+    }
+
     /// Notes which server a connection reached; returns the generation it belongs to.
     func record(_ identity: MasterIdentity) -> UInt64 {
         let (generation, handlers) = state.withLock { state -> (UInt64, [@Sendable (UInt64) -> Void]) in

@@ -1,0 +1,360 @@
+import NIOCore
+import NIOSSL
+import Synchronization
+
+/// Sends commands to the primary that serves their slot, for a `RedisClient` on a Redis Cluster.
+///
+/// The slot map comes from `CLUSTER SLOTS`, asked of the known primaries and then the seeds in turn.
+/// Each event loop has one connection per primary (a `RedisConnectionSlot`, with its own reconnect
+/// loop, `ROLE` check and circuit). Replies steer the routing, as the Cluster specification says:
+/// `MOVED` updates the map for that slot, asks for a refresh and retries; `ASK` sends `ASKING` and
+/// the command once to the importing node, leaving the map alone; `TRYAGAIN`, `CLUSTERDOWN`,
+/// `LOADING` and `MASTERDOWN`, and a primary that cannot be reached (a failover in progress), are
+/// retried with backoff inside the command deadline, the map refreshed first. A command whose
+/// reply was lost (a timeout, a closed connection) is never resent: it may have run. The map is also
+/// refreshed every `refreshInterval`. A refresh that finds other primaries (a failover, a primary
+/// added or removed) calls `onPrimariesChanged`.
+final class RedisClusterRouter: Sendable {
+    private let configuration: RedisConfiguration
+    private let tlsContext: NIOSSLContext?
+    private let loops: [any EventLoop]
+    private let loopIndex: [ObjectIdentifier: Int]
+    private let metrics: RedisClientMetrics
+    private let onPrimariesChanged: @Sendable () -> Void
+    private let state = Mutex(State())
+    static let maximumRedirects = 5
+    static let refreshInterval: TimeAmount = .seconds(5)
+
+    private struct State {
+        var map: ClusterSlotMap?
+        var refreshing: EventLoopFuture<ClusterSlotMap>?
+        var lastRefresh: NIODeadline?
+        var lastError: String?
+        /// `"<loop index>@<host:port>"` -> that loop's connection to that primary.
+        var connections: [String: RedisConnectionSlot] = [:]
+        var topologies: [String: RedisTopology] = [:]
+        var circuits: [String: RedisCircuit] = [:]
+        var periodic: RepeatedTask?
+        var isShutDown = false
+    }
+
+    init(configuration: RedisConfiguration, tlsContext: NIOSSLContext?, loops: [any EventLoop], metrics: RedisClientMetrics,
+         onPrimariesChanged: @escaping @Sendable () -> Void) {
+        self.configuration = configuration
+        self.tlsContext = tlsContext
+        self.loops = loops
+        var index: [ObjectIdentifier: Int] = [:]
+        for (position, loop) in loops.enumerated() { index[ObjectIdentifier(loop)] = position }
+        self.loopIndex = index
+        self.metrics = metrics
+        self.onPrimariesChanged = onPrimariesChanged
+    }
+
+    // MARK: sending
+
+    func send(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<RESPValue> {
+        let deadline = NIODeadline.now() + TimeAmount(configuration.commandTimeout)
+        return attempt(command, on: eventLoop, asking: nil, tries: 0, deadline: deadline)
+    }
+
+    /// One pipeline per primary, sent at once, replies put back in order. A keyless command (`WAIT`
+    /// after a write) goes with the command before it. Error replies are values; a redirected or
+    /// retryable one is resent alone.
+    func pipeline(_ commands: [RedisCommand], on eventLoop: any EventLoop) -> EventLoopFuture<[RESPValue]> {
+        let deadline = NIODeadline.now() + TimeAmount(configuration.commandTimeout)
+        return currentMap(on: eventLoop).flatMap { map in
+            var groups: [(ClusterSlotMap.Primary, [Int])] = []
+            var previous: ClusterSlotMap.Primary?
+            for (index, command) in commands.enumerated() {
+                let target: ClusterSlotMap.Primary
+                switch command.routing {
+                case .slot(let slot): target = map.primary(forSlot: slot) ?? map.primaries[0] // answered CLUSTERDOWN, retried below
+                case .keyless: target = previous ?? map.primaries[0]
+                case .crossSlot:
+                    return eventLoop.makeFailedFuture(RedisError(.crossSlot, "the keys of \(command.name) are in different Cluster slots"))
+                }
+                previous = target
+                if let position = groups.firstIndex(where: { $0.0 == target }) { groups[position].1.append(index) } else { groups.append((target, [index])) }
+            }
+            let sends = groups.map { target, indices in
+                Self.pipeline(indices.map { commands[$0] }, on: self.connection(on: eventLoop, to: target)).map { (indices, $0) }
+            }
+            return EventLoopFuture.whenAllSucceed(sends, on: eventLoop).flatMap { results in
+                var replies = [RESPValue](repeating: .null, count: commands.count)
+                var again: [Int] = []
+                for (indices, groupReplies) in results {
+                    for (index, reply) in zip(indices, groupReplies) {
+                        replies[index] = reply
+                        if case .error(let message) = reply, Self.isRedirectOrRetryable(message) { again.append(index) }
+                    }
+                }
+                guard !again.isEmpty else { return eventLoop.makeSucceededFuture(replies) }
+                let first = replies
+                let resent = again.map { index in
+                    let message: String
+                    if case .error(let text) = first[index] { message = text } else { message = "" }
+                    return self.recover(RedisError(.serverError, message), commands[index], on: eventLoop, target: map.primaries[0],
+                                        tries: 0, deadline: deadline)
+                        .flatMapError { error in
+                            // A resent command that fails again reports its error reply, as a pipeline does.
+                            if let redisError = error as? RedisError, redisError.code == .serverError {
+                                return eventLoop.makeSucceededFuture(.error(redisError.message))
+                            }
+                            return eventLoop.makeFailedFuture(error)
+                        }
+                        .map { (index, $0) }
+                }
+                return EventLoopFuture.whenAllSucceed(resent, on: eventLoop).map { pairs in
+                    var merged = first
+                    for (index, reply) in pairs { merged[index] = reply }
+                    return merged
+                }
+            }
+        }
+    }
+
+    /// Sends `command` to every primary (`SCRIPT LOAD`, so `EVALSHA` finds it wherever it runs).
+    func broadcast(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<[RESPValue]> {
+        currentMap(on: eventLoop).flatMap { map in
+            EventLoopFuture.whenAllSucceed(map.primaries.map { Self.send(command, on: self.connection(on: eventLoop, to: $0)) }, on: eventLoop)
+        }
+    }
+
+    private func attempt(_ command: RedisCommand, on eventLoop: any EventLoop, asking: ClusterSlotMap.Primary?, tries: Int,
+                         deadline: NIODeadline) -> EventLoopFuture<RESPValue> {
+        currentMap(on: eventLoop).flatMap { map in
+            let target: ClusterSlotMap.Primary
+            if let asking {
+                target = asking
+            } else {
+                switch command.routing {
+                case .slot(let slot):
+                    guard let primary = map.primary(forSlot: slot) else {
+                        return self.recover(RedisError(.serverError, "CLUSTERDOWN slot \(slot) is not served by any primary"),
+                                            command, on: eventLoop, target: map.primaries[0], tries: tries, deadline: deadline)
+                    }
+                    target = primary
+                case .keyless: target = map.primaries[0]
+                case .crossSlot:
+                    return eventLoop.makeFailedFuture(RedisError(.crossSlot, "the keys of \(command.name) are in different Cluster slots"))
+                }
+            }
+            let connection = self.connection(on: eventLoop, to: target)
+            let sent: EventLoopFuture<RESPValue>
+            if asking != nil {
+                sent = Self.pipeline([RedisCommand("ASKING"), command], on: connection).flatMapThrowing { replies in
+                    if case .error(let message) = replies[1] { throw RedisError(.serverError, message) }
+                    return replies[1]
+                }
+            } else {
+                sent = Self.send(command, on: connection)
+            }
+            return sent.flatMapError { error in
+                self.recover(error, command, on: eventLoop, target: target, tries: tries, deadline: deadline)
+            }
+        }
+    }
+
+    /// Follows a redirect or retries, or gives the error back.
+    private func recover(_ error: any Error, _ command: RedisCommand, on eventLoop: any EventLoop, target: ClusterSlotMap.Primary,
+                         tries: Int, deadline: NIODeadline) -> EventLoopFuture<RESPValue> {
+        guard let redisError = error as? RedisError, tries < Self.maximumRedirects else { return eventLoop.makeFailedFuture(error) }
+        if redisError.code == .serverError, let redirect = ClusterRedirect(errorMessage: redisError.message) {
+            let host = redirect.host.isEmpty ? target.host : redirect.host
+            switch redirect.kind {
+            case .moved:
+                metrics.movedRedirects.add()
+                state.withLock { state in state.map = state.map?.moving(slot: redirect.slot, toHost: host, port: redirect.port) }
+                refreshSoon(on: eventLoop)
+                return attempt(command, on: eventLoop, asking: nil, tries: tries + 1, deadline: deadline)
+            case .ask:
+                metrics.askRedirects.add()
+                return attempt(command, on: eventLoop, asking: .init(host: host, port: redirect.port, id: ""), tries: tries + 1, deadline: deadline)
+            }
+        }
+        let retryable = redisError.code == .serverError ? Self.isRetryable(redisError.message)
+            // Never sent, so safe to send again once the map says where.
+            : [RedisError.Code.connectFailed, .circuitOpen, .notWritableMaster].contains(redisError.code)
+        guard retryable else { return eventLoop.makeFailedFuture(error) }
+        let delay = TimeAmount.milliseconds(min(500, 25 << Int64(tries)))
+        guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
+        metrics.clusterRetries.add()
+        if redisError.code != .serverError || redisError.message.hasPrefix("CLUSTERDOWN") { refreshSoon(on: eventLoop, force: true) }
+        return eventLoop.scheduleTask(in: delay) {}.futureResult.flatMap {
+            self.attempt(command, on: eventLoop, asking: nil, tries: tries + 1, deadline: deadline)
+        }
+    }
+
+    static func isRetryable(_ message: String) -> Bool {
+        ["TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"].contains { message.hasPrefix($0) }
+    }
+
+    static func isRedirectOrRetryable(_ message: String) -> Bool {
+        message.hasPrefix("MOVED ") || message.hasPrefix("ASK ") || isRetryable(message)
+    }
+
+    // MARK: the slot map
+
+    /// The map, fetched first if there is none yet.
+    private func currentMap(on eventLoop: any EventLoop) -> EventLoopFuture<ClusterSlotMap> {
+        if let map = state.withLock({ $0.map }) { return eventLoop.makeSucceededFuture(map) }
+        return refresh(on: eventLoop)
+    }
+
+    /// Asks for a refresh unless one ran in the last 100 ms (a burst of redirects asks once).
+    func refreshSoon(on eventLoop: any EventLoop, force: Bool = false) {
+        let due = state.withLock { state in
+            force || state.lastRefresh.map { NIODeadline.now() - $0 > .milliseconds(100) } ?? true
+        }
+        if due { _ = refresh(on: eventLoop) }
+    }
+
+    /// Fetches `CLUSTER SLOTS` from the known primaries, then the seeds, until one answers. One
+    /// refresh at a time: concurrent callers share it.
+    func refresh(on eventLoop: any EventLoop) -> EventLoopFuture<ClusterSlotMap> {
+        let (existing, promise, candidates) = state.withLock { state -> (EventLoopFuture<ClusterSlotMap>?, EventLoopPromise<ClusterSlotMap>?, [(String, Int)]) in
+            if let refreshing = state.refreshing { return (refreshing, nil, []) }
+            let promise = eventLoop.makePromise(of: ClusterSlotMap.self)
+            state.refreshing = promise.futureResult
+            var candidates = (state.map?.primaries ?? []).map { ($0.host, $0.port) }
+            for seed in configuration.cluster?.seeds ?? [] where !candidates.contains(where: { $0 == (seed.host, seed.port) }) {
+                candidates.append((seed.host, seed.port))
+            }
+            return (nil, promise, candidates)
+        }
+        if let existing { return existing.hop(to: eventLoop) }
+        guard let promise else { preconditionFailure("unreachable") }
+        ask(candidates, index: 0, errors: [], on: eventLoop).whenComplete { result in
+            let changed = self.state.withLock { state -> Bool in
+                state.refreshing = nil
+                state.lastRefresh = .now()
+                guard case .success(let map) = result else {
+                    if case .failure(let error) = result { state.lastError = "\(error)" }
+                    return false
+                }
+                defer { state.map = map; state.lastError = nil }
+                return state.map.map { $0.primaryIDs != map.primaryIDs } ?? false
+            }
+            switch result {
+            case .success: self.metrics.slotMapRefreshes.add()
+            case .failure: self.metrics.slotMapRefreshFailures.add()
+            }
+            if changed { self.onPrimariesChanged() }
+            promise.completeWith(result)
+        }
+        return promise.futureResult
+    }
+
+    private func ask(_ candidates: [(String, Int)], index: Int, errors: [String], on eventLoop: any EventLoop) -> EventLoopFuture<ClusterSlotMap> {
+        guard index < candidates.count else {
+            return eventLoop.makeFailedFuture(RedisError(.connectFailed, "no cluster node answered CLUSTER SLOTS (\(errors.joined(separator: "; ")))"))
+        }
+        let (host, port) = candidates[index]
+        var probe = nodeConfiguration(host: host, port: port)
+        probe.requiresMaster = false // a replica knows the map too
+        probe.clientName = "keygate-cluster-map"
+        return RedisConnection.connect(configuration: probe, tlsContext: tlsContext, eventLoop: eventLoop).flatMap { connection in
+            connection.send(RedisCommand("CLUSTER", ["SLOTS"])).always { _ in _ = connection.close() }
+        }.flatMapThrowing { reply -> ClusterSlotMap in
+            guard let map = ClusterSlotMap(clusterSlots: reply, answeredBy: host) else {
+                throw RedisError(.protocolError, "\(host):\(port) gave no usable CLUSTER SLOTS reply (is it a cluster node with slots assigned?)")
+            }
+            return map
+        }.flatMapError { error in
+            self.ask(candidates, index: index + 1, errors: errors + ["\(host):\(port): \(error)"], on: eventLoop)
+        }
+    }
+
+    /// Starts the periodic refresh.
+    func start() {
+        guard let loop = loops.first else { return }
+        let task = loop.scheduleRepeatedTask(initialDelay: Self.refreshInterval, delay: Self.refreshInterval) { _ in
+            _ = self.refresh(on: loop)
+        }
+        state.withLock { $0.periodic = task }
+    }
+
+    // MARK: connections
+
+    /// A slot's methods run on its own loop.
+    private static func send(_ command: RedisCommand, on slot: RedisConnectionSlot) -> EventLoopFuture<RESPValue> {
+        slot.eventLoop.inEventLoop ? slot.send(command) : slot.eventLoop.flatSubmit { slot.send(command) }
+    }
+
+    private static func pipeline(_ commands: [RedisCommand], on slot: RedisConnectionSlot) -> EventLoopFuture<[RESPValue]> {
+        slot.eventLoop.inEventLoop ? slot.pipeline(commands) : slot.eventLoop.flatSubmit { slot.pipeline(commands) }
+    }
+
+    private func nodeConfiguration(host: String, port: Int) -> RedisConfiguration {
+        var node = configuration
+        node.cluster = nil
+        node.endpoint = .tcp(host: host, port: port)
+        if var tls = node.tls, tls.serverName == nil || configuration.cluster?.seeds.first?.host == tls.serverName {
+            tls.serverName = host
+            node.tls = tls
+        }
+        return node
+    }
+
+    /// This loop's connection to `primary`, created on first use.
+    private func connection(on eventLoop: any EventLoop, to primary: ClusterSlotMap.Primary) -> RedisConnectionSlot {
+        let loop = loopIndex[ObjectIdentifier(eventLoop)] ?? 0
+        let key = "\(loop)@\(primary.description)"
+        return state.withLock { state in
+            if let existing = state.connections[key] { return existing }
+            let node = nodeConfiguration(host: primary.host, port: primary.port)
+            let topology = state.topologies[primary.description] ?? RedisTopology(configuration: node, tlsContext: tlsContext)
+            state.topologies[primary.description] = topology
+            let circuit = state.circuits[primary.description] ?? RedisCircuit(failFastAfter: configuration.failFastAfter)
+            state.circuits[primary.description] = circuit
+            let slot = RedisConnectionSlot(eventLoop: loops[loop], configuration: node, topology: topology, circuit: circuit, metrics: metrics)
+            state.connections[key] = slot
+            return slot
+        }
+    }
+
+    /// Opens every loop's connection to every primary.
+    func connectAll() async throws {
+        let map = try await refresh(on: loops[0]).get()
+        for loop in loops {
+            for primary in map.primaries {
+                let slot = connection(on: loop, to: primary)
+                _ = try await slot.eventLoop.flatSubmit { slot.connection(patience: self.configuration.connectTimeout) }.get()
+            }
+        }
+    }
+
+    /// Ready: every slot is served and this node reaches every primary.
+    var isHealthy: Bool {
+        state.withLock { state in
+            guard let map = state.map, map.coveredSlots == HashSlot.count else { return false }
+            return map.primaries.allSatisfy { primary in
+                state.connections.contains { $0.key.hasSuffix("@" + primary.description) && $0.value.isHealthy.load(ordering: .relaxed) }
+            }
+        }
+    }
+
+    /// Why the cluster is not usable, nil while it is.
+    var unavailableReason: String? {
+        guard !isHealthy else { return nil }
+        return state.withLock { state in
+            guard let map = state.map else { return state.lastError ?? "no slot map yet" }
+            if map.coveredSlots < HashSlot.count { return "only \(map.coveredSlots) of \(HashSlot.count) slots are served" }
+            let down = map.primaries.filter { primary in
+                !state.connections.contains { $0.key.hasSuffix("@" + primary.description) && $0.value.isHealthy.load(ordering: .relaxed) }
+            }
+            return "primaries not reached: " + down.map(\.description).joined(separator: ", ")
+        }
+    }
+
+    var slotMap: ClusterSlotMap? { state.withLock { $0.map } }
+
+    func shutdown() async {
+        let (connections, periodic) = state.withLock { state -> ([RedisConnectionSlot], RepeatedTask?) in
+            state.isShutDown = true
+            return (Array(state.connections.values), state.periodic)
+        }
+        periodic?.cancel()
+        for connection in connections { try? await connection.shutdown().get() }
+    }
+}

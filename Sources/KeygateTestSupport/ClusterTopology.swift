@@ -1,0 +1,140 @@
+import Foundation
+public import KeygateRedis
+import NIOPosix
+
+/// A real Redis Cluster on loopback: three primaries and three replicas (six `redis-server`
+/// processes), created with `redis-cli --cluster create`, node timeout 2 s so a killed primary's
+/// replica takes over in a few seconds. `url` is the `redis-cluster://` URL a node is given.
+public final class ClusterTopology: @unchecked Sendable {
+    public private(set) var servers: [RedisServerProcess]
+
+    public static func start() async throws -> ClusterTopology {
+        var servers: [RedisServerProcess] = []
+        do {
+            for _ in 0..<6 {
+                servers.append(try await RedisServerProcess.start(extraArguments: [
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                    "--repl-diskless-sync-delay", "0",
+                ]))
+            }
+            let topology = ClusterTopology(servers: servers)
+            let log = servers[0].directory.appendingPathComponent("cluster-create.log").path
+            let create = try ChildProcess(executable: try which("redis-cli"),
+                                          arguments: ["--cluster", "create"] + servers.map { "127.0.0.1:\($0.port)" }
+                                              + ["--cluster-replicas", "1", "--cluster-yes"],
+                                          stdoutPath: log, stderrPath: log)
+            await create.waitForExit(timeout: .seconds(60))
+            guard create.exitCode == 0 else {
+                throw TestSupportError("redis-cli --cluster create failed: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+            }
+            try await topology.waitUntil(timeout: .seconds(30), "every node to report cluster_state:ok with three replicas") {
+                for server in servers {
+                    let info = try await topology.command(port: server.port, RedisCommand("CLUSTER", ["INFO"])).string ?? ""
+                    guard info.contains("cluster_state:ok"), info.contains("cluster_known_nodes:6") else { return false }
+                }
+                let primaries = try await topology.primaryPorts()
+                guard primaries.count == 3 else { return false }
+                // Each primary's replica synchronised, so WAIT 1 can be answered.
+                for port in primaries {
+                    let replication = try await topology.command(port: port, RedisCommand("INFO", ["replication"])).string ?? ""
+                    guard replication.contains("connected_slaves:1"), replication.contains("state=online") else { return false }
+                }
+                return true
+            }
+            // A write each primary's replica has acknowledged: the replication links carry writes now,
+            // so a test's first WAIT is not spent on the link's first round trip.
+            try await topology.waitUntil(timeout: .seconds(15), "every replica to acknowledge a write") {
+                let slots = try await topology.command(port: servers[0].port, RedisCommand("CLUSTER", ["SLOTS"]))
+                guard let map = ClusterSlotMap(clusterSlots: slots, answeredBy: "127.0.0.1") else { return false }
+                for port in try await topology.primaryPorts() {
+                    guard let slot = (0..<HashSlot.count).first(where: { map.primary(forSlot: $0)?.port == port }) else { return false }
+                    let written = try await topology.command(port: port, RedisCommand("SET", [.string("warmup:{\(HashSlot.tag(forSlot: slot))}"), "1", "PX", "1000"]))
+                    guard written.string == "OK",
+                          try await topology.command(port: port, RedisCommand("WAIT", [1, 1000])).int == 1 else { return false }
+                }
+                return true
+            }
+            return topology
+        } catch {
+            for server in servers { await server.stop() }
+            throw error
+        }
+    }
+
+    private init(servers: [RedisServerProcess]) { self.servers = servers }
+
+    /// Seeds for the client: two of the six nodes (it learns the rest from them).
+    public var url: String { "redis-cluster://127.0.0.1:\(servers[0].port),127.0.0.1:\(servers[1].port)" }
+
+    /// Ports of the nodes that are primaries now (from their own `ROLE`).
+    public func primaryPorts() async throws -> [Int] {
+        var ports: [Int] = []
+        for server in servers where server.isRunning {
+            if try await command(port: server.port, RedisCommand("ROLE")).array?.first?.string == "master" { ports.append(server.port) }
+        }
+        return ports
+    }
+
+    /// The port of the primary serving `key` (asks a live node's `CLUSTER SLOTS`).
+    public func primaryPort(forKey key: String) async throws -> Int? {
+        let slot = HashSlot.of(key)
+        for server in servers where server.isRunning {
+            let reply = try await command(port: server.port, RedisCommand("CLUSTER", ["SLOTS"]))
+            return ClusterSlotMap(clusterSlots: reply, answeredBy: "127.0.0.1")?.primary(forSlot: slot)?.port
+        }
+        return nil
+    }
+
+    /// SIGKILLs the primary at `port` and waits until its replica has taken its slots (every live
+    /// node reports cluster_state:ok again). Returns when the promotion was seen.
+    public func killPrimaryAndAwaitFailover(port: Int, timeout: Duration = .seconds(30)) async throws -> ContinuousClock.Instant {
+        guard let victim = servers.first(where: { $0.port == port }) else { throw TestSupportError("no server on \(port)") }
+        await victim.kill()
+        try await waitUntil(timeout: timeout, "a replica to take over from \(port)") {
+            for server in self.servers where server.isRunning {
+                let info = try await self.command(port: server.port, RedisCommand("CLUSTER", ["INFO"])).string ?? ""
+                guard info.contains("cluster_state:ok") else { return false }
+            }
+            return try await self.primaryPorts().count == 3
+        }
+        return .now
+    }
+
+    /// One command on a fresh connection to one node (no ROLE check).
+    public func command(port: Int, _ command: RedisCommand) async throws -> RESPValue {
+        var configuration = RedisConfiguration()
+        configuration.endpoint = .tcp(host: "127.0.0.1", port: port)
+        configuration.requiresMaster = false
+        configuration.enforcesClusterSlots = false
+        configuration.connectTimeout = .seconds(1)
+        configuration.commandTimeout = .seconds(5)
+        let connection = try await RedisConnection.connect(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.any()).get()
+        defer { _ = connection.close() }
+        return try await connection.send(command)
+    }
+
+    public func waitUntil(timeout: Duration, _ what: String, _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if (try? await condition()) == true { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw TestSupportError("timed out after \(timeout) waiting for \(what)")
+    }
+
+    public func stop() async {
+        for server in servers { await server.stop() }
+    }
+
+    public static func with<T>(_ body: (ClusterTopology) async throws -> T) async throws -> T {
+        let topology = try await start()
+        do {
+            let result = try await body(topology)
+            await topology.stop()
+            return result
+        } catch {
+            await topology.stop()
+            throw error
+        }
+    }
+}
