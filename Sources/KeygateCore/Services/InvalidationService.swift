@@ -55,6 +55,7 @@ public final class InvalidationService: Service, Sendable {
         self.logger = logger
         let metrics = InvalidationMetrics()
         self.metrics = metrics
+        store.redis.topology.clusterSubscriberKey = store.layout.events
         self.subscriber = RedisSubscriber(configuration: subscriberConfiguration, topology: store.redis.topology,
                                           channels: [store.layout.invalidationChannel],
                                           pingInterval: settings.pingInterval, pingTimeout: settings.pingTimeout,

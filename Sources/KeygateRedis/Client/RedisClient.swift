@@ -39,8 +39,12 @@ public final class RedisClient: Sendable {
         var byLoop: [ObjectIdentifier: RedisConnectionSlot] = [:]
         if configuration.cluster != nil {
             let metrics = self.metrics
-            self.router = RedisClusterRouter(configuration: configuration, tlsContext: tls, loops: loops, metrics: metrics,
-                                             onPrimariesChanged: { topology.clusterPrimariesChanged() })
+            let router = RedisClusterRouter(configuration: configuration, tlsContext: tls, loops: loops, metrics: metrics,
+                                            onPrimariesChanged: { topology.clusterPrimariesChanged() })
+            self.router = router
+            topology.setClusterLocator { loop in
+                router.primaryEndpoint(forKey: topology.clusterSubscriberKey, on: loop)
+            }
             self.slots = []
             self.slotByLoop = [:]
             return

@@ -61,8 +61,11 @@ final class RedisClusterRouter: Sendable {
     /// after a write) goes with the command before it. Error replies are values; a redirected or
     /// retryable one is resent alone.
     func pipeline(_ commands: [RedisCommand], on eventLoop: any EventLoop) -> EventLoopFuture<[RESPValue]> {
-        let deadline = NIODeadline.now() + TimeAmount(configuration.commandTimeout)
-        return currentMap(on: eventLoop).flatMap { map in
+        pipeline(commands, on: eventLoop, tries: 0, deadline: NIODeadline.now() + TimeAmount(configuration.commandTimeout))
+    }
+
+    private func pipeline(_ commands: [RedisCommand], on eventLoop: any EventLoop, tries: Int, deadline: NIODeadline) -> EventLoopFuture<[RESPValue]> {
+        currentMap(on: eventLoop).flatMap { map in
             var groups: [(ClusterSlotMap.Primary, [Int])] = []
             var previous: ClusterSlotMap.Primary?
             for (index, command) in commands.enumerated() {
@@ -77,7 +80,21 @@ final class RedisClusterRouter: Sendable {
                 if let position = groups.firstIndex(where: { $0.0 == target }) { groups[position].1.append(index) } else { groups.append((target, [index])) }
             }
             let sends = groups.map { target, indices in
-                Self.pipeline(indices.map { commands[$0] }, on: self.connection(on: eventLoop, to: target)).map { (indices, $0) }
+                let group = indices.map { commands[$0] }
+                return Self.pipeline(group, on: self.connection(on: eventLoop, to: target)).flatMapError { error in
+                    // A group that never reached its primary (down, or no longer a primary) is sent
+                    // again once the map is fresh; a group that may have run is not.
+                    guard let redisError = error as? RedisError, Self.neverSent.contains(redisError.code), tries < Self.maximumRedirects else {
+                        return eventLoop.makeFailedFuture(error)
+                    }
+                    let delay = TimeAmount.milliseconds(min(500, 25 << Int64(tries)))
+                    guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
+                    self.metrics.clusterRetries.add()
+                    self.refreshSoon(on: eventLoop, force: true)
+                    return eventLoop.scheduleTask(in: delay) {}.futureResult.flatMap {
+                        self.pipeline(group, on: eventLoop, tries: tries + 1, deadline: deadline)
+                    }
+                }.map { (indices, $0) }
             }
             return EventLoopFuture.whenAllSucceed(sends, on: eventLoop).flatMap { results in
                 var replies = [RESPValue](repeating: .null, count: commands.count)
@@ -173,8 +190,7 @@ final class RedisClusterRouter: Sendable {
             }
         }
         let retryable = redisError.code == .serverError ? Self.isRetryable(redisError.message)
-            // Never sent, so safe to send again once the map says where.
-            : [RedisError.Code.connectFailed, .circuitOpen, .notWritableMaster].contains(redisError.code)
+            : Self.neverSent.contains(redisError.code)
         guard retryable else { return eventLoop.makeFailedFuture(error) }
         let delay = TimeAmount.milliseconds(min(500, 25 << Int64(tries)))
         guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
@@ -184,6 +200,9 @@ final class RedisClusterRouter: Sendable {
             self.attempt(command, on: eventLoop, asking: nil, tries: tries + 1, deadline: deadline)
         }
     }
+
+    /// Failures before the command left: safe to send again once the map says where.
+    static let neverSent: [RedisError.Code] = [.connectFailed, .circuitOpen, .notWritableMaster]
 
     static func isRetryable(_ message: String) -> Bool {
         ["TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"].contains { message.hasPrefix($0) }
@@ -262,6 +281,15 @@ final class RedisClusterRouter: Sendable {
             return map
         }.flatMapError { error in
             self.ask(candidates, index: index + 1, errors: errors + ["\(host):\(port): \(error)"], on: eventLoop)
+        }
+    }
+
+    /// The primary serving `key`'s slot (any primary without a key), from a fresh map: a subscriber
+    /// reconnecting after losing its server must not go back to a primary that was replaced.
+    func primaryEndpoint(forKey key: String?, on eventLoop: any EventLoop) -> EventLoopFuture<RedisConfiguration.Endpoint> {
+        refresh(on: eventLoop).flatMapError { _ in self.currentMap(on: eventLoop) }.map { map in
+            let primary = key.flatMap { map.primary(forSlot: HashSlot.of($0)) } ?? map.primaries[0]
+            return .tcp(host: primary.host, port: primary.port)
         }
     }
 

@@ -36,6 +36,9 @@ public final class RedisTopology: Sendable {
         var current: MasterIdentity?
         var changes = 0
         var changeHandlers: [@Sendable (UInt64) -> Void] = []
+        /// Cluster only: finds the primary a subscriber should use (set by the client).
+        var clusterLocator: (@Sendable (any EventLoop) -> EventLoopFuture<RedisConfiguration.Endpoint>)?
+        var subscriberKey: String?
         var switchHandlers: [@Sendable () -> Void] = []
     }
 
@@ -85,7 +88,19 @@ public final class RedisTopology: Sendable {
     /// (client name, timeouts); its endpoint is replaced by the master's address.
     /// - Returns: the connection and the generation it belongs to.
     func connect(_ configuration: RedisConfiguration, on eventLoop: any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)> {
-        locateMaster(on: eventLoop).flatMap { endpoint in
+        if let locator = state.withLock({ $0.clusterLocator }) {
+            // A Cluster's primaries are followed by the client's slot map, which bumps the generation
+            // when they change; which primary a subscriber reached is not an identity change.
+            return locator(eventLoop).flatMap { endpoint in
+                var target = configuration
+                target.cluster = nil
+                target.endpoint = endpoint
+                if case .tcp(let host, _) = endpoint, target.tls != nil { target.tls?.serverName = host }
+                let generation = self.generation
+                return RedisConnection.connect(configuration: target, tlsContext: self.tlsContext, eventLoop: eventLoop).map { ($0, generation) }
+            }
+        }
+        return locateMaster(on: eventLoop).flatMap { endpoint in
             var target = configuration
             if target.sentinel != nil, case .tcp(let host, _) = endpoint { target.tls?.serverName = host }
             target.sentinel = nil // the connection's errors name the master's address, not the Sentinels
@@ -101,6 +116,18 @@ public final class RedisTopology: Sendable {
     public func locateMaster(on eventLoop: any EventLoop) -> EventLoopFuture<RedisConfiguration.Endpoint> {
         guard let discovery else { return eventLoop.makeSucceededFuture(configuration.endpoint) }
         return discovery.locate(on: eventLoop)
+    }
+
+    func setClusterLocator(_ locator: @escaping @Sendable (any EventLoop) -> EventLoopFuture<RedisConfiguration.Endpoint>) {
+        state.withLock { $0.clusterLocator = locator }
+    }
+
+    /// On a Cluster, subscribers connect to the primary serving this key's slot: the slot of the
+    /// Stream whose writes publish the invalidations, so a pong received after a publish on that
+    /// server proves the publish arrived (the ordering the Stream baseline relies on).
+    public var clusterSubscriberKey: String? {
+        get { state.withLock { $0.subscriberKey } }
+        set { state.withLock { $0.subscriberKey = newValue } }
     }
 
     /// A Cluster's primaries changed (a failover, a primary added or removed): what was read from the
