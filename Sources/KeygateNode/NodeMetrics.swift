@@ -86,6 +86,18 @@ enum NodeMetrics {
                      UInt64(topology.masterChanges))
         text.counter("keygate_redis_sentinel_switches_total", help: "+switch-master announcements for our master received from a Sentinel (0 without Sentinel).",
                      node.sentinelWatcher?.switchesAnnounced ?? 0)
+        // Redis Cluster routing (zero on other topologies), over both of the node's clients.
+        let clients = [node.redis.metrics, node.adminStore.redis.metrics]
+        text.counter("keygate_redis_cluster_redirects_total", help: "MOVED and ASK replies followed (Redis Cluster: slots moved or moving).",
+                     samples: [([("kind", "moved")], Double(clients.reduce(0) { $0 + $1.movedRedirects.load() })),
+                               ([("kind", "ask")], Double(clients.reduce(0) { $0 + $1.askRedirects.load() }))])
+        text.counter("keygate_redis_cluster_retries_total", help: "Commands retried after TRYAGAIN, CLUSTERDOWN, LOADING or an unreachable primary.",
+                     clients.reduce(0) { $0 + $1.clusterRetries.load() })
+        text.counter("keygate_redis_cluster_slot_map_refreshes_total", help: "Slot maps fetched with CLUSTER SLOTS (result=failed: no node answered).",
+                     samples: [([("result", "ok")], Double(clients.reduce(0) { $0 + $1.slotMapRefreshes.load() })),
+                               ([("result", "failed")], Double(clients.reduce(0) { $0 + $1.slotMapRefreshFailures.load() }))])
+        text.gauge("keygate_redis_cluster_slots_covered", help: "Slots the last slot map assigns to a primary (16384 when the Cluster is whole; 0 without Cluster).",
+                   Double(node.redis.clusterSlotMap?.coveredSlots ?? 0))
         text.counter("keygate_store_repairs_total", help: "Half-done changes this node's repair pass finished (completed: applied, now logged) or dropped (never applied).",
                      samples: [([("outcome", "completed")], Double(node.repair.metrics.completed.load(ordering: .relaxed))),
                                ([("outcome", "dropped")], Double(node.repair.metrics.dropped.load(ordering: .relaxed)))])

@@ -100,6 +100,47 @@ public final class ClusterTopology: @unchecked Sendable {
         return .now
     }
 
+    public func nodeID(port: Int) async throws -> String {
+        guard let id = try await command(port: port, RedisCommand("CLUSTER", ["MYID"])).string else { throw TestSupportError("no CLUSTER MYID from \(port)") }
+        return id
+    }
+
+    /// Moves `slot` from the primary at `source` to the one at `target` the way `redis-cli --cluster
+    /// reshard` does (IMPORTING / MIGRATING, MIGRATE key by key, then NODE everywhere), pausing
+    /// between keys so clients meet the slot half-moved (`ASK`, `TRYAGAIN`).
+    public func migrateSlot(_ slot: Int, from source: Int, to target: Int, pauseBetweenKeys: Duration = .milliseconds(50)) async throws {
+        let sourceID = try await nodeID(port: source), targetID = try await nodeID(port: target)
+        _ = try await command(port: target, RedisCommand("CLUSTER", ["SETSLOT", .integer(Int64(slot)), "IMPORTING", .string(sourceID)]))
+        _ = try await command(port: source, RedisCommand("CLUSTER", ["SETSLOT", .integer(Int64(slot)), "MIGRATING", .string(targetID)]))
+        while true {
+            let keys = try await command(port: source, RedisCommand("CLUSTER", ["GETKEYSINSLOT", .integer(Int64(slot)), 1])).array ?? []
+            guard let key = keys.first?.string else { break }
+            let moved = try await command(port: source, RedisCommand("MIGRATE", ["127.0.0.1", .integer(Int64(target)), "", 0, 5000, "KEYS", .string(key)]))
+            if case .error(let message) = moved { throw TestSupportError("MIGRATE failed: \(message)") }
+            try await Task.sleep(for: pauseBetweenKeys)
+        }
+        // The target first (it owns the slot from then on), then the source, then the other primaries.
+        let primaries = try await primaryPorts()
+        for port in [target, source] + primaries.filter({ $0 != target && $0 != source }) {
+            let reply = try await command(port: port, RedisCommand("CLUSTER", ["SETSLOT", .integer(Int64(slot)), "NODE", .string(targetID)]))
+            if case .error(let message) = reply { throw TestSupportError("SETSLOT NODE on \(port) failed: \(message)") }
+        }
+    }
+
+    /// `redis-cli --cluster reshard`: moves `count` slots from `source` to `target`; waits for it.
+    public func reshard(count: Int, from source: Int, to target: Int) async throws {
+        let sourceID = try await nodeID(port: source), targetID = try await nodeID(port: target)
+        let log = servers[0].directory.appendingPathComponent("reshard.log").path
+        let process = try ChildProcess(executable: try which("redis-cli"),
+                                       arguments: ["--cluster", "reshard", "127.0.0.1:\(source)", "--cluster-from", sourceID,
+                                                   "--cluster-to", targetID, "--cluster-slots", String(count), "--cluster-yes"],
+                                       stdoutPath: log, stderrPath: log)
+        await process.waitForExit(timeout: .seconds(120))
+        guard process.exitCode == 0 else {
+            throw TestSupportError("redis-cli --cluster reshard failed: \((try? String(contentsOfFile: log, encoding: .utf8))?.suffix(2000) ?? "")")
+        }
+    }
+
     /// One command on a fresh connection to one node (no ROLE check).
     public func command(port: Int, _ command: RedisCommand) async throws -> RESPValue {
         var configuration = RedisConfiguration()

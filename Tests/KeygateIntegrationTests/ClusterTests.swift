@@ -1,9 +1,11 @@
 import Foundation
 @testable import KeygateCore
+import KeygateNode
 import KeygateRedis
 import KeygateTestSupport
 import NIOCore
 import NIOPosix
+import Synchronization
 import Testing
 
 /// The key lifecycle on a real six-process Redis Cluster (three primaries, three replicas) on
@@ -60,6 +62,25 @@ import Testing
             #expect(types.contains("rotated") && types.contains("disabled"))
             #expect(try await store.repair() == RepairReport())
             #expect(store.redis.metrics.movedRedirects.load() == 0, "the map routed every command without a redirect")
+
+            // The same through the command line, as an operator would run it.
+            let binary = try keygateBinary()
+            let environment = try cliTestEnvironment(label: "ccli").merging(["KEYGATE_REDIS_URL": cluster.url]) { $1 }
+            var ids: [String] = []
+            for _ in 0..<4 {
+                let created = try await runCommand(binary, ["keys", "create", "--user", "cli-user", "--json"], environment: environment)
+                #expect(created.exitCode == 0, "\(created.stderr)")
+                if let object = try JSONSerialization.jsonObject(with: Data(created.stdout.utf8)) as? [String: Any], let id = object["id"] as? String { ids.append(id) }
+            }
+            let listed = try await runCommand(binary, ["keys", "list", "--user", "cli-user", "--json"], environment: environment)
+            #expect((try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [Any])?.count == 4)
+            #expect(try await runCommand(binary, ["keys", "revoke", ids[0]], environment: environment).exitCode == 0)
+            let all = try await runCommand(binary, ["users", "revoke", "cli-user", "--json"], environment: environment)
+            #expect(all.exitCode == 0 && all.stdout.contains("\"revoked\" : \"3\""), "\(all.stdout) \(all.stderr)")
+            let events = try await runCommand(binary, ["events", "--json"], environment: environment)
+            #expect((try JSONSerialization.jsonObject(with: Data(events.stdout.utf8)) as? [Any])?.count == 8, "4 created, 4 revoked")
+            let repaired = try await runCommand(binary, ["repair"], environment: environment)
+            #expect(repaired.exitCode == 0 && repaired.stdout.contains("completed 0, dropped 0"), "\(repaired.stdout)")
         }
     }
 }
@@ -165,4 +186,63 @@ import Testing
             }
         }
     }
+
+    @Test func slotsMovedWhileTrafficRunsCostRetriesNeverAWrongAnswerOrACount() async throws {
+        try await ClusterTopology.with { cluster in
+            let ns = TestRedis.uniqueNamespace("creshard")
+            let store = try ClusterTests.makeStore(url: cluster.url, namespace: ns)
+            defer { Task { await store.redis.shutdown() } }
+            // Verdicts expire after 100 ms, so requests keep looking keys up while their slots move.
+            let shortCache: (inout NodeConfiguration) -> Void = { $0.verifier.cache.positiveMaxAge = .milliseconds(100) }
+            let nodes = [try await TestNode.start(redisURL: cluster.url, namespace: ns, configure: shortCache),
+                         try await TestNode.start(redisURL: cluster.url, namespace: ns, configure: shortCache)]
+            var valid: [IssuedKey] = []
+            for index in 0..<6 { valid.append(try await store.create(.init(user: "r\(index)"), actor: "test")) }
+            let revoked = try await store.create(.init(user: "gone"), actor: "test")
+            try await store.revoke(id: revoked.record.id, actor: "test")
+            var ok = [Int](repeating: 0, count: valid.count)
+            var wrong: [String] = []
+            #expect(try await Self.round(nodes, valid, revoked, &ok, &wrong))
+
+            // Traffic runs in the background while the slots move.
+            let keysToMove = Array(valid.prefix(3)), layout = store.layout
+            let done = DoneFlag()
+            let moving = Task {
+                defer { done.value.store(true, ordering: .releasing) }
+                let primaries = try await cluster.primaryPorts()
+                // The slots of three keys, key by key (record, counters, marks), to another primary.
+                for key in keysToMove {
+                    let slot = HashSlot.of(layout.record(key.record.hash))
+                    guard let owner = try await cluster.primaryPort(forKey: layout.record(key.record.hash)),
+                          let target = primaries.first(where: { $0 != owner }) else { continue }
+                    try await cluster.migrateSlot(slot, from: owner, to: target, pauseBetweenKeys: .milliseconds(200))
+                }
+                // And 300 slots with redis-cli, as an operator reshards.
+                try await cluster.reshard(count: 300, from: primaries[0], to: primaries[1])
+            }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                _ = try await Self.round(nodes, valid, revoked, &ok, &wrong)
+                if done.value.load(ordering: .acquiring) { break }
+            }
+            try await moving.value
+            #expect(try await Self.round(nodes, valid, revoked, &ok, &wrong), "every key served after the move")
+            #expect(wrong.isEmpty, "\(wrong)")
+            let redirects = nodes.reduce(UInt64(0)) { $0 + $1.node.redis.metrics.movedRedirects.load() + $1.node.redis.metrics.askRedirects.load()
+                + $1.node.adminStore.redis.metrics.movedRedirects.load() + $1.node.adminStore.redis.metrics.askRedirects.load() }
+            print("resharding: \(ok.reduce(0, +)) requests answered 200 while slots moved; \(redirects) redirects followed by the nodes")
+            for node in nodes { await node.stop() }
+            for (index, key) in valid.enumerated() {
+                #expect(try await store.usage(id: key.record.id).total == Int64(ok[index]), "key \(index): usage equals its 200s")
+            }
+            // Changes still work on moved slots.
+            #expect(try await store.revoke(id: valid[0].record.id, actor: "test").status == .revoked)
+        }
+    }
+
+}
+
+/// Set by a background task when it is done.
+final class DoneFlag: Sendable {
+    let value = Atomic<Bool>(false)
 }

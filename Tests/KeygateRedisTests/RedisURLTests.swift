@@ -139,3 +139,31 @@ import Testing
         #expect(mixed.isUnavailable)
     }
 }
+
+@Suite struct ClusterURLTests {
+    @Test func parsesSeedsCredentialsAndTLS() throws {
+        let config = try RedisConfiguration(url: "redis-cluster://app:pw@10.0.0.1:7000,redis-b,[::1]:7002")
+        #expect(config.cluster?.seeds == [.init(host: "10.0.0.1", port: 7000), .init(host: "redis-b", port: 6379), .init(host: "::1", port: 7002)])
+        #expect(config.username == "app" && config.password == "pw")
+        #expect(config.database == 0 && config.tls == nil)
+        #expect(config.effectiveWaitReplicas == 1, "primaries have replicas: WAIT 1 by default")
+        #expect(config.usesClusterSlots)
+        #expect(config.redactedTarget == "redis-cluster://10.0.0.1:7000,redis-b:6379,[::1]:7002")
+        let tls = try RedisConfiguration(url: "rediss-cluster://localhost:7000?ca_file=/ca.pem")
+        #expect(tls.tls?.caFile == "/ca.pem" && tls.cluster?.seeds == [.init(host: "127.0.0.1", port: 7000)])
+    }
+
+    @Test(arguments: [
+        ("redis-cluster://h1:7000/2", "only database 0"),
+        ("redis-cluster://h1:7000?db=1", "only database 0"),
+        ("redis-cluster://h1,,h2", "empty entry in the list of cluster nodes"),
+        ("redis-cluster://h1#m", "unexpected '#'"),
+        ("redis-cluster://", "missing host"),
+        ("redis-cluster://h1?sentinel_user=x", "unknown query parameter 'sentinel_user'"),
+    ])
+    func rejectsBadClusterURLs(url: String, problem: String) {
+        let error = #expect(throws: RedisError.self) { try RedisConfiguration(url: url) }
+        #expect(error?.code == .invalidURL)
+        #expect(error?.message.contains(problem) == true, "\(error?.message ?? "")")
+    }
+}
