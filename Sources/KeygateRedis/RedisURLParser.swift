@@ -26,7 +26,7 @@ enum RedisURLParser {
             }
             let authority = try parseAuthority(rest, into: &config, url: url)
             if authority.contains(",") {
-                throw invalid(url, "a list of hosts: \(scheme):// takes one server; for Sentinels use \(scheme)-sentinel://host1:26379,host2:26379#master-name")
+                throw invalid(url, "a list of hosts: \(scheme):// takes one server; for Sentinels use \(scheme)-sentinel://host1:26379,host2:26379#master-name, for a Cluster \(scheme)-cluster://host1:6379,host2:6379")
             }
             let (host, port) = try parseHostPort(Substring(authority), defaultPort: 6379, url: url)
             config.endpoint = .tcp(host: host, port: port)

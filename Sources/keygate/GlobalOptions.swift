@@ -6,7 +6,7 @@ import NIOPosix
 
 /// Options every command shares; each falls back to a `KEYGATE_*` environment variable.
 struct GlobalOptions: ParsableArguments {
-    @Option(help: "Redis URL: redis://[user:pass@]host[:port][/db], rediss://..., redis-sentinel://host1:26379,host2:26379#master, unix:///path (env KEYGATE_REDIS_URL).")
+    @Option(help: "Redis URL: redis://[user:pass@]host[:port][/db], rediss://..., redis-sentinel://host1:26379,host2:26379#master, redis-cluster://host1:6379,host2:6379, unix:///path (env KEYGATE_REDIS_URL).")
     var redisURL: String?
 
     @Option(help: "Prefix of every Redis key and channel (env KEYGATE_NAMESPACE, default keygate).")
