@@ -106,6 +106,8 @@ enum NodeMetrics {
 
         text.gauge("keygate_usage_pending_keys", help: "Keys with usage counts not yet acknowledged by Redis.", Double(usage.pendingKeys.load(ordering: .relaxed)))
         text.counter("keygate_usage_flushed_batches_total", help: "Usage batches acknowledged by Redis.", usage.flushedBatches.load(ordering: .relaxed))
+        text.counter("keygate_usage_unconfirmed_batches_total", help: "Usage batches the primary applied but no replica confirmed within 10 s (after a failover the new primary may have no replica yet); counted as they are.",
+                     usage.unconfirmedBatches.load(ordering: .relaxed))
         text.counter("keygate_usage_duplicate_batches_total", help: "Retried usage batches Redis had already applied (counted once).",
                      usage.duplicateBatches.load(ordering: .relaxed))
         text.counter("keygate_usage_flush_failures_total", help: "Usage flushes that failed and will be retried.", usage.flushFailures.load(ordering: .relaxed))

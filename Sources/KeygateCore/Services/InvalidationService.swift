@@ -55,9 +55,8 @@ public final class InvalidationService: Service, Sendable {
         self.logger = logger
         let metrics = InvalidationMetrics()
         self.metrics = metrics
-        store.redis.topology.clusterSubscriberKey = store.layout.events
-        self.subscriber = RedisSubscriber(configuration: subscriberConfiguration, topology: store.redis.topology,
-                                          channels: [store.layout.invalidationChannel],
+        self.subscriber = RedisSubscriber(configuration: subscriberConfiguration, topology: store.topology,
+                                          channels: [store.invalidationChannel],
                                           pingInterval: settings.pingInterval, pingTimeout: settings.pingTimeout,
                                           eventLoop: eventLoop) { _, payload in
             // On the subscriber's event loop, as the message arrives.
@@ -67,14 +66,14 @@ public final class InvalidationService: Service, Sendable {
             // Rule 2 at once, on the event loop; the consumer below logs and counts the loss.
             cache.markSuspect()
         }
-        store.redis.topology.onMasterChange { [weak self] generation in
+        store.topology.onMasterChange { [weak self] generation in
             // Before anything reads the new master through the cache: what it holds may be older.
             cache.markSuspect()
             cache.removeAll()
             metrics.flushes(reason: .masterChange)
             self?.baseline.withLock { $0 = nil }
             logger.warning("Redis master changed; verdict cache flushed, replay restarts from the new master's Stream",
-                           metadata: ["generation": "\(generation)", "master": "\(store.redis.topology.currentMaster ?? "?")"])
+                           metadata: ["generation": "\(generation)", "master": "\(store.topology.currentMaster ?? "?")"])
         }
     }
 
@@ -83,8 +82,8 @@ public final class InvalidationService: Service, Sendable {
 
     public func run() async throws {
         // The baseline is taken before subscribing: anything that changes after it is replayed.
-        let generation = store.redis.topology.generation
-        if let last = try? await lastStreamID(), store.redis.topology.generation == generation {
+        let generation = store.topology.generation
+        if let last = try? await lastStreamID(), store.topology.generation == generation {
             baseline.withLock { $0 = Baseline(id: last, generation: generation) }
         }
         await withTaskGroup(of: Void.self) { group in
@@ -100,7 +99,7 @@ public final class InvalidationService: Service, Sendable {
         for await event in subscriber.events {
             switch event {
             case .subscribed:
-                logger.info("invalidation channel subscribed", metadata: ["channel": "\(store.layout.invalidationChannel)"])
+                logger.info("invalidation channel subscribed", metadata: ["channel": "\(store.invalidationChannel)"])
                 await catchUpUntilTrusted()
             case .message:
                 break // handled on the event loop by the subscriber's message handler
@@ -134,7 +133,7 @@ public final class InvalidationService: Service, Sendable {
 
     /// The replay is valid only if the subscriber, the commands and the baseline all saw one master.
     private func catchUp() async throws {
-        let topology = store.redis.topology
+        let topology = store.topology
         let generation = topology.generation
         guard subscriber.connectionGeneration == generation else {
             throw MasterChanged() // the subscriber is moving to the new master; its subscribe replays again
@@ -164,12 +163,10 @@ public final class InvalidationService: Service, Sendable {
         var position = start
         var replayed = 0
         while true {
-            let reply = try await store.redis.send(RedisCommand("XRANGE", [.string(store.layout.events), .string("(" + position.description), "+", "COUNT", 1_000]))
-            let entries = reply.array ?? []
+            let entries = try await store.replay(after: position.description)
             for entry in entries {
-                guard let parts = entry.array, parts.count == 2, let idText = parts[0].string,
-                      let id = StreamID(idText) else { continue }
-                if let hashText = parts[1].stringPairs?["hash"], let hash = KeyHash(hex: hashText) { cache.invalidate(hash) }
+                guard let id = StreamID(entry.eventID) else { continue }
+                if let hash = entry.hash { cache.invalidate(hash) }
                 position = id
                 replayed += 1
             }
@@ -192,12 +189,12 @@ public final class InvalidationService: Service, Sendable {
         let pingTimeout = UInt64(TimeAmount(settings.pingTimeout).nanoseconds)
         while !Task.isCancelled {
             try? await Task.sleep(for: settings.baselineInterval)
-            let generation = store.redis.topology.generation
+            let generation = store.topology.generation
             guard cache.isTrusted, let candidate = try? await lastStreamID() else { continue }
             let fetchedAt = NIODeadline.now().uptimeNanoseconds
             try? await Task.sleep(for: settings.pingInterval + settings.pingTimeout + .milliseconds(100))
             if cache.isTrusted, subscriber.lastPongUptimeNanoseconds > fetchedAt + pingTimeout,
-               store.redis.topology.generation == generation, subscriber.connectionGeneration == generation {
+               store.topology.generation == generation, subscriber.connectionGeneration == generation {
                 baseline.withLock { current in
                     if let known = current, known.generation == generation, candidate > known.id {
                         current = Baseline(id: candidate, generation: generation)
@@ -213,21 +210,9 @@ public final class InvalidationService: Service, Sendable {
     }
 
     private func streamInfo() async throws -> StreamInfo {
-        do {
-            let reply = try await store.redis.send(RedisCommand("XINFO", ["STREAM", .string(store.layout.events)]))
-            guard let values = reply.array else { return StreamInfo(last: .zero, maxDeleted: nil) }
-            var fields: [String: RESPValue] = [:]
-            var index = 0
-            while index + 1 < values.count {
-                if let name = values[index].string { fields[name] = values[index + 1] }
-                index += 2
-            }
-            let last = fields["last-generated-id"]?.string.flatMap(StreamID.init) ?? .zero
-            let maxDeleted = fields["max-deleted-entry-id"]?.string.flatMap(StreamID.init).flatMap { $0 == .zero ? nil : $0 }
-            return StreamInfo(last: last, maxDeleted: maxDeleted)
-        } catch let error as RedisError where error.code == .serverError && error.message.contains("no such key") {
-            return StreamInfo(last: .zero, maxDeleted: nil) // no event yet
-        }
+        let position = try await store.streamPosition()
+        return StreamInfo(last: position.lastGenerated.flatMap(StreamID.init) ?? .zero,
+                          maxDeleted: position.maxDeleted.flatMap(StreamID.init).flatMap { $0 == .zero ? nil : $0 })
     }
 
     private func lastStreamID() async throws -> StreamID {

@@ -22,6 +22,11 @@ public final class UsageFlusher: Service, Sendable {
         /// Spill file; nil disables spilling (then counts past the cap are dropped and counted).
         public var spillPath: String? = nil
         public var shutdownDeadline: Duration = .seconds(5)
+        /// How long a batch the primary applied but no replica confirmed (`WAIT` short) is resent,
+        /// so a failover in the meantime cannot lose it (the new primary lacks its mark too and
+        /// applies it again). After that it is taken as counted: with no replica left (the one that
+        /// took over has none yet), waiting longer would only hold every count back.
+        public var maxReplicationWait: Duration = .seconds(10)
         public init() {}
     }
 
@@ -46,6 +51,10 @@ public final class UsageFlusher: Service, Sendable {
         /// every 10 s, not one per retry).
         var failedRounds = 0
         var lastWarning: ContinuousClock.Instant?
+        /// When the frozen batch was first applied without a replica's confirmation.
+        var unconfirmedSince: ContinuousClock.Instant?
+        /// Shutting down: a batch the primary applied is taken as counted at once.
+        var stopping = false
     }
 
     private let store: KeyStore
@@ -76,6 +85,7 @@ public final class UsageFlusher: Service, Sendable {
             }
         }
         // Graceful shutdown: the data plane has stopped taking requests; flush what is left.
+        state.withLock { $0.stopping = true }
         let deadline = ContinuousClock.now + settings.shutdownDeadline
         await flush()
         while pendingCount > 0 && ContinuousClock.now + .milliseconds(100) < deadline && !Task.isCancelled {
@@ -106,9 +116,18 @@ public final class UsageFlusher: Service, Sendable {
                 let deltas = batch.deltas.compactMap { entry in
                     KeyHash(hex: entry.hash).map { KeyStore.UsageDelta(hash: $0, count: entry.count, lastUsedAt: Date(milliseconds: entry.lastUsedMilliseconds)) }
                 }
-                let applied = try await store.applyUsage(batchID: batch.id, deltas)
+                let applied: Bool
+                do {
+                    applied = try await store.applyUsage(batchID: batch.id, deltas)
+                } catch let error where error.code == .notReplicated && acceptUnconfirmed() {
+                    metrics.unconfirmedBatches.add(1, ordering: .relaxed)
+                    logger.warning("usage batch applied on the primary but no replica confirmed it; counted as it is",
+                                   metadata: ["batch": "\(batch.id)", "error": "\(error)"])
+                    applied = true
+                }
                 let recoveredAfter = state.withLock { state -> Int in
                     state.frozen = nil
+                    state.unconfirmedSince = nil
                     defer { state.failedRounds = 0; state.lastWarning = nil }
                     return state.failedRounds
                 }
@@ -136,6 +155,17 @@ public final class UsageFlusher: Service, Sendable {
         // Redis takes batches again: bring back what an outage pushed to disk.
         if !failed && spillPending.load(ordering: .relaxed) { await replaySpill() }
         metrics.pendingKeys.store(pendingCount, ordering: .relaxed)
+    }
+
+    /// Whether a batch the primary applied without a replica's confirmation is taken as counted now
+    /// (shutting down, or resent for `maxReplicationWait` already); starts the wait otherwise.
+    private func acceptUnconfirmed() -> Bool {
+        state.withLock { state in
+            let now = ContinuousClock.now
+            let since = state.unconfirmedSince ?? now
+            state.unconfirmedSince = since
+            return state.stopping || now - since >= settings.maxReplicationWait
+        }
     }
 
     /// The frozen batch (a retry), or a new one cut from the accumulated counts.
@@ -258,5 +288,7 @@ public final class UsageMetrics: Sendable {
     public let flushFailures = Atomic<Int>(0)
     public let spilled = Atomic<Int>(0)
     public let dropped = Atomic<Int>(0)
+    /// Batches taken as counted although no replica confirmed them (`maxReplicationWait`).
+    public let unconfirmedBatches = Atomic<Int>(0)
     public init() {}
 }

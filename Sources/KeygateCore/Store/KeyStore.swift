@@ -26,7 +26,16 @@ public final class KeyStore: Sendable {
         self.format = format
         self.hasher = hasher
         self.streamMaxLength = streamMaxLength
+        // On a Cluster, invalidation subscribers use the primary of the Stream's slot.
+        redis.topology.clusterSubscriberKey = layout.events
     }
+
+    /// The master (or Cluster primaries) this store's changes go to, and their changes: what the
+    /// invalidation subscriber follows.
+    public var topology: RedisTopology { redis.topology }
+
+    /// The pub/sub channel every change publishes the changed key's hash on.
+    public var invalidationChannel: String { layout.invalidationChannel }
 
     /// What `create` needs; validated by `create`.
     public struct NewKey: Sendable {
@@ -303,6 +312,50 @@ public final class KeyStore: Sendable {
         let start = after.map { "(" + $0 } ?? "-"
         let reply = try await command(RedisCommand("XRANGE", [.string(layout.events), .string(start), "+", "COUNT", .integer(Int64(count))]))
         return (reply.array ?? []).compactMap(KeyStoreDecoding.event)
+    }
+
+    /// One Stream entry as the invalidation replay needs it: its id and the changed key's hash.
+    public struct ReplayEntry: Sendable, Equatable {
+        public var eventID: String
+        /// Nil for an entry without a readable hash (not written by Keygate).
+        public var hash: KeyHash?
+    }
+
+    /// Stream entries after `position` (exclusive), at most `count`, for the invalidation replay.
+    public func replay(after position: String, count: Int = 1_000) async throws(KeygateError) -> [ReplayEntry] {
+        let reply = try await command(RedisCommand("XRANGE", [.string(layout.events), .string("(" + position), "+", "COUNT", .integer(Int64(count))]))
+        return (reply.array ?? []).compactMap { entry in
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { return nil }
+            return ReplayEntry(eventID: id, hash: parts[1].stringPairs?["hash"].flatMap(KeyHash.init(hex:)))
+        }
+    }
+
+    /// Where the Stream stands: its last id ever generated, and the largest id trimmed away (an
+    /// older replay position cannot be trusted: entries after it are gone). Nil fields for a Stream
+    /// that does not exist yet or never lost an entry.
+    public struct StreamPosition: Sendable, Equatable {
+        public var lastGenerated: String?
+        public var maxDeleted: String?
+    }
+
+    public func streamPosition() async throws(KeygateError) -> StreamPosition {
+        let reply: RESPValue
+        do {
+            reply = try await redis.send(RedisCommand("XINFO", ["STREAM", .string(layout.events)]))
+        } catch let error as RedisError where error.code == .serverError && error.message.contains("no such key") {
+            return StreamPosition(lastGenerated: nil, maxDeleted: nil) // no event yet
+        } catch {
+            throw Self.map(error)
+        }
+        guard let values = reply.array else { return StreamPosition(lastGenerated: nil, maxDeleted: nil) }
+        var fields: [String: RESPValue] = [:]
+        var index = 0
+        while index + 1 < values.count {
+            if let name = values[index].string { fields[name] = values[index + 1] }
+            index += 2
+        }
+        let maxDeleted = fields["max-deleted-entry-id"]?.string.flatMap { $0 == "0-0" ? nil : $0 }
+        return StreamPosition(lastGenerated: fields["last-generated-id"]?.string, maxDeleted: maxDeleted)
     }
 
     /// What the node's verifier learns from one lookup (`KeyStoreScripts.lookup`).
