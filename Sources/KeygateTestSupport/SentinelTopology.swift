@@ -116,25 +116,13 @@ public final class SentinelTopology: @unchecked Sendable {
         try await command(port: port, RedisCommand("INFO", [.string(section)])).string ?? ""
     }
 
-    /// One command on a fresh connection (no ROLE check: Sentinels and replicas answer too).
+    /// One command on a fresh connection to one of its servers (no ROLE check).
     public func command(port: Int, _ command: RedisCommand) async throws -> RESPValue {
-        var configuration = RedisConfiguration()
-        configuration.endpoint = .tcp(host: "127.0.0.1", port: port)
-        configuration.requiresMaster = false
-        configuration.connectTimeout = .seconds(1)
-        configuration.commandTimeout = .seconds(1)
-        let connection = try await RedisConnection.connect(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.any()).get()
-        defer { _ = connection.close() }
-        return try await connection.send(command)
+        try await loopbackCommand(port: port, command, timeout: .seconds(1))
     }
 
     public func waitUntil(timeout: Duration, _ what: String, _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if (try? await condition()) == true { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        throw TestSupportError("timed out after \(timeout) waiting for \(what)")
+        try await KeygateTestSupport.waitUntil(timeout: timeout, what, every: .milliseconds(50), condition)
     }
 
     public func stop() async {
