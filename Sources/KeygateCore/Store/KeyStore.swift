@@ -483,59 +483,29 @@ public final class KeyStore: Sendable {
         return result
     }
 
-    /// Runs scripts, one pipeline per script group (one for a single server; one per slot on a
-    /// Cluster), each followed, with `waitReplicas` > 0, by `WAIT` on the connection that ran it: a
-    /// shortfall means fewer replicas than required hold some of the writes.
+    /// Runs scripts as one pipeline on one connection; with `waitReplicas` > 0, follows them with
+    /// `WAIT` on that connection, so a shortfall means fewer replicas than required hold the writes.
     /// - Parameter throwingErrors: throw the first error reply instead of returning it.
-    /// - Returns: one reply per call, in order, and a `notReplicated` error (not thrown: the writes
-    ///   happened) when a `WAIT` fell short.
+    /// - Returns: one reply per call, and a `notReplicated` error (not thrown: the writes happened)
+    ///   when `WAIT` fell short.
     func runScripts(_ calls: [ScriptCall], throwingErrors: Bool = false) async throws(KeygateError) -> (replies: [RESPValue], shortfall: KeygateError?) {
-        guard !calls.isEmpty else { return ([], nil) }
-        var groups: [Int: [Int]] = [:]
-        for (index, call) in calls.enumerated() { groups[redis.scriptGroup(forKey: call.keys.first ?? ""), default: []].append(index) }
-        var replies = [RESPValue](repeating: .null, count: calls.count)
-        var shortfall: KeygateError?
-        if groups.count == 1 {
-            let (groupReplies, groupShortfall) = try await runGroup(calls)
-            replies = groupReplies
-            shortfall = groupShortfall
-        } else {
-            let outcomes: [([Int], Result<([RESPValue], KeygateError?), KeygateError>)] = await withTaskGroup(of: ([Int], Result<([RESPValue], KeygateError?), KeygateError>).self) { tasks in
-                for indices in groups.values {
-                    tasks.addTask {
-                        do throws(KeygateError) { return (indices, .success(try await self.runGroup(indices.map { calls[$0] }))) } catch { return (indices, .failure(error)) }
-                    }
-                }
-                return await tasks.reduce(into: []) { $0.append($1) }
-            }
-            for (indices, outcome) in outcomes {
-                let (groupReplies, groupShortfall) = try outcome.get()
-                for (index, reply) in zip(indices, groupReplies) { replies[index] = reply }
-                shortfall = shortfall ?? groupShortfall
-            }
-        }
-        if throwingErrors, let message = replies.lazy.compactMap({ reply -> String? in
-            if case .error(let message) = reply { return message } else { return nil }
-        }).first {
-            throw Self.map(RedisError(.serverError, message))
-        }
-        return (replies, shortfall)
-    }
-
-    /// Scripts of one group as one pipeline, then the replication mark and `WAIT` on its connection.
-    private func runGroup(_ calls: [ScriptCall]) async throws(KeygateError) -> ([RESPValue], KeygateError?) {
+        guard let first = calls.first?.keys.first else { return ([], nil) }
         let encoded = calls.map { (script: $0.script, keys: $0.keys.map { RedisArgument.string($0) }, arguments: $0.arguments.map { RedisArgument.string($0) }) }
         let replicas = redis.configuration.effectiveWaitReplicas
         let timeout = Int64(TimeAmount(redis.configuration.waitTimeout).nanoseconds / 1_000_000)
         // A script that changed nothing (a retried revoke, a batch applied before) replicates nothing,
-        // and WAIT alone would then vouch for an older offset. The mark is always written, in the
-        // group's slot, and the replication stream is ordered: a replica that has the mark has every
-        // earlier write.
-        let followers = replicas > 0 ? [RedisCommand("SET", [.string(layout.replicationMark(slotOf: calls[0].keys.first ?? "")), "1", "PX", "86400000"]),
+        // and WAIT alone would then vouch for an older offset. The mark is always written, and the
+        // replication stream is ordered: a replica that has the mark has every earlier write.
+        let followers = replicas > 0 ? [RedisCommand("SET", [.string(layout.replicationMark(slotOf: first)), "1", "PX", "86400000"]),
                                         RedisCommand("WAIT", [.integer(Int64(replicas)), .integer(max(1, timeout))])] : []
         let replies: [RESPValue]
         do { replies = try await redis.evalSHA(encoded, followedBy: followers) } catch { throw Self.map(error) }
         let scriptReplies = Array(replies.prefix(calls.count))
+        if throwingErrors, let message = scriptReplies.lazy.compactMap({ reply -> String? in
+            if case .error(let message) = reply { return message } else { return nil }
+        }).first {
+            throw Self.map(RedisError(.serverError, message))
+        }
         guard replicas > 0 else { return (scriptReplies, nil) }
         let acknowledged = replies[calls.count + 1].int ?? 0
         guard acknowledged < replicas else { return (scriptReplies, nil) }
