@@ -14,6 +14,9 @@
 # Then `up.sh --ha` (master, replica, three Sentinels): a key works through the balancer, status.sh
 # names the master; after SIGKILL of the master the balancer answers 200 again once the Sentinels
 # promote the replica (no node restarted), and status.sh names the new master.
+# Then `up.sh --redis-cluster` (three primaries, three replicas): the demo key works, a key created
+# and revoked with the CLI is refused through the balancer; after SIGKILL of a primary no valid key
+# gets 401, a key created once its replica took over is served, and status.sh shows three masters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
@@ -214,5 +217,43 @@ done
 [ -n "$recovered" ] || fail "HA: no 200 through the balancer within 30 s of killing the master"
 echo "HA: 200 again $(( (recovered - killed) / 1000000 )) ms after SIGKILL of the master"
 [[ "$(deploy/local/status.sh)" == *"master 127.0.0.1:$KEYGATE_LOCAL_REPLICA_PORT"* ]] || fail "HA: status.sh does not name the promoted replica"
+deploy/local/down.sh > /dev/null
+
+echo "== up.sh --redis-cluster: a primary killed under the balancer"
+export KEYGATE_LOCAL_DIR=$base_dir/redis-cluster
+KEYGATE_LOCAL_CLUSTER_PORTS="$(for _ in 1 2 3 4 5 6; do free_port; done | paste -sd' ' -)"
+export KEYGATE_LOCAL_CLUSTER_PORTS
+read -r -a ports <<< "$KEYGATE_LOCAL_CLUSTER_PORTS"
+deploy/local/up.sh --redis-cluster > "$base_dir/up-cluster.out" || fail "up.sh --redis-cluster failed: $(cat "$base_dir/up-cluster.out")"
+# shellcheck source=/dev/null
+source "$KEYGATE_LOCAL_DIR/keys.env"
+export KEYGATE_REDIS_URL="redis-cluster://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+code() { curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $1" "$lb"; }
+[ "$(code "$DEMO_KEY")" = 200 ] || fail "Cluster: the demo key is not 200"
+cluster_status=$(deploy/local/status.sh) || fail "Cluster: status.sh reports a problem: $cluster_status"
+[ "$(grep -c 'ok master' <<< "$cluster_status")" = 3 ] || fail "Cluster: status.sh does not show three masters: $cluster_status"
+json=$("$KEYGATE_BIN" keys create --user cluster-check --json)
+key=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["key"])' "$json")
+[ "$(code "$key")" = 200 ] || fail "Cluster: a key created with the CLI is not 200"
+"$KEYGATE_BIN" keys revoke "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["id"])' "$json")" > /dev/null
+sleep 0.1
+for _ in 1 2 3; do [ "$(code "$key")" = 401 ] || fail "Cluster: a revoked key is not 401 100 ms after the revoke returned"; done
+kill -KILL "$(cat "$KEYGATE_LOCAL_DIR/redis-${ports[0]}.pid")"
+killed=$(date +%s%N)
+promoted=""
+for _ in $(seq 1 300); do # at most 30 s: the replica takes over after the 2 s node timeout
+    [ "$(code "$DEMO_KEY")" = 401 ] && fail "Cluster: a valid key got 401 during the failover"
+    if [ "$(deploy/local/status.sh | grep -c 'ok master')" = 3 ]; then promoted=$(date +%s%N); break; fi
+    sleep 0.1
+done
+[ -n "$promoted" ] || fail "Cluster: no replica took over within 30 s of killing a primary"
+# Keys of five users (their records and indexes in different slots) created and served at once.
+for i in 1 2 3 4 5; do
+    json=$(timeout 10 "$KEYGATE_BIN" keys create --user "cluster-check-$i" --json) || fail "Cluster: keys create failed after the failover"
+    status=$(code "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["key"])' "$json")")
+    [ "$status" = 200 ] || fail "Cluster: a key created after the failover got $status"
+done
+[ "$(code "$DEMO_KEY")" = 200 ] || fail "Cluster: the demo key is not 200 after the failover"
+echo "Cluster: replica promoted $(( (promoted - killed) / 1000000 )) ms after SIGKILL of a primary; keys created and served right after"
 deploy/local/down.sh > /dev/null
 echo "local cluster checks passed"

@@ -18,7 +18,11 @@ replica_port=${KEYGATE_LOCAL_REPLICA_PORT:-$((redis_port + 1))}
 read -r -a sentinel_ports <<< "${KEYGATE_LOCAL_SENTINEL_PORTS:-26380 26381 26382}"
 master_name=keygate
 sentinel_url="redis-sentinel://$(printf '127.0.0.1:%s,' "${sentinel_ports[@]}" | sed 's/,$//')#$master_name"
-# The mode up.sh started (single or ha), so status.sh and down.sh know what runs.
+# With --redis-cluster: six servers (three primaries, three replicas) on these ports; nodes get a
+# redis-cluster:// URL naming three of them as seeds.
+read -r -a cluster_ports <<< "${KEYGATE_LOCAL_CLUSTER_PORTS:-6390 6391 6392 6393 6394 6395}"
+cluster_url="redis-cluster://$(printf '127.0.0.1:%s,' "${cluster_ports[@]:0:3}" | sed 's/,$//')"
+# The mode up.sh started (single, ha or cluster), so status.sh and down.sh know what runs.
 mode() { cat "$run_dir/mode" 2>/dev/null || echo single; }
 
 # alive NAME: true when the pid recorded for NAME runs.

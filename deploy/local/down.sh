@@ -26,6 +26,10 @@ stop nginx QUIT
 for i in "${nodes[@]}"; do stop "node$i" TERM; done
 # Sentinels first, so stopping the master does not start a failover.
 for port in "${sentinel_ports[@]}"; do stop "sentinel-$port" TERM; done
+for port in "${cluster_ports[@]}"; do
+    if alive "redis-$port"; then redis-cli -p "$port" shutdown >/dev/null 2>&1 || true; fi
+    stop "redis-$port" TERM
+done
 for name in redis-replica redis; do
     port=$redis_port
     [ "$name" = redis-replica ] && port=$replica_port

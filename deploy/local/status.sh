@@ -21,7 +21,16 @@ check() { # NAME URL-or-empty ADDRESS
 row NAME PID STATE ADDRESS
 # redis_state PORT: "ok <role>" when it answers.
 redis_state() { redis-cli -p "$1" role 2>/dev/null | head -1 | sed 's/^/ok /'; }
-check redis "" "127.0.0.1:$redis_port $(redis_state "$redis_port")"
+if [ "$(mode)" = cluster ]; then
+    for port in "${cluster_ports[@]}"; do
+        check "redis-$port" "" "127.0.0.1:$port $(redis_state "$port")"
+    done
+    state=$(redis-cli -p "${cluster_ports[0]}" cluster info 2>/dev/null | tr -d '\r' | sed -n 's/^cluster_state://p')
+    row cluster - "${state:-down}" "slots assigned $(redis-cli -p "${cluster_ports[0]}" cluster info 2>/dev/null | tr -d '\r' | sed -n 's/^cluster_slots_ok://p')/16384"
+    [ "$state" = ok ] || status=1
+else
+    check redis "" "127.0.0.1:$redis_port $(redis_state "$redis_port")"
+fi
 if [ "$(mode)" = ha ]; then
     check redis-replica "" "127.0.0.1:$replica_port $(redis_state "$replica_port")"
     for port in "${sentinel_ports[@]}"; do

@@ -3,11 +3,15 @@
 # nginx on 127.0.0.1:8000 as the load balancer (auth_request to the three nodes, then a demo API that
 # echoes the identity it received). Creates an admin key and a demo key and prints how to use them.
 #
-#   deploy/local/up.sh [--ha] [--with-prometheus]
+#   deploy/local/up.sh [--ha | --redis-cluster] [--with-prometheus]
 #
 # --ha: Redis as operators run it for failover: a master, a replica and three Sentinels (quorum 2),
 # AOF on both servers; the nodes get a redis-sentinel:// URL, follow a failover by themselves and
 # wait for the replica to confirm every change (WAIT 1). status.sh shows which server is master.
+#
+# --redis-cluster: Redis Cluster, three primaries and three replicas (AOF on each), slots spread by
+# `redis-cli --cluster create`; the nodes get a redis-cluster:// URL with three seeds, follow the slot
+# map (redirects, failovers, resharding) and WAIT 1 on each change. status.sh shows each server's role.
 #
 # Safe to run twice: what already runs is left alone, and the keys are kept. Stop with down.sh.
 # KEYGATE_BIN=/path/to/keygate skips the release build (the tests use their debug build).
@@ -19,14 +23,17 @@ source "$repo/scripts/lib/packages.sh"
 
 with_prometheus=false
 ha=false
+cluster=false
 for arg in "$@"; do
     case $arg in
         --with-prometheus) with_prometheus=true ;;
         --ha) ha=true ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --redis-cluster) cluster=true ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "error: unknown option $arg (see --help)" >&2; exit 64 ;;
     esac
 done
+if $ha && $cluster; then echo "error: --ha and --redis-cluster exclude each other" >&2; exit 64; fi
 
 packages=(libhiredis-dev libssl-dev pkg-config redis-server redis-tools nginx-light curl python3)
 $with_prometheus && packages+=(prometheus)
@@ -42,14 +49,16 @@ mkdir -p "$run_dir/redis" "$run_dir/nginx-tmp" "$run_dir/nginx"
 chmod 700 "$run_dir"
 wanted_mode=single
 $ha && wanted_mode=ha
-if [ -f "$run_dir/mode" ] && [ "$(mode)" != "$wanted_mode" ] && alive redis; then
+$cluster && wanted_mode=cluster
+if [ -f "$run_dir/mode" ] && [ "$(mode)" != "$wanted_mode" ] && { alive redis || alive "redis-${cluster_ports[0]}"; }; then
     echo "error: a $(mode) cluster runs in $run_dir; stop it with deploy/local/down.sh first" >&2
     exit 1
 fi
 echo "$wanted_mode" > "$run_dir/mode"
 
-# start_redis NAME PORT [replicaof-port]: loopback only, append-only file on, so keys and usage
-# survive a restart. From a config file, which Sentinel rewrites when it promotes or demotes the server.
+# start_redis NAME PORT [replicaof-port | cluster]: loopback only, append-only file on, so keys and
+# usage survive a restart. From a config file, which Sentinel rewrites when it promotes or demotes the
+# server; a cluster member keeps its own view of the cluster in nodes.conf next to its data.
 start_redis() {
     local name=$1 port=$2 conf="$run_dir/$1.conf"
     if alive "$name"; then
@@ -60,15 +69,43 @@ start_redis() {
     if [ ! -f "$conf" ]; then
         printf 'port %s\nbind 127.0.0.1\ndir %s\nappendonly yes\nappendfsync everysec\nsave ""\nmaxmemory-policy noeviction\nrepl-diskless-sync-delay 0\n' \
             "$port" "$run_dir/$name" > "$conf"
-        [ -n "${3:-}" ] && printf 'replicaof 127.0.0.1 %s\n' "$3" >> "$conf"
+        case ${3:-} in
+            "") ;;
+            cluster) printf 'cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n' >> "$conf" ;;
+            *) printf 'replicaof 127.0.0.1 %s\n' "$3" >> "$conf" ;;
+        esac
     fi
     redis-server "$conf" --daemonize yes --pidfile "$run_dir/$name.pid" --logfile "$run_dir/$name.log"
     for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
     redis-cli -p "$port" ping >/dev/null || { echo "error: redis-server did not start; see $run_dir/$name.log" >&2; exit 1; }
     echo "$name on 127.0.0.1:$port (data in $run_dir/$name)"
 }
-start_redis redis "$redis_port"
-export KEYGATE_REDIS_URL=$redis_url
+if $cluster; then
+    for port in "${cluster_ports[@]}"; do start_redis "redis-$port" "$port" cluster; done
+    # Created once: a cluster that already formed (a second up.sh, or a restart from its nodes.conf
+    # files) is left as it is.
+    if redis-cli -p "${cluster_ports[0]}" cluster info | grep -q '^cluster_known_nodes:1\b'; then
+        members=()
+        for port in "${cluster_ports[@]}"; do members+=("127.0.0.1:$port"); done
+        redis-cli --cluster create "${members[@]}" --cluster-replicas 1 --cluster-yes \
+            > "$run_dir/cluster-create.log" 2>&1 \
+            || { echo "error: redis-cli --cluster create failed; see $run_dir/cluster-create.log" >&2; exit 1; }
+    fi
+    for _ in $(seq 1 200); do
+        ok=0
+        for port in "${cluster_ports[@]}"; do
+            redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && ok=$((ok + 1))
+        done
+        [ "$ok" -eq "${#cluster_ports[@]}" ] && break
+        sleep 0.1
+    done
+    [ "$ok" -eq "${#cluster_ports[@]}" ] || { echo "error: the Redis Cluster did not reach cluster_state:ok within 20 s" >&2; exit 1; }
+    echo "Redis Cluster ok: $(redis-cli -p "${cluster_ports[0]}" cluster nodes | grep -c master) primaries, $(redis-cli -p "${cluster_ports[0]}" cluster nodes | grep -c slave) replicas"
+    export KEYGATE_REDIS_URL=$cluster_url
+else
+    start_redis redis "$redis_port"
+    export KEYGATE_REDIS_URL=$redis_url
+fi
 
 if $ha; then
     start_redis redis-replica "$replica_port" "$redis_port"

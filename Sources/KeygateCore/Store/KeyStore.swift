@@ -489,15 +489,19 @@ public final class KeyStore: Sendable {
     /// - Returns: one reply per call, and a `notReplicated` error (not thrown: the writes happened)
     ///   when `WAIT` fell short.
     func runScripts(_ calls: [ScriptCall], throwingErrors: Bool = false) async throws(KeygateError) -> (replies: [RESPValue], shortfall: KeygateError?) {
-        guard let first = calls.first?.keys.first else { return ([], nil) }
+        guard calls.first?.keys.first != nil else { return ([], nil) }
         let encoded = calls.map { (script: $0.script, keys: $0.keys.map { RedisArgument.string($0) }, arguments: $0.arguments.map { RedisArgument.string($0) }) }
         let replicas = redis.configuration.effectiveWaitReplicas
         let timeout = Int64(TimeAmount(redis.configuration.waitTimeout).nanoseconds / 1_000_000)
         // A script that changed nothing (a retried revoke, a batch applied before) replicates nothing,
         // and WAIT alone would then vouch for an older offset. The mark is always written, and the
-        // replication stream is ordered: a replica that has the mark has every earlier write.
-        let followers = replicas > 0 ? [RedisCommand("SET", [.string(layout.replicationMark(slotOf: first)), "1", "PX", "86400000"]),
-                                        RedisCommand("WAIT", [.integer(Int64(replicas)), .integer(max(1, timeout))])] : []
+        // replication stream is ordered: a replica that has the mark has every earlier write. On a
+        // Cluster each primary written to gets its own mark and WAIT (which runs where its mark went).
+        let written = replicas > 0 ? redis.primaryRepresentatives(of: calls.compactMap(\.keys.first)) : []
+        let followers = written.flatMap { key in
+            [RedisCommand("SET", [.string(layout.replicationMark(slotOf: key)), "1", "PX", "86400000"]),
+             RedisCommand("WAIT", [.integer(Int64(replicas)), .integer(max(1, timeout))])]
+        }
         let replies: [RESPValue]
         do { replies = try await redis.evalSHA(encoded, followedBy: followers) } catch { throw Self.map(error) }
         let scriptReplies = Array(replies.prefix(calls.count))
@@ -507,7 +511,8 @@ public final class KeyStore: Sendable {
             throw Self.map(RedisError(.serverError, message))
         }
         guard replicas > 0 else { return (scriptReplies, nil) }
-        let acknowledged = replies[calls.count + 1].int ?? 0
+        // The fewest confirmations of any primary (a WAIT that could not run there counts as none).
+        let acknowledged = written.indices.map { replies[calls.count + 2 * $0 + 1].int ?? 0 }.min() ?? 0
         guard acknowledged < replicas else { return (scriptReplies, nil) }
         return (scriptReplies, KeygateError(.notReplicated, "only \(acknowledged) of \(replicas) replica(s) confirmed the change within \(timeout) ms"))
     }

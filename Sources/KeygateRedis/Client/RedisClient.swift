@@ -151,6 +151,12 @@ public final class RedisClient: Sendable {
         configuration.usesClusterSlots ? HashSlot.of(key) : 0
     }
 
+    /// One key per Redis primary among `keys`: a single key unless on a Cluster, where the current slot
+    /// map groups them. Writes to several primaries need a `WAIT` on each.
+    public func primaryRepresentatives(of keys: [String]) -> [String] {
+        router?.primaryRepresentatives(of: keys) ?? Array(keys.prefix(1))
+    }
+
     /// Multi-key commands whose keys are in different slots fail here when slots matter (a Cluster,
     /// or `enforcesClusterSlots`); the data plane's single-key lookups never need the check.
     func refuseCrossSlot(_ commands: [RedisCommand]) throws(RedisError) {

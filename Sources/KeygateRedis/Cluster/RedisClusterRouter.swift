@@ -59,7 +59,7 @@ final class RedisClusterRouter: Sendable {
 
     /// One pipeline per primary, sent at once, replies put back in order. A keyless command (`WAIT`
     /// after a write) goes with the command before it. Error replies are values; a redirected or
-    /// retryable one is resent alone.
+    /// retryable one is resent alone, and the keyless commands after it get `orphanedFollower`.
     func pipeline(_ commands: [RedisCommand], on eventLoop: any EventLoop) -> EventLoopFuture<[RESPValue]> {
         pipeline(commands, on: eventLoop, tries: 0, deadline: NIODeadline.now() + TimeAmount(configuration.commandTimeout))
     }
@@ -99,12 +99,21 @@ final class RedisClusterRouter: Sendable {
             return EventLoopFuture.whenAllSucceed(sends, on: eventLoop).flatMap { results in
                 var replies = [RESPValue](repeating: .null, count: commands.count)
                 var again: [Int] = []
+                var orphaned: [Int] = []
                 for (indices, groupReplies) in results {
-                    for (index, reply) in zip(indices, groupReplies) {
+                    for (position, (index, reply)) in zip(indices, groupReplies).enumerated() {
                         replies[index] = reply
-                        if case .error(let message) = reply, Self.isRedirectOrRetryable(message) { again.append(index) }
+                        guard case .error(let message) = reply, Self.isRedirectOrRetryable(message) else { continue }
+                        again.append(index)
+                        // The keyless commands that rode along (a WAIT after its mark) ran on the
+                        // server that refused the write: their replies say nothing about it.
+                        for follower in indices.dropFirst(position + 1) {
+                            guard commands[follower].routing == .keyless else { break }
+                            orphaned.append(follower)
+                        }
                     }
                 }
+                for index in orphaned { replies[index] = .error(Self.orphanedFollower) }
                 guard !again.isEmpty else { return eventLoop.makeSucceededFuture(replies) }
                 let first = replies
                 let resent = again.map { index in
@@ -128,6 +137,20 @@ final class RedisClusterRouter: Sendable {
                 }
             }
         }
+    }
+
+    /// One key per primary among `keys` (in their order), by the current map: a caller that follows
+    /// writes with `WAIT` needs one on each primary written to. Without a map yet, the first key.
+    func primaryRepresentatives(of keys: [String]) -> [String] {
+        guard let map = state.withLock({ $0.map }) else { return Array(keys.prefix(1)) }
+        var seen: [ClusterSlotMap.Primary] = []
+        var representatives: [String] = []
+        for key in keys {
+            guard let primary = map.primary(forSlot: HashSlot.of(key)), !seen.contains(primary) else { continue }
+            seen.append(primary)
+            representatives.append(key)
+        }
+        return representatives.isEmpty ? Array(keys.prefix(1)) : representatives
     }
 
     /// Sends `command` to every primary (`SCRIPT LOAD`, so `EVALSHA` finds it wherever it runs).
@@ -200,6 +223,9 @@ final class RedisClusterRouter: Sendable {
             self.attempt(command, on: eventLoop, asking: nil, tries: tries + 1, deadline: deadline)
         }
     }
+
+    /// The reply given to a keyless command that followed a redirected one in a pipeline.
+    static let orphanedFollower = "TRYAGAIN the command before this one was redirected to another primary; not sent there"
 
     /// Failures before the command left: safe to send again once the map says where.
     static let neverSent: [RedisError.Code] = [.connectFailed, .circuitOpen, .notWritableMaster]
