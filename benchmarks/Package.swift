@@ -31,6 +31,15 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(
+            name: "usage-flush-bench",
+            dependencies: [
+                .product(name: "KeygateCore", package: "keygate"),
+                .product(name: "KeygateRedis", package: "keygate"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
             name: "keygate-loadgen",
             dependencies: [
                 "CEpoll",

@@ -84,6 +84,9 @@ import Testing
             #expect((try JSONSerialization.jsonObject(with: Data(events.stdout.utf8)) as? [Any])?.count == 8, "4 created, 4 revoked")
             let repaired = try await runCommand(binary, ["repair"], environment: environment)
             #expect(repaired.exitCode == 0 && repaired.stdout.contains("completed 0, dropped 0"), "\(repaired.stdout)")
+            let report = try await runCommand(binary, ["repair", "--json"], environment: environment)
+            let fields = try JSONSerialization.jsonObject(with: Data(report.stdout.utf8)) as? [String: Int]
+            #expect(fields == ["completed": 0, "dropped": 0, "in_flight": 0], "\(report.stdout)")
         }
     }
 }

@@ -76,6 +76,11 @@ public struct RepairReport: Sendable, Equatable, Encodable {
     public init(completed: Int = 0, dropped: Int = 0, inFlight: Int = 0) {
         self.completed = completed; self.dropped = dropped; self.inFlight = inFlight
     }
+    /// The JSON names follow the rest of the CLI's output (snake case).
+    private enum CodingKeys: String, CodingKey {
+        case completed, dropped
+        case inFlight = "in_flight"
+    }
 }
 
 extension KeyStore {

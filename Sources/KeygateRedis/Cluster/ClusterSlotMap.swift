@@ -41,6 +41,12 @@ public struct ClusterSlotMap: Sendable, Equatable {
         return owner == Self.unassigned ? nil : primaries[Int(owner)]
     }
 
+    /// The index in `primaries` of the primary serving `slot`, nil when none does.
+    public func primaryIndex(forSlot slot: Int) -> Int? {
+        let owner = owners[slot]
+        return owner == Self.unassigned ? nil : Int(owner)
+    }
+
     /// Slots some primary serves (16,384 when the cluster covers every slot).
     public var coveredSlots: Int { owners.reduce(0) { $0 + ($1 == Self.unassigned ? 0 : 1) } }
 

@@ -26,7 +26,10 @@ final class RedisClusterRouter: Sendable {
     static let refreshInterval: TimeAmount = .seconds(5)
 
     private struct State {
-        var map: ClusterSlotMap?
+        var map: ClusterSlotMap? { didSet { byPrimaryIndex = [:] } }
+        /// `connections` by loop index and then the current map's primary index, so a lookup on the
+        /// data plane finds its connection without building a string key; cleared with each new map.
+        var byPrimaryIndex: [Int: [Int: RedisConnectionSlot]] = [:]
         var refreshing: EventLoopFuture<ClusterSlotMap>?
         var lastRefresh: NIODeadline?
         var lastError: String?
@@ -66,22 +69,23 @@ final class RedisClusterRouter: Sendable {
 
     private func pipeline(_ commands: [RedisCommand], on eventLoop: any EventLoop, tries: Int, deadline: NIODeadline) -> EventLoopFuture<[RESPValue]> {
         currentMap(on: eventLoop).flatMap { map in
-            var groups: [(ClusterSlotMap.Primary, [Int])] = []
-            var previous: ClusterSlotMap.Primary?
+            // Groups by the primary's index in the map, in the order of their first command.
+            var groups: [(primary: Int, indices: [Int])] = []
+            var previous: Int?
             for (index, command) in commands.enumerated() {
-                let target: ClusterSlotMap.Primary
+                let target: Int
                 switch command.routing {
-                case .slot(let slot): target = map.primary(forSlot: slot) ?? map.primaries[0] // answered CLUSTERDOWN, retried below
-                case .keyless: target = previous ?? map.primaries[0]
+                case .slot(let slot): target = map.primaryIndex(forSlot: slot) ?? 0 // answered CLUSTERDOWN, retried below
+                case .keyless: target = previous ?? 0
                 case .crossSlot:
                     return eventLoop.makeFailedFuture(RedisError(.crossSlot, "the keys of \(command.name) are in different Cluster slots"))
                 }
                 previous = target
-                if let position = groups.firstIndex(where: { $0.0 == target }) { groups[position].1.append(index) } else { groups.append((target, [index])) }
+                if let position = groups.firstIndex(where: { $0.primary == target }) { groups[position].indices.append(index) } else { groups.append((target, [index])) }
             }
             let sends = groups.map { target, indices in
-                let group = indices.map { commands[$0] }
-                return Self.pipeline(group, on: self.connection(on: eventLoop, to: target)).flatMapError { error in
+                let group = groups.count == 1 ? commands : indices.map { commands[$0] }
+                return Self.pipeline(group, on: self.connection(on: eventLoop, index: target, of: map)).flatMapError { error in
                     // A group that never reached its primary (down, or no longer a primary) is sent
                     // again once the map is fresh; a group that may have run is not.
                     guard let redisError = error as? RedisError, Self.neverSent.contains(redisError.code), tries < Self.maximumRedirects else {
@@ -162,7 +166,13 @@ final class RedisClusterRouter: Sendable {
 
     private func attempt(_ command: RedisCommand, on eventLoop: any EventLoop, asking: ClusterSlotMap.Primary?, tries: Int,
                          deadline: NIODeadline) -> EventLoopFuture<RESPValue> {
-        currentMap(on: eventLoop).flatMap { map in
+        // The common case, a keyed command with the map known: no future before the send.
+        if asking == nil, case .slot(let slot) = command.routing, let (target, connection) = knownConnection(forSlot: slot, on: eventLoop) {
+            return Self.send(command, on: connection).flatMapError { error in
+                self.recover(error, command, on: eventLoop, target: target, tries: tries, deadline: deadline)
+            }
+        }
+        return currentMap(on: eventLoop).flatMap { map in
             let target: ClusterSlotMap.Primary
             if let asking {
                 target = asking
@@ -348,6 +358,30 @@ final class RedisClusterRouter: Sendable {
             node.tls = tls
         }
         return node
+    }
+
+    /// This loop's connection to the primary serving `slot` by the current map, nil without a map
+    /// or when no primary serves the slot (the slow path then refreshes or fails).
+    private func knownConnection(forSlot slot: Int, on eventLoop: any EventLoop) -> (ClusterSlotMap.Primary, RedisConnectionSlot)? {
+        let loop = loopIndex[ObjectIdentifier(eventLoop)] ?? 0
+        let known = state.withLock { state -> (ClusterSlotMap, Int, RedisConnectionSlot?)? in
+            guard let map = state.map, let index = map.primaryIndex(forSlot: slot) else { return nil }
+            return (map, index, state.byPrimaryIndex[loop]?[index])
+        }
+        guard let (map, index, cached) = known else { return nil }
+        return (map.primaries[index], cached ?? connection(on: eventLoop, index: index, of: map))
+    }
+
+    /// This loop's connection to primary number `index` of `map`, remembered by index while `map`
+    /// is the current one.
+    private func connection(on eventLoop: any EventLoop, index: Int, of map: ClusterSlotMap) -> RedisConnectionSlot {
+        let loop = loopIndex[ObjectIdentifier(eventLoop)] ?? 0
+        if let cached = state.withLock({ $0.map == map ? $0.byPrimaryIndex[loop]?[index] : nil }) { return cached }
+        let created = connection(on: eventLoop, to: map.primaries[index])
+        state.withLock { state in
+            if state.map == map { state.byPrimaryIndex[loop, default: [:]][index] = created }
+        }
+        return created
     }
 
     /// This loop's connection to `primary`, created on first use.

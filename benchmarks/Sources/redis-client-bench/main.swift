@@ -5,7 +5,10 @@
 //
 // `clients` concurrent callers share the client's connections (one per event loop), each sending
 // GET of one key: `pipelined` sends batches of `pipeline` commands with one flush, `unpipelined`
-// sends one command and waits for its reply. Prints one line: "<mode> <requests/s>".
+// sends one command and waits for its reply. `--keys N` spreads the GETs over N keys (on a
+// Cluster URL, over its primaries): with `--spread command` each pipeline mixes keys and is split
+// per primary; with `--spread caller` each caller keeps to one key, so its pipelines go to one
+// primary, as redis-benchmark --cluster's clients do. Prints one line: "<mode> <requests/s>".
 import Foundation
 import KeygateRedis
 import NIOCore
@@ -18,6 +21,8 @@ struct Options {
     var pipeline = 16
     var requests = 1_000_000
     var threads = 1
+    var keys = 1
+    var spread = "command"
     /// `event-loop` runs the callers' tasks on NIO's event loop (NIO's global-executor option), as a
     /// server whose handlers live on the loop would; `default` uses Swift's cooperative pool, which
     /// adds two thread hops per command or batch.
@@ -34,6 +39,8 @@ struct Options {
             case "--pipeline": pipeline = Int(value)!
             case "--requests": requests = Int(value)!
             case "--threads": threads = Int(value)!
+            case "--keys": keys = Int(value)!
+            case "--spread": spread = value
             case "--executor": executor = value
             default: fatalError("unknown flag \(flag)")
             }
@@ -56,24 +63,32 @@ if options.executor == "event-loop" {
 }
 let client = try RedisClient(configuration: configuration, eventLoopGroup: group)
 try await client.connect()
-_ = try await client.send(RedisCommand("SET", ["bench:key", "xxx"]))
-let get = RedisCommand("GET", ["bench:key"])
+let names = options.keys == 1 ? ["bench:key"] : (0..<options.keys).map { "bench:key:\($0)" }
+for name in names { _ = try await client.send(RedisCommand("SET", [.string(name), "xxx"])) }
+let gets = names.map { RedisCommand("GET", [.string($0)]) }
+// Built once: batch i holds the `pipeline` GETs that start at key i.
+let batches = gets.indices.map { start in (0..<options.pipeline).map { gets[(start + $0) % gets.count] } }
+let sameKey = gets.map { Array(repeating: $0, count: options.pipeline) }
 
 let perClient = options.requests / options.clients
 let started = ContinuousClock.now
 try await withThrowingTaskGroup(of: Void.self) { tasks in
-    for _ in 0..<options.clients {
+    for caller in 0..<options.clients {
         tasks.addTask {
+            var next = options.spread == "caller" ? caller % gets.count : Int.random(in: 0..<gets.count)
+            let step = options.spread == "caller" ? 0 : 1
             switch options.mode {
             case "pipelined":
-                let batch = Array(repeating: get, count: options.pipeline)
                 for _ in 0..<(perClient / options.pipeline) {
+                    let batch = options.spread == "caller" ? sameKey[next] : batches[next % batches.count]
+                    next += step
                     let replies = try await client.pipeline(batch)
                     precondition(replies.count == options.pipeline && replies[0].string == "xxx")
                 }
             case "unpipelined":
                 for _ in 0..<perClient {
-                    let reply = try await client.send(get)
+                    let reply = try await client.send(gets[next % gets.count])
+                    next += step
                     precondition(reply.string == "xxx")
                 }
             default:
