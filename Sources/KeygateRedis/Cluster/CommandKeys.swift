@@ -15,6 +15,15 @@ public enum CommandRouting: Sendable, Equatable {
 extension RedisCommand {
     /// Where the command must run (computed from the key table; CRC16 of each key).
     public var routing: CommandRouting {
+        // One key in second position (GET, HMGET, ...: the data plane's lookups): no index list.
+        if CommandKeys.shape(of: name) == .first {
+            guard arguments.count > 1 else { return .keyless }
+            switch arguments[1] {
+            case .string(let key): return .slot(HashSlot.of(key))
+            case .bytes(let bytes): return .slot(HashSlot.of(bytes.readableBytesView))
+            case .integer: break
+            }
+        }
         var slot: Int?
         for index in keyIndices {
             guard case .string(let key) = arguments[index] else {

@@ -10,7 +10,10 @@ public enum HashSlot {
     }
 
     /// The slot of a key given as text (its UTF-8 bytes).
-    public static func of(_ key: String) -> Int { of(Array(key.utf8)) }
+    public static func of(_ key: String) -> Int {
+        // A native string's bytes in place (every key Keygate builds); a copy only for bridged ones.
+        key.utf8.withContiguousStorageIfAvailable { of($0) } ?? of(Array(key.utf8))
+    }
 
     /// The part of the key that is hashed: the hash tag, or the whole key.
     static func hashedPart<Bytes: Collection<UInt8>>(of key: Bytes) -> Bytes.SubSequence {

@@ -68,77 +68,83 @@ final class RedisClusterRouter: Sendable {
     }
 
     private func pipeline(_ commands: [RedisCommand], on eventLoop: any EventLoop, tries: Int, deadline: NIODeadline) -> EventLoopFuture<[RESPValue]> {
-        currentMap(on: eventLoop).flatMap { map in
-            // Groups by the primary's index in the map, in the order of their first command.
-            var groups: [(primary: Int, indices: [Int])] = []
-            var previous: Int?
-            for (index, command) in commands.enumerated() {
-                let target: Int
-                switch command.routing {
-                case .slot(let slot): target = map.primaryIndex(forSlot: slot) ?? 0 // answered CLUSTERDOWN, retried below
-                case .keyless: target = previous ?? 0
-                case .crossSlot:
-                    return eventLoop.makeFailedFuture(RedisError(.crossSlot, "the keys of \(command.name) are in different Cluster slots"))
-                }
-                previous = target
-                if let position = groups.firstIndex(where: { $0.primary == target }) { groups[position].indices.append(index) } else { groups.append((target, [index])) }
+        if let map = state.withLock({ $0.map }) { return pipeline(commands, with: map, on: eventLoop, tries: tries, deadline: deadline) }
+        return currentMap(on: eventLoop).flatMap { map in self.pipeline(commands, with: map, on: eventLoop, tries: tries, deadline: deadline) }
+    }
+
+    private func pipeline(_ commands: [RedisCommand], with map: ClusterSlotMap, on eventLoop: any EventLoop, tries: Int,
+                          deadline: NIODeadline) -> EventLoopFuture<[RESPValue]> {
+        // Groups by the primary's index in the map, in the order of their first command.
+        var groups: [(primary: Int, indices: [Int])] = []
+        var previous: Int?
+        for (index, command) in commands.enumerated() {
+            let target: Int
+            switch command.routing {
+            case .slot(let slot): target = map.primaryIndex(forSlot: slot) ?? 0 // answered CLUSTERDOWN, retried below
+            case .keyless: target = previous ?? 0
+            case .crossSlot:
+                return eventLoop.makeFailedFuture(RedisError(.crossSlot, "the keys of \(command.name) are in different Cluster slots"))
             }
-            let sends = groups.map { target, indices in
-                let group = groups.count == 1 ? commands : indices.map { commands[$0] }
-                return Self.pipeline(group, on: self.connection(on: eventLoop, index: target, of: map)).flatMapError { error in
-                    // A group that never reached its primary (down, or no longer a primary) is sent
-                    // again once the map is fresh; a group that may have run is not.
-                    guard let redisError = error as? RedisError, Self.neverSent.contains(redisError.code), tries < Self.maximumRedirects else {
+            previous = target
+            if let position = groups.firstIndex(where: { $0.primary == target }) { groups[position].indices.append(index) } else { groups.append((target, [index])) }
+        }
+        let sends = groups.map { target, indices in
+            let group = groups.count == 1 ? commands : indices.map { commands[$0] }
+            return Self.pipeline(group, on: self.connection(on: eventLoop, index: target, of: map)).flatMapError { error in
+                // A group that never reached its primary (down, or no longer a primary) is sent
+                // again once the map is fresh; a group that may have run is not.
+                guard let redisError = error as? RedisError, Self.neverSent.contains(redisError.code), tries < Self.maximumRedirects else {
+                    return eventLoop.makeFailedFuture(error)
+                }
+                let delay = TimeAmount.milliseconds(min(500, 25 << Int64(tries)))
+                guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
+                self.metrics.clusterRetries.add()
+                self.refreshSoon(on: eventLoop, force: true)
+                return eventLoop.scheduleTask(in: delay) {}.futureResult.flatMap {
+                    self.pipeline(group, on: eventLoop, tries: tries + 1, deadline: deadline)
+                }
+            }.map { (indices, $0) }
+        }
+        // One primary (every command in one slot, or in slots of one primary): no gathering.
+        let gathered = sends.count == 1 ? sends[0].map { [$0] } : EventLoopFuture.whenAllSucceed(sends, on: eventLoop)
+        return gathered.flatMap { results in
+            var replies = [RESPValue](repeating: .null, count: commands.count)
+            var again: [Int] = []
+            var orphaned: [Int] = []
+            for (indices, groupReplies) in results {
+                for (position, (index, reply)) in zip(indices, groupReplies).enumerated() {
+                    replies[index] = reply
+                    guard case .error(let message) = reply, Self.isRedirectOrRetryable(message) else { continue }
+                    again.append(index)
+                    // The keyless commands that rode along (a WAIT after its mark) ran on the
+                    // server that refused the write: their replies say nothing about it.
+                    for follower in indices.dropFirst(position + 1) {
+                        guard commands[follower].routing == .keyless else { break }
+                        orphaned.append(follower)
+                    }
+                }
+            }
+            for index in orphaned { replies[index] = .error(Self.orphanedFollower) }
+            guard !again.isEmpty else { return eventLoop.makeSucceededFuture(replies) }
+            let first = replies
+            let resent = again.map { index in
+                let message: String
+                if case .error(let text) = first[index] { message = text } else { message = "" }
+                return self.recover(RedisError(.serverError, message), commands[index], on: eventLoop, target: map.primaries[0],
+                                    tries: 0, deadline: deadline)
+                    .flatMapError { error in
+                        // A resent command that fails again reports its error reply, as a pipeline does.
+                        if let redisError = error as? RedisError, redisError.code == .serverError {
+                            return eventLoop.makeSucceededFuture(.error(redisError.message))
+                        }
                         return eventLoop.makeFailedFuture(error)
                     }
-                    let delay = TimeAmount.milliseconds(min(500, 25 << Int64(tries)))
-                    guard NIODeadline.now() + delay < deadline else { return eventLoop.makeFailedFuture(error) }
-                    self.metrics.clusterRetries.add()
-                    self.refreshSoon(on: eventLoop, force: true)
-                    return eventLoop.scheduleTask(in: delay) {}.futureResult.flatMap {
-                        self.pipeline(group, on: eventLoop, tries: tries + 1, deadline: deadline)
-                    }
-                }.map { (indices, $0) }
+                    .map { (index, $0) }
             }
-            return EventLoopFuture.whenAllSucceed(sends, on: eventLoop).flatMap { results in
-                var replies = [RESPValue](repeating: .null, count: commands.count)
-                var again: [Int] = []
-                var orphaned: [Int] = []
-                for (indices, groupReplies) in results {
-                    for (position, (index, reply)) in zip(indices, groupReplies).enumerated() {
-                        replies[index] = reply
-                        guard case .error(let message) = reply, Self.isRedirectOrRetryable(message) else { continue }
-                        again.append(index)
-                        // The keyless commands that rode along (a WAIT after its mark) ran on the
-                        // server that refused the write: their replies say nothing about it.
-                        for follower in indices.dropFirst(position + 1) {
-                            guard commands[follower].routing == .keyless else { break }
-                            orphaned.append(follower)
-                        }
-                    }
-                }
-                for index in orphaned { replies[index] = .error(Self.orphanedFollower) }
-                guard !again.isEmpty else { return eventLoop.makeSucceededFuture(replies) }
-                let first = replies
-                let resent = again.map { index in
-                    let message: String
-                    if case .error(let text) = first[index] { message = text } else { message = "" }
-                    return self.recover(RedisError(.serverError, message), commands[index], on: eventLoop, target: map.primaries[0],
-                                        tries: 0, deadline: deadline)
-                        .flatMapError { error in
-                            // A resent command that fails again reports its error reply, as a pipeline does.
-                            if let redisError = error as? RedisError, redisError.code == .serverError {
-                                return eventLoop.makeSucceededFuture(.error(redisError.message))
-                            }
-                            return eventLoop.makeFailedFuture(error)
-                        }
-                        .map { (index, $0) }
-                }
-                return EventLoopFuture.whenAllSucceed(resent, on: eventLoop).map { pairs in
-                    var merged = first
-                    for (index, reply) in pairs { merged[index] = reply }
-                    return merged
-                }
+            return EventLoopFuture.whenAllSucceed(resent, on: eventLoop).map { pairs in
+                var merged = first
+                for (index, reply) in pairs { merged[index] = reply }
+                return merged
             }
         }
     }
