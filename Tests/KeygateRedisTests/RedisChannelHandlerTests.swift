@@ -158,7 +158,9 @@ import Testing
         let batch = harness.loop.makePromise(of: [RESPValue].self)
         harness.handler.send(batch: commands, promise: batch)
         let single = harness.send(RedisCommand("GET", ["after"])) // queued behind the batch
-        // One batch, one write: the whole pipeline leaves in a single buffer.
+        #expect(try harness.channel.readOutbound(as: ByteBuffer.self) == nil, "flushed at the end of the tick")
+        harness.loop.run()
+        // One batch, one buffer: the whole pipeline leaves in one piece, flushed with the GET.
         let first = try harness.channel.readOutbound(as: ByteBuffer.self)
         #expect(first.map { String(buffer: $0) } == Self.encodedAll(commands))
         _ = try harness.channel.readOutbound(as: ByteBuffer.self) // the single GET

@@ -16,7 +16,7 @@ extension RedisCommand {
     /// Where the command must run (computed from the key table; CRC16 of each key).
     public var routing: CommandRouting {
         // One key in second position (GET, HMGET, ...: the data plane's lookups): no index list.
-        if CommandKeys.shape(of: name) == .first {
+        if keyShape == .first {
             guard arguments.count > 1 else { return .keyless }
             switch arguments[1] {
             case .string(let key): return .slot(HashSlot.of(key))
@@ -41,9 +41,16 @@ extension RedisCommand {
         return slot.map(CommandRouting.slot) ?? .keyless
     }
 
+    /// The command's key positions, by its name as written (upper case for every command Keygate
+    /// builds, so no case conversion per command on the lookup path).
+    private var keyShape: CommandKeys.Shape {
+        guard case .string(let written) = arguments.first else { return .keyless }
+        return CommandKeys.shape(of: written)
+    }
+
     /// More than one key: the only commands that can be cross-slot.
     var hasSeveralKeys: Bool {
-        switch CommandKeys.shape(of: name) {
+        switch keyShape {
         case .allArguments, .alternate: return arguments.count > 2
         case .script: return (arguments.count > 2 ? Int(argumentText(2) ?? "") ?? 0 : 0) > 1
         default: return false
@@ -52,7 +59,7 @@ extension RedisCommand {
 
     /// Positions of the key arguments (0 is the command name).
     var keyIndices: [Int] {
-        switch CommandKeys.shape(of: name) {
+        switch keyShape {
         case .keyless: return []
         case .first: return arguments.count > 1 ? [1] : []
         case .second: return arguments.count > 2 ? [2] : []
@@ -77,7 +84,14 @@ enum CommandKeys {
     enum Shape { case keyless, first, second, allArguments, alternate, script }
 
     static func shape(of name: String) -> Shape {
-        if let shape = table[name] { return shape }
+        // The commands of the data plane and the usage flush, without hashing the name.
+        switch name {
+        case "HMGET", "GET", "SET", "HGETALL": return .first
+        case "EVALSHA": return .script
+        case "WAIT": return .keyless
+        default: break
+        }
+        if let shape = table[name] ?? table[name.uppercased()] { return shape }
         assertionFailure("RedisCommand \(name): add its key positions to CommandKeys.table, so a Cluster can route it")
         return .keyless
     }

@@ -26,11 +26,13 @@ public enum HashSlot {
     /// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, no reflection, as the spec's
     /// reference implementation; `crc16("123456789") == 0x31C3`.
     public static func crc16<Bytes: Sequence<UInt8>>(_ bytes: Bytes) -> UInt16 {
-        var crc: UInt16 = 0
-        for byte in bytes {
-            crc = (crc << 8) ^ table[Int(UInt8(truncatingIfNeeded: crc >> 8) ^ byte)]
+        table.withUnsafeBufferPointer { table in
+            var crc: UInt16 = 0
+            for byte in bytes {
+                crc = (crc << 8) ^ table[Int(UInt8(truncatingIfNeeded: crc >> 8) ^ byte)]
+            }
+            return crc
         }
-        return crc
     }
 
     private static let table: [UInt16] = (0..<256).map { index in

@@ -26,16 +26,20 @@ final class RedisClusterRouter: Sendable {
     static let refreshInterval: TimeAmount = .seconds(5)
 
     private struct State {
-        var map: ClusterSlotMap? { didSet { byPrimaryIndex = [:] } }
+        var map: ClusterSlotMap? { didSet { byPrimaryIndex = [] } }
         /// `connections` by loop index and then the current map's primary index, so a lookup on the
         /// data plane finds its connection without building a string key; cleared with each new map.
-        var byPrimaryIndex: [Int: [Int: RedisConnectionSlot]] = [:]
+        var byPrimaryIndex: [[RedisConnectionSlot?]] = []
         var refreshing: EventLoopFuture<ClusterSlotMap>?
         var lastRefresh: NIODeadline?
         var lastError: String?
         /// `"<loop index>@<host:port>"` -> that loop's connection to that primary.
         var connections: [String: RedisConnectionSlot] = [:]
         var topologies: [String: RedisTopology] = [:]
+
+        func cached(loop: Int, index: Int) -> RedisConnectionSlot? {
+            loop < byPrimaryIndex.count && index < byPrimaryIndex[loop].count ? byPrimaryIndex[loop][index] : nil
+        }
         var circuits: [String: RedisCircuit] = [:]
         var periodic: RepeatedTask?
         var isShutDown = false
@@ -372,7 +376,7 @@ final class RedisClusterRouter: Sendable {
         let loop = loopIndex[ObjectIdentifier(eventLoop)] ?? 0
         let known = state.withLock { state -> (ClusterSlotMap, Int, RedisConnectionSlot?)? in
             guard let map = state.map, let index = map.primaryIndex(forSlot: slot) else { return nil }
-            return (map, index, state.byPrimaryIndex[loop]?[index])
+            return (map, index, state.cached(loop: loop, index: index))
         }
         guard let (map, index, cached) = known else { return nil }
         return (map.primaries[index], cached ?? connection(on: eventLoop, index: index, of: map))
@@ -382,10 +386,13 @@ final class RedisClusterRouter: Sendable {
     /// is the current one.
     private func connection(on eventLoop: any EventLoop, index: Int, of map: ClusterSlotMap) -> RedisConnectionSlot {
         let loop = loopIndex[ObjectIdentifier(eventLoop)] ?? 0
-        if let cached = state.withLock({ $0.map == map ? $0.byPrimaryIndex[loop]?[index] : nil }) { return cached }
+        if let cached = state.withLock({ $0.map == map ? $0.cached(loop: loop, index: index) : nil }) { return cached }
         let created = connection(on: eventLoop, to: map.primaries[index])
         state.withLock { state in
-            if state.map == map { state.byPrimaryIndex[loop, default: [:]][index] = created }
+            guard state.map == map else { return }
+            while state.byPrimaryIndex.count <= loop { state.byPrimaryIndex.append([]) }
+            while state.byPrimaryIndex[loop].count <= index { state.byPrimaryIndex[loop].append(nil) }
+            state.byPrimaryIndex[loop][index] = created
         }
         return created
     }

@@ -197,8 +197,8 @@ final class RedisChannelHandler: ChannelInboundHandler {
         }
     }
 
-    /// Queues a batch and writes it with a single flush: one syscall for the whole pipeline, one
-    /// promise completed with every reply in order (error replies included as values).
+    /// Queues a batch and writes it in one piece: one promise completed with every reply in order
+    /// (error replies included as values).
     func send(batch commands: [RedisCommand], promise: EventLoopPromise<[RESPValue]>) {
         guard let context else {
             promise.fail(RedisError.closed("connection not attached"))
@@ -221,7 +221,10 @@ final class RedisChannelHandler: ChannelInboundHandler {
                 if let armTimer { scheduleDeadlineCheck(at: armTimer, context: context) }
             }
         }
-        context.writeAndFlush(NIOAny(buffer), promise: nil)
+        // Flushed with whatever else this loop tick wrote (other callers' commands and batches): one
+        // syscall for all of them, as for single commands.
+        context.write(NIOAny(buffer), promise: nil)
+        scheduleFlush(context: context)
     }
 
     /// Writes a command whose reply arrives as a push (SUBSCRIBE, PING in subscriber mode).
