@@ -145,7 +145,7 @@ import Testing
 
     final class Flag: Sendable { let raised = Atomic<Int>(0) }
 
-    static func router(_ cluster: FakeCluster, changed: Flag = Flag()) -> (RedisClusterRouter, RedisClientMetrics) {
+    static func router(_ cluster: FakeCluster, changed: Flag = Flag(), watching: String? = nil) -> (RedisClusterRouter, RedisClientMetrics) {
         var configuration = RedisConfiguration()
         configuration.cluster = .init(seeds: cluster.ports.map { .init(host: "127.0.0.1", port: $0) })
         configuration.endpoint = .tcp(host: "127.0.0.1", port: cluster.ports[0])
@@ -153,7 +153,7 @@ import Testing
         configuration.commandTimeout = .seconds(2)
         let metrics = RedisClientMetrics()
         let router = RedisClusterRouter(configuration: configuration, tlsContext: nil, loops: [Self.loop], metrics: metrics,
-                                        onPrimariesChanged: { changed.raised.add(1, ordering: .relaxed) })
+                                        watchedKey: { watching }, onPrimariesChanged: { changed.raised.add(1, ordering: .relaxed) })
         return (router, metrics)
     }
 
@@ -289,6 +289,34 @@ import Testing
         }
         _ = try await router.refresh(on: Self.loop).get()
         #expect(!router.isHealthy)
+        await router.shutdown()
+    }
+
+    @Test func theStreamsSlotMovingToAnotherPrimaryIsTreatedLikeAFailover() async throws {
+        let cluster = try await FakeCluster.start()
+        defer { Task { await cluster.stop() } }
+        let changed = Flag()
+        let stream = "{ns:events}"
+        cluster.assign(5_461...10_922, to: 1) // three primaries from the start, as a real cluster
+        cluster.assign(10_923...16_383, to: 2)
+        let (router, _) = Self.router(cluster, changed: changed, watching: stream)
+        _ = try await router.refresh(on: Self.loop).get()
+        let (other, otherSlot) = Self.key(inSlotOtherThan: [HashSlot.of(stream)])
+        let otherOwner = otherSlot < 5_461 ? 0 : otherSlot < 10_923 ? 1 : 2
+        cluster.assign(otherSlot...otherSlot, to: (otherOwner + 1) % 3) // resharding moves some other slot: nothing to do
+        _ = try await router.refresh(on: Self.loop).get()
+        #expect(changed.raised.load(ordering: .relaxed) == 0, "\(other) moved, not the Stream")
+        let streamOwner = HashSlot.of(stream) < 5_461 ? 0 : HashSlot.of(stream) < 10_923 ? 1 : 2
+        cluster.assign(HashSlot.of(stream)...HashSlot.of(stream), to: (streamOwner + 1) % 3) // the Stream's slot moves
+        _ = try await router.refresh(on: Self.loop).get()
+        #expect(changed.raised.load(ordering: .relaxed) == 1, "the subscriber must follow the Stream to its new primary")
+        // Learnt from a MOVED instead of a refresh: the same.
+        cluster.state.withLock { state in
+            state.advertised = state.owner
+            state.owner[HashSlot.of(stream)] = streamOwner
+        }
+        _ = try await router.send(RedisCommand("GET", [.string(stream)]), on: Self.loop).get()
+        #expect(changed.raised.load(ordering: .relaxed) == 2)
         await router.shutdown()
     }
 }

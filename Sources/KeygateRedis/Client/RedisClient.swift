@@ -40,6 +40,7 @@ public final class RedisClient: Sendable {
         if configuration.cluster != nil {
             let metrics = self.metrics
             let router = RedisClusterRouter(configuration: configuration, tlsContext: tls, loops: loops, metrics: metrics,
+                                            watchedKey: { topology.clusterSubscriberKey },
                                             onPrimariesChanged: { topology.clusterPrimariesChanged() })
             self.router = router
             topology.setClusterLocator { loop in

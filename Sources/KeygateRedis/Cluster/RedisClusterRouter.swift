@@ -13,7 +13,7 @@ import Synchronization
 /// retried with backoff inside the command deadline, the map refreshed first. A command whose
 /// reply was lost (a timeout, a closed connection) is never resent: it may have run. The map is also
 /// refreshed every `refreshInterval`. A refresh that finds other primaries (a failover, a primary
-/// added or removed) calls `onPrimariesChanged`.
+/// added or removed), or the watched key's slot on another primary, calls `onPrimariesChanged`.
 final class RedisClusterRouter: Sendable {
     private let configuration: RedisConfiguration
     private let tlsContext: NIOSSLContext?
@@ -21,6 +21,9 @@ final class RedisClusterRouter: Sendable {
     private let loopIndex: [ObjectIdentifier: Int]
     private let metrics: RedisClientMetrics
     private let onPrimariesChanged: @Sendable () -> Void
+    /// The key whose slot's primary the subscriber uses (the event Stream's): when that slot moves
+    /// to another primary, the subscriber must follow it, as after a failover.
+    private let watchedKey: @Sendable () -> String?
     private let state = Mutex(State())
     static let maximumRedirects = 5
     static let refreshInterval: TimeAmount = .seconds(5)
@@ -46,7 +49,7 @@ final class RedisClusterRouter: Sendable {
     }
 
     init(configuration: RedisConfiguration, tlsContext: NIOSSLContext?, loops: [any EventLoop], metrics: RedisClientMetrics,
-         onPrimariesChanged: @escaping @Sendable () -> Void) {
+         watchedKey: @escaping @Sendable () -> String? = { nil }, onPrimariesChanged: @escaping @Sendable () -> Void) {
         self.configuration = configuration
         self.tlsContext = tlsContext
         self.loops = loops
@@ -55,6 +58,7 @@ final class RedisClusterRouter: Sendable {
         self.loopIndex = index
         self.metrics = metrics
         self.onPrimariesChanged = onPrimariesChanged
+        self.watchedKey = watchedKey
     }
 
     // MARK: sending
@@ -224,7 +228,12 @@ final class RedisClusterRouter: Sendable {
             switch redirect.kind {
             case .moved:
                 metrics.movedRedirects.add()
-                state.withLock { state in state.map = state.map?.moving(slot: redirect.slot, toHost: host, port: redirect.port) }
+                let watchedMoved = state.withLock { state -> Bool in
+                    guard let old = state.map else { return false }
+                    state.map = old.moving(slot: redirect.slot, toHost: host, port: redirect.port)
+                    return state.map.map { watchedSlotMoved(from: old, to: $0) } ?? false
+                }
+                if watchedMoved { onPrimariesChanged() }
                 refreshSoon(on: eventLoop)
                 return attempt(command, on: eventLoop, asking: nil, tries: tries + 1, deadline: deadline)
             case .ask:
@@ -242,6 +251,14 @@ final class RedisClusterRouter: Sendable {
         return eventLoop.scheduleTask(in: delay) {}.futureResult.flatMap {
             self.attempt(command, on: eventLoop, asking: nil, tries: tries + 1, deadline: deadline)
         }
+    }
+
+    /// Whether the watched key's slot is served by another primary in `new` than in `old`.
+    private func watchedSlotMoved(from old: ClusterSlotMap, to new: ClusterSlotMap) -> Bool {
+        guard let key = watchedKey() else { return false }
+        let slot = HashSlot.of(key)
+        let before = old.primary(forSlot: slot), after = new.primary(forSlot: slot)
+        return before?.host != after?.host || before?.port != after?.port
     }
 
     /// The reply given to a keyless command that followed a redirected one in a pipeline.
@@ -298,7 +315,8 @@ final class RedisClusterRouter: Sendable {
                     return false
                 }
                 defer { state.map = map; state.lastError = nil }
-                return state.map.map { $0.primaryIDs != map.primaryIDs } ?? false
+                guard let old = state.map else { return false }
+                return old.primaryIDs != map.primaryIDs || self.watchedSlotMoved(from: old, to: map)
             }
             switch result {
             case .success: self.metrics.slotMapRefreshes.add()
