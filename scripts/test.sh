@@ -10,7 +10,8 @@
 # runs deploy/local/up.sh end to end with nginx and Prometheus; check-deploy.sh validates the
 # deployment files offline; fuzz/run.sh runs the libFuzzer targets for 20 s each;
 # benchmarks/run.sh --quick runs every benchmark scenario for a few seconds so the harness cannot rot,
-# and benchmarks/sentinel.sh --quick does the same for the Sentinel figures.
+# and benchmarks/sentinel.sh --quick and benchmarks/cluster.sh --quick do the same for the Sentinel
+# and Cluster figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
@@ -82,4 +83,5 @@ if [ $# -eq 0 ]; then
     # On the debug build above (KEYGATE_BIN): a smoke test of the harness, not a measurement.
     stage "benchmarks --quick" bash benchmarks/run.sh --quick
     stage "sentinel benchmark --quick" bash benchmarks/sentinel.sh --quick
+    stage "cluster benchmark --quick" bash benchmarks/cluster.sh --quick
 fi

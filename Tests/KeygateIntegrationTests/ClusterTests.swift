@@ -89,6 +89,58 @@ import Testing
             #expect(fields == ["completed": 0, "dropped": 0, "in_flight": 0], "\(report.stdout)")
         }
     }
+
+    /// A standalone deployment moves to a Cluster as it is: the layout is the same on both, so
+    /// `redis-cli --cluster import` (each key copied to its slot's primary, with its TTL) is the
+    /// migration, and running it again changes nothing.
+    @Test func aStandaloneDeploymentMovesToTheClusterWithRedisCliImport() async throws {
+        try await RedisServerProcess.withServer { standalone in
+            let namespace = TestRedis.uniqueNamespace("import")
+            let source = try Self.makeStore(url: standalone.url, namespace: namespace)
+            defer { Task { await source.redis.shutdown() } }
+            var issued: [IssuedKey] = []
+            for index in 0..<8 {
+                issued.append(try await source.create(.init(user: "user-\(index % 2)", scopes: ["orders:read"]), actor: "test"))
+            }
+            try await source.revoke(id: issued[0].record.id, actor: "test")
+            let now = Date()
+            try await source.applyUsage(batchID: "standalone-run:1", issued.map { .init(hash: $0.record.hash, count: 5, lastUsedAt: now) }, at: now)
+            let events = try await source.events()
+            #expect(events.count == 9)
+
+            try await ClusterTopology.with { cluster in
+                for run in 1...2 { // the second run finds everything there already and replaces it with the same
+                    let result = try await runCommand("/usr/bin/redis-cli", [
+                        "--cluster", "import", "127.0.0.1:\(cluster.servers[0].port)",
+                        "--cluster-from", "127.0.0.1:\(standalone.port)", "--cluster-copy", "--cluster-replace",
+                    ])
+                    #expect(result.exitCode == 0, "import run \(run): \(result.stdout.suffix(500)) \(result.stderr)")
+                }
+                let target = try Self.makeStore(url: cluster.url, namespace: namespace)
+                defer { Task { await target.redis.shutdown() } }
+                try await target.redis.connect()
+                let loop = MultiThreadedEventLoopGroup.singleton.any()
+                for (index, key) in issued.enumerated() {
+                    switch try await target.lookup(key.record.hash, on: loop).get() {
+                    case .active(let id, _, let scopes, _):
+                        #expect(index != 0 && id == key.record.id && scopes == "orders:read")
+                    case .refused(let reason):
+                        #expect(index == 0 && reason == .revoked, "key \(index) refused: \(reason)")
+                    case .malformed:
+                        Issue.record("key \(index) came back malformed")
+                    }
+                    #expect(try await target.usage(id: key.record.id, now: now).total == 5)
+                }
+                #expect(try await target.list(user: "user-1").count == 4)
+                #expect(try await target.events() == events, "the audit trail came along")
+                // And the store keeps working there.
+                let fresh = try await target.create(.init(user: "user-1"), actor: "test")
+                #expect(try await target.list(user: "user-1").count == 5)
+                try await target.revoke(id: fresh.record.id, actor: "test")
+                #expect(try await target.events().count == 11)
+            }
+        }
+    }
 }
 
 /// Nodes (`keygate serve` in process) on a real Cluster: invalidation, usage, failover.
