@@ -32,100 +32,117 @@ final class DataPlaneContext: Sendable {
                                       trustedProxies: settings.trustedProxies)
     }
 
-    enum LimitCheck {
-        case proceed
-        /// Over the limit, but a valid key already cached: serve it (no Redis cost).
-        case serveCached(Decision, KeyHash)
-        /// Over the limit: 429 with this Retry-After.
-        case refuse(retryAfter: Int)
-    }
-
-    /// What to do with a request from `client` given the failure limiter.
-    func checkLimit(_ key: UnsafeRawBufferPointer, client: FailureLimiter.Client?) -> LimitCheck {
-        guard let client, limiter.isEnabled else { return .proceed }
-        let now = NIODeadline.now().uptimeNanoseconds
-        guard limiter.isBlocked(client, now: now) else { return .proceed }
-        if let (decision, hash) = verifier.cachedValid(key) { return .serveCached(decision, hash) }
-        metrics.count(.rateLimited)
-        return .refuse(retryAfter: limiter.retryAfterSeconds(client, now: now))
-    }
-
-    private func countFailure(_ client: FailureLimiter.Client?) {
-        guard let client, limiter.isEnabled else { return }
-        limiter.recordFailure(client, now: NIODeadline.now().uptimeNanoseconds)
-    }
-
     var isDraining: Bool { draining.load(ordering: .relaxed) }
     func startDraining() { draining.store(true, ordering: .relaxed) }
 
-    enum Outcome {
-        /// Decided now; `at` is the clock reading that ended the verification (uptime nanoseconds).
-        case decided(Decision, KeyHash?, at: UInt64)
-        case pending(EventLoopFuture<Decision>, KeyHash?)
+    // MARK: the verification step
+
+    /// What checking one request's key came to, ready to render: every count it implies (outcome
+    /// metrics, the key's use, the failure limiter, the log line) is already taken.
+    enum Verification {
+        case allowed(Verdict)
+        /// A valid key without a scope the route requires (403).
+        case forbidden
+        case invalid(InvalidReason)
+        /// Redis could not be asked, or could not answer in time (503: never 401 for "could not check").
+        case unavailable
+        /// The failure limiter refuses this client for now (429).
+        case limited(retryAfter: Int)
     }
 
-    /// Verifies and times the verification (a hit costs one more clock read and two atomic adds).
-    func verify(_ key: UnsafeRawBufferPointer, on eventLoop: any EventLoop) -> Outcome {
+    /// A verification decided on the event loop (a cache hit, a refusal), or one waiting for Redis
+    /// (its future completes on the request's event loop).
+    enum Step {
+        case done(Verification)
+        case pending(EventLoopFuture<Verification>)
+    }
+
+    /// One request's verification, in order: the failure limiter, the verifier (cache, then Redis),
+    /// the route's required scopes, then the accounting. A cache hit never leaves the event loop.
+    func check(_ key: UnsafeRawBufferPointer, required: [Substring] = [], client: FailureLimiter.Client?, requestID: String?,
+               usage: UsageRecorder.LoopCounter, on eventLoop: any EventLoop) -> Step {
+        if let client, limiter.isEnabled {
+            let now = NIODeadline.now().uptimeNanoseconds
+            if limiter.isBlocked(client, now: now) {
+                // Over the limit, but a valid key already cached is served (it costs no Redis).
+                guard let (decision, hash) = verifier.cachedValid(key) else {
+                    metrics.count(.rateLimited)
+                    return .done(.limited(retryAfter: limiter.retryAfterSeconds(client, now: now)))
+                }
+                return .done(settle(decision, hash: hash, required: required, client: nil, requestID: requestID, usage: usage, at: now))
+            }
+        }
         let start = NIODeadline.now().uptimeNanoseconds
         let (result, hash) = verifier.verifyReturningHash(key, on: eventLoop, now: start)
         switch result {
         case .decided(let decision):
             let end = NIODeadline.now().uptimeNanoseconds
             metrics.latency.observe(nanoseconds: end &- start)
-            return .decided(decision, hash, at: end)
+            return .done(settle(decision, hash: hash, required: required, client: client, requestID: requestID, usage: usage, at: end))
         case .pending(let future):
             let latency = metrics.latency
-            future.whenComplete { _ in latency.observe(nanoseconds: NIODeadline.now().uptimeNanoseconds &- start) }
-            return .pending(future, hash)
+            return .pending(future.hop(to: eventLoop).recover { _ in .unavailable }.map { decision in
+                let end = NIODeadline.now().uptimeNanoseconds
+                latency.observe(nanoseconds: end &- start)
+                return self.settle(decision, hash: hash, required: required, client: client, requestID: requestID,
+                                   usage: usage, at: end)
+            })
         }
     }
 
-    func writeAuthDecision(_ decision: Decision, hash: KeyHash?, required: [Substring], close: Bool, omitBody: Bool,
-                           requestID: String? = nil, client: FailureLimiter.Client? = nil, usage: UsageRecorder.LoopCounter,
-                           at uptimeNanoseconds: UInt64, into buffer: inout ByteBuffer) {
+    /// The accounting of one decision (on the request's event loop: `usage` is that loop's counter).
+    private func settle(_ decision: Decision, hash: KeyHash?, required: [Substring], client: FailureLimiter.Client?,
+                        requestID: String?, usage: UsageRecorder.LoopCounter, at uptimeNanoseconds: UInt64) -> Verification {
         logDecision(decision, hash: hash, requestID: requestID)
         switch decision {
         case .valid(let verdict):
             guard required.isEmpty || verdict.principal.grants(required) else {
                 metrics.count(.forbidden)
-                Responses.json(.forbidden, body: Responses.forbiddenBody, close: close, omitBody: omitBody, into: &buffer)
-                return
+                return .forbidden
             }
             metrics.count(.ok)
             if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
-            Responses.authorized(verdict, close: close, into: &buffer)
+            return .allowed(verdict)
         case .invalid(let reason):
             metrics.count(DataPlaneMetrics.Outcome(reason))
-            countFailure(client)
-            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
+            if let client, limiter.isEnabled { limiter.recordFailure(client, now: NIODeadline.now().uptimeNanoseconds) }
+            return .invalid(reason)
         case .unavailable:
             metrics.count(.unavailable)
-            Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: omitBody, into: &buffer)
+            return .unavailable
         }
     }
 
-    func writeVerifyDecision(_ decision: Decision, hash: KeyHash?, close: Bool, requestID: String? = nil,
-                             client: FailureLimiter.Client? = nil, usage: UsageRecorder.LoopCounter, at uptimeNanoseconds: UInt64,
-                             into buffer: inout ByteBuffer) {
-        logDecision(decision, hash: hash, requestID: requestID)
-        var body: [String: Any]
-        switch decision {
-        case .valid(let verdict):
-            metrics.count(.ok)
-            if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
+    // MARK: rendering
+
+    /// The forward-auth answer (`/auth`): 200 with the identity headers, or the refusal.
+    func renderAuth(_ verification: Verification, close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
+        switch verification {
+        case .allowed(let verdict): Responses.authorized(verdict, close: close, into: &buffer)
+        case .forbidden: Responses.json(.forbidden, body: Responses.forbiddenBody, close: close, omitBody: omitBody, into: &buffer)
+        case .invalid: Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
+        case .unavailable: Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: omitBody, into: &buffer)
+        case .limited(let retryAfter): Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: omitBody, into: &buffer)
+        }
+    }
+
+    /// The `/v1/verify` answer: 200 with `valid` and `code`, 429 from the failure limiter, 503 when
+    /// the verdict could not be established.
+    func renderVerify(_ verification: Verification, close: Bool, into buffer: inout ByteBuffer) {
+        let body: [String: Any]
+        switch verification {
+        case .allowed(let verdict):
             body = ["valid": true, "code": "VALID", "user": verdict.principal.user, "key_id": verdict.keyID.description,
                     "scopes": verdict.principal.scopes,
                     "expires_at": verdict.expiresAtMilliseconds == Int64.max ? NSNull() as Any
                         : RFC3339.string(Date(timeIntervalSince1970: Double(verdict.expiresAtMilliseconds) / 1000))]
         case .invalid(let reason):
-            metrics.count(DataPlaneMetrics.Outcome(reason))
-            countFailure(client)
             body = ["valid": false, "code": settings.detailedVerifyCodes ? reason.code : "INVALID", "user": NSNull(),
                     "key_id": NSNull(), "scopes": [String](), "expires_at": NSNull()]
-        case .unavailable:
-            metrics.count(.unavailable)
-            Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: false, into: &buffer)
-            return
+        case .forbidden, .unavailable: // /v1/verify requires no scope: only unavailable reaches here
+            return Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: false, into: &buffer)
+        case .limited(let retryAfter):
+            return Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: false, into: &buffer)
         }
         let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data("{}".utf8)
         Responses.json(.ok, body: String(decoding: data, as: UTF8.self), close: close, into: &buffer)

@@ -23,17 +23,24 @@ final class DataPlaneHandler: ChannelInboundHandler {
         case getAndHead = "GET, HEAD"
     }
 
+    /// Where the connection is: answering requests as they are read; waiting for one verdict from
+    /// Redis (later pipelined requests stay in the buffer), and whether to close once it is written;
+    /// closing once what is owed is flushed (Connection: close, drain, errors); closed.
+    enum State: Equatable {
+        case reading
+        case awaitingVerdict(thenClose: Bool)
+        case closing
+        case closed
+    }
+
     private let node: DataPlaneContext
     private let scanner: HTTPRequestScanner
+    private var state = State.reading
     /// Received bytes not yet answered (pipelined requests wait here).
     private var inbound: ByteBuffer?
-    private var waitingForRedis = false
     private var needsFlush = false
     /// The last response handed to the channel, recycled by `responseBuffer` for the next one.
     private var lastWritten: ByteBuffer?
-    /// Close once the responses owed have been written (Connection: close, drain, errors).
-    private var closeAfterResponses = false
-    private var closed = false
     /// The peer's address, for the failure limiter (nil for a Unix socket); read on first use.
     private var peer: FailureLimiter.Client??
     /// Idle timeout without a handler or a clock read per request: a check every half timeout
@@ -100,8 +107,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private func flushIfNeeded(context: ChannelHandlerContext) {
         guard needsFlush else { return }
         needsFlush = false
-        if closeAfterResponses && !waitingForRedis {
-            closed = true
+        if state == .closing {
+            state = .closed
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(NIOAny(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
                 loopBound.value.close(promise: nil)
@@ -119,10 +126,10 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// Idle or draining: close now, or after the response still owed. Bytes left in the buffer
     /// while no lookup is pending are an incomplete request, which is not worth waiting for.
     private func closeWhenIdle(context: ChannelHandlerContext) {
-        if !waitingForRedis {
-            context.close(promise: nil)
+        if case .awaitingVerdict = state {
+            state = .awaitingVerdict(thenClose: true)
         } else {
-            closeAfterResponses = true
+            context.close(promise: nil)
         }
     }
 
@@ -133,14 +140,14 @@ final class DataPlaneHandler: ChannelInboundHandler {
             deadline.cancel()
             requestDeadline = nil
         }
-        guard requestDeadline == nil, !closed, !waitingForRedis, (inbound?.readableBytes ?? 0) > 0 else { return }
+        guard requestDeadline == nil, state == .reading || state == .closing, (inbound?.readableBytes ?? 0) > 0 else { return }
         let timeout = TimeAmount(node.settings.requestTimeout)
         guard timeout.nanoseconds > 0 else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         requestDeadline = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = loopBound.value
             handler.requestDeadline = nil
-            guard !handler.closed, !handler.waitingForRedis, (handler.inbound?.readableBytes ?? 0) > 0 else { return }
+            guard handler.state == .reading || handler.state == .closing, (handler.inbound?.readableBytes ?? 0) > 0 else { return }
             handler.node.metrics.requestTimeouts.add(1, ordering: .relaxed)
             handler.fail(.requestTimeout, body: Responses.requestTimeoutBody, context: context)
             handler.flushIfNeeded(context: context)
@@ -153,7 +160,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private func processInbound(context: ChannelHandlerContext) {
         var answered = false
         defer { checkRequestDeadline(answered: answered, context: context) }
-        while !waitingForRedis && !closed && !closeAfterResponses, var buffer = inbound, buffer.readableBytes > 0 {
+        while state == .reading, var buffer = inbound, buffer.readableBytes > 0 {
             let consumed = buffer.withUnsafeReadableBytes { bytes -> Int? in
                 switch scanner.scan(bytes) {
                 case .incomplete:
@@ -190,14 +197,14 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private func fail(_ status: HTTPStatusLine, body: String, context: ChannelHandlerContext) {
         if status != .requestTimeout { node.metrics.count(.badRequest) }
         inbound = nil
-        closeAfterResponses = true
+        state = .closing
         writeJSON(status, body: body, close: true, omitBody: false, context: context)
     }
 
     private func handle(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer,
                         context: ChannelHandlerContext) {
         let close = !head.keepAlive || node.isDraining
-        if close { closeAfterResponses = true }
+        if close { state = .closing }
         let omitBody = head.method == .head
         if head.keyInURL {
             // On every route: the key already leaked into logs on the way here; say so loudly.
@@ -234,80 +241,58 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// Forward auth (`/auth`, `/auth/...`, any method).
     private func authorize(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, close: Bool, omitBody: Bool,
                            context: ChannelHandlerContext) {
-        var buffer = responseBuffer(context: context)
-        if head.keyCount > 1 {
+        guard head.keyCount <= 1 else {
             node.metrics.count(.badRequest)
-            Responses.json(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, into: &buffer)
-        } else if let keyRange = head.key {
-            let required = Self.scopes(head, bytes)
-            let requestID = node.logsRequests ? head.requestID.map { DataPlaneContext.requestID(Self.text(bytes, $0)) } ?? nil : nil
-            let key = UnsafeRawBufferPointer(rebasing: bytes[keyRange])
-            let client = limiterClient(head, bytes, context: context)
-            switch node.checkLimit(key, client: client) {
-            case .proceed:
-                break
-            case .serveCached(let decision, let hash):
-                node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                       requestID: requestID, usage: usage, at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
-                return write(buffer, context: context)
-            case .refuse(let retryAfter):
-                Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: omitBody, into: &buffer)
-                return write(buffer, context: context)
-            }
-            switch node.verify(key, on: context.eventLoop) {
-            case .decided(let decision, let hash, let decidedAt):
-                node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                       requestID: requestID, client: client, usage: usage, at: decidedAt, into: &buffer)
-            case .pending(let future, let hash):
-                waitForRedis(future, context: context) { decision, buffer in
-                    self.node.writeAuthDecision(decision, hash: hash, required: required, close: close, omitBody: omitBody,
-                                                requestID: requestID, client: client, usage: self.usage,
-                                                at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
-                }
-                return
-            }
-        } else {
-            node.metrics.count(.missing)
-            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
+            return writeJSON(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, context: context)
         }
-        write(buffer, context: context)
+        guard let keyRange = head.key else {
+            node.metrics.count(.missing)
+            var buffer = responseBuffer(context: context)
+            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
+            return write(buffer, context: context)
+        }
+        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: Self.scopes(head, bytes),
+                              client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
+                              usage: usage, on: context.eventLoop)
+        answer(step, context: context) { node, verification, buffer in
+            node.renderAuth(verification, close: close, omitBody: omitBody, into: &buffer)
+        }
     }
 
     /// `POST /v1/verify` with `{"key": "..."}`: always 200 with `valid` and `code`, except 503 when the
     /// verdict cannot be established.
     private func verifyBody(_ body: UnsafeRawBufferPointer, head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer,
                             close: Bool, context: ChannelHandlerContext) {
-        var buffer = responseBuffer(context: context)
-        guard let key = VerifyJSON.key(from: body) else {
+        guard var key = VerifyJSON.key(from: body) else {
             node.metrics.count(.badRequest)
-            Responses.json(.badRequest, body: Responses.badVerifyBody, close: close, into: &buffer)
-            return write(buffer, context: context)
+            return writeJSON(.badRequest, body: Responses.badVerifyBody, close: close, omitBody: false, context: context)
         }
-        let requestID = node.logsRequests ? head.requestID.map { DataPlaneContext.requestID(Self.text(bytes, $0)) } ?? nil : nil
-        var keyText = key
-        let client = limiterClient(head, bytes, context: context)
-        switch keyText.withUTF8({ node.checkLimit(UnsafeRawBufferPointer($0), client: client) }) {
-        case .proceed:
-            break
-        case .serveCached(let decision, let hash):
-            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, usage: usage,
-                                     at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
-            return write(buffer, context: context)
-        case .refuse(let retryAfter):
-            Responses.rateLimited(retryAfter: retryAfter, close: close, omitBody: false, into: &buffer)
-            return write(buffer, context: context)
+        let client = limiterClient(head, bytes, context: context), requestID = requestID(head, bytes)
+        let step = key.withUTF8 {
+            node.check(UnsafeRawBufferPointer($0), client: client, requestID: requestID, usage: usage, on: context.eventLoop)
         }
-        let outcome = keyText.withUTF8 { node.verify(UnsafeRawBufferPointer($0), on: context.eventLoop) }
-        switch outcome {
-        case .decided(let decision, let hash, let decidedAt):
-            node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, client: client,
-                                     usage: usage, at: decidedAt, into: &buffer)
+        answer(step, context: context) { node, verification, buffer in
+            node.renderVerify(verification, close: close, into: &buffer)
+        }
+    }
+
+    /// The proxy's `X-Request-Id` for the log line, only when request logs are on.
+    private func requestID(_ head: HTTPRequestScanner.Head, _ bytes: UnsafeRawBufferPointer) -> String? {
+        guard node.logsRequests, let range = head.requestID else { return nil }
+        return DataPlaneContext.requestID(Self.text(bytes, range))
+    }
+
+    /// Writes a decided verification now; for a pending one, holds the connection's later requests
+    /// until it completes, then writes it and continues.
+    private func answer(_ step: DataPlaneContext.Step, context: ChannelHandlerContext,
+                        render: @escaping (DataPlaneContext, DataPlaneContext.Verification, inout ByteBuffer) -> Void) {
+        switch step {
+        case .done(let verification):
+            var buffer = responseBuffer(context: context)
+            render(node, verification, &buffer)
             write(buffer, context: context)
-        case .pending(let future, let hash):
-            waitForRedis(future, context: context) { decision, buffer in
-                self.node.writeVerifyDecision(decision, hash: hash, close: close, requestID: requestID, client: client,
-                                              usage: self.usage, at: NIODeadline.now().uptimeNanoseconds, into: &buffer)
-            }
+        case .pending(let future):
+            waitForVerdict(future, context: context, render: render)
         }
     }
 
@@ -321,18 +306,19 @@ final class DataPlaneHandler: ChannelInboundHandler {
         return node.limiter.client(peer: peer, forwardedFor: head.forwardedFor.map { UnsafeRawBufferPointer(rebasing: bytes[$0]) })
     }
 
-    /// Holds the connection's later requests until the lookup answers, then writes and continues.
-    private func waitForRedis(_ future: EventLoopFuture<Decision>, context: ChannelHandlerContext,
-                              render: @escaping (Decision, inout ByteBuffer) -> Void) {
-        waitingForRedis = true
-        // The handler, its context and the renderer belong to this event loop; the future completes there.
+    /// Waits for the verdict (the future completes on this event loop), then writes it and answers
+    /// the requests read meanwhile.
+    private func waitForVerdict(_ future: EventLoopFuture<DataPlaneContext.Verification>, context: ChannelHandlerContext,
+                                render: @escaping (DataPlaneContext, DataPlaneContext.Verification, inout ByteBuffer) -> Void) {
+        state = .awaitingVerdict(thenClose: state == .closing)
+        // The handler, its context and the renderer belong to this event loop.
         let loopBound = NIOLoopBound((self, context, render), eventLoop: context.eventLoop)
-        future.hop(to: context.eventLoop).whenComplete { result in
+        future.whenComplete { result in
             let (handler, context, render) = loopBound.value
-            handler.waitingForRedis = false
+            if case .awaitingVerdict(let thenClose) = handler.state { handler.state = thenClose ? .closing : .reading }
             guard context.channel.isActive else { return }
             var buffer = handler.responseBuffer(context: context)
-            render((try? result.get()) ?? .unavailable, &buffer)
+            render(handler.node, (try? result.get()) ?? .unavailable, &buffer)
             handler.write(buffer, context: context)
             handler.flushIfNeeded(context: context)
             // Continue with the requests read meanwhile on a fresh stack. A lookup that fails at once
