@@ -452,6 +452,25 @@ public final class KeyStore: Sendable {
         return replies.contains { $0.int == 1 }
     }
 
+    // MARK: rate limits
+
+    /// Leases up to `wanted` tokens of `limit`'s window number `window` for the key `hash`, on
+    /// `eventLoop`'s connection (the verifier's path). The window's counter lives until a window
+    /// after its end, so a late lease still sees it.
+    public func leaseTokens(_ hash: KeyHash, limit: RateLimit, window: Int64, wanted: Int,
+                            on eventLoop: any EventLoop) -> EventLoopFuture<(granted: Int, handedOut: Int)> {
+        let key = layout.rateLimitWindow(hash, name: limit.name, window: window)
+        return redis.evalSHA(KeyStoreScripts.leaseTokens, keys: [.string(key)],
+                             arguments: [.integer(Int64(limit.limit)), .integer(Int64(max(1, wanted))),
+                                         .integer(2 * limit.durationMilliseconds)], on: eventLoop)
+            .flatMapThrowing { reply in
+                guard let parts = reply.array, parts.count == 2, let granted = parts[0].int, let handedOut = parts[1].int else {
+                    throw KeygateError(.internalError, "unexpected reply to a rate-limit lease")
+                }
+                return (Int(granted), Int(handedOut))
+            }
+    }
+
     // MARK: plumbing
 
     private func hash(forID id: String) async throws(KeygateError) -> KeyHash {

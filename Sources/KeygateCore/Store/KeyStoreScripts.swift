@@ -181,4 +181,19 @@ enum KeyStoreScripts {
     end
     return 1
     """)
+
+    /// Tokens of one rate-limit window, leased by a node that then admits requests from them without
+    /// asking Redis again. The window's key counts every token handed out, so the nodes together
+    /// never admit more than the limit in a window. A lease gets at most half of what is left (at
+    /// least one), so the last tokens of a window are shared out rather than held by one node.
+    /// KEYS: the window's counter (in the key's slot). ARGV: limit, tokens wanted, ttl ms.
+    /// Returns {granted, handed out in this window so far (granted included)}.
+    static let leaseTokens = RedisScript("""
+    local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+    local left = tonumber(ARGV[1]) - used
+    if left <= 0 then return {0, used} end
+    local take = math.min(tonumber(ARGV[2]), math.max(1, math.floor(left / 2)))
+    redis.call('SET', KEYS[1], used + take, 'PX', ARGV[3])
+    return {take, used + take}
+    """)
 }

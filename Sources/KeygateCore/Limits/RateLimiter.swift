@@ -1,0 +1,224 @@
+public import NIOCore
+import Synchronization
+
+/// The node's side of cluster-wide rate limits: tokens leased from Redis (`KeyStore.leaseTokens`)
+/// per key, limit and fixed window, then spent here without a Redis command per request.
+///
+/// Exact across nodes: a node admits a request only with a token it holds, and Redis hands out at
+/// most `limit` tokens per window in all, so the nodes together admit at most `limit` units in any
+/// one window (a period of `duration` that straddles two windows can see up to twice that, as with
+/// every fixed-window limiter). What a node leases and does not spend before the window ends is
+/// lost: the error is only ever fewer admitted, never more. A lease asks for a block of
+/// `limit / 20` tokens (1-1,000), and Redis grants at most half of what the window has left, so
+/// blocks shrink as the window fills and a small limit is decided token by token in Redis. A node
+/// leases the next block before its tokens run out (below half a block), so a busy key stays on the
+/// synchronous path.
+///
+/// With Redis unreachable, a pool without tokens admits, once per window, what this node leased in
+/// its previous window (its demonstrated share of the key's traffic; the whole limit if it has none
+/// yet) and counts those decisions in `localDecisions`.
+public final class RateLimiter: Sendable {
+    public typealias Lease = @Sendable (_ hash: KeyHash, _ limit: RateLimit, _ window: Int64, _ wanted: Int, _ on: any EventLoop)
+        -> EventLoopFuture<(granted: Int, handedOut: Int)>
+
+    public enum Admission: Sendable, Equatable {
+        /// `remaining`: what the window has left as this node knows it (an estimate: other nodes spend too).
+        case admitted(remaining: Int, resetsAt: Int64)
+        /// No tokens left in this window; `resetsAt` is its end (Unix milliseconds).
+        case refused(resetsAt: Int64)
+    }
+
+    public enum Step: Sendable {
+        case decided(Admission)
+        case pending(EventLoopFuture<Admission>)
+    }
+
+    private struct PoolKey: Hashable {
+        var hash: KeyHash
+        /// The whole limit: an edited limit starts a fresh pool rather than reusing the old one's tokens.
+        var limit: RateLimit
+    }
+
+    private struct Waiter {
+        var cost: Int
+        var promise: EventLoopPromise<Admission>
+    }
+
+    private struct Pool {
+        var window: Int64
+        /// Held by this node, not spent yet.
+        var tokens = 0
+        /// Handed out in the window by Redis to every node, as of this node's last lease.
+        var handedOut = 0
+        /// Redis had none left for this window.
+        var exhausted = false
+        /// A lease is in flight (one at a time per pool, so a burst on one node cannot take every
+        /// token of the window before the other nodes ask); requests that found no token wait here
+        /// for it, in order.
+        var leasing = false
+        var waiters: [Waiter] = []
+        /// Leased in this window, and in this node's previous window of this pool (its share).
+        var leased = 0
+        var previouslyLeased: Int?
+        /// The local allowance for Redis being unreachable was used in this window.
+        var fellBack = false
+    }
+
+    public struct Counters: Sendable {
+        public var admitted: UInt64 = 0
+        public var refused: UInt64 = 0
+        public var leases: UInt64 = 0
+        public var tokensLeased: UInt64 = 0
+        public var leaseFailures: UInt64 = 0
+        /// Requests decided with the local allowance while Redis could not be asked.
+        public var localDecisions: UInt64 = 0
+    }
+
+    private let pools = Mutex<[PoolKey: Pool]>([:])
+    private let counters = Mutex(Counters())
+    private let lease: Lease
+    private let clock: @Sendable () -> Int64
+    private let capacity: Int
+
+    /// - Parameters:
+    ///   - clock: Unix milliseconds (tests inject one).
+    ///   - capacity: pools kept; past it, pools of ended windows are dropped first.
+    public init(capacity: Int = 100_000, clock: @escaping @Sendable () -> Int64, lease: @escaping Lease) {
+        self.capacity = capacity
+        self.clock = clock
+        self.lease = lease
+    }
+
+    public var snapshot: Counters { counters.withLock { $0 } }
+
+    static func block(for limit: RateLimit) -> Int { min(1_000, max(1, limit.limit / 20)) }
+
+    /// Spends `cost` units of `limit` for `hash`: decided now from the tokens held, or after a lease.
+    public func admit(_ hash: KeyHash, _ limit: RateLimit, cost: Int = 1, on eventLoop: any EventLoop) -> Step {
+        let key = PoolKey(hash: hash, limit: limit)
+        let now = clock()
+        let (window, resetsAt) = limit.window(at: now)
+        let block = Self.block(for: limit)
+        enum Next { case admitted(Int, lease: Bool), refused, wait(EventLoopFuture<Admission>, lease: Bool) }
+        let next = pools.withLock { pools -> Next in
+            var pool = pools[key] ?? Self.pool(inserting: key, window: window, now: now, into: &pools, capacity: capacity)
+            Self.roll(&pool, to: window)
+            defer { pools[key] = pool }
+            if pool.tokens >= cost && pool.waiters.isEmpty {
+                pool.tokens -= cost
+                // The next block is asked for before this one runs out.
+                let ahead = !pool.exhausted && !pool.leasing && pool.tokens < block / 2
+                if ahead { pool.leasing = true }
+                return .admitted(max(0, limit.limit - pool.handedOut + pool.tokens), lease: ahead)
+            }
+            if pool.exhausted { return .refused }
+            let promise = eventLoop.makePromise(of: Admission.self)
+            pool.waiters.append(Waiter(cost: cost, promise: promise))
+            let start = !pool.leasing
+            pool.leasing = true
+            return .wait(promise.futureResult, lease: start)
+        }
+        switch next {
+        case .admitted(let remaining, let lease):
+            count { $0.admitted += 1 }
+            if lease { self.lease(key, window: window, resetsAt: resetsAt, on: eventLoop) }
+            return .decided(.admitted(remaining: remaining, resetsAt: resetsAt))
+        case .refused:
+            count { $0.refused += 1 }
+            return .decided(.refused(resetsAt: resetsAt))
+        case .wait(let future, let lease):
+            if lease { self.lease(key, window: window, resetsAt: resetsAt, on: eventLoop) }
+            return .pending(future)
+        }
+    }
+
+    /// A new window: the tokens held for the old one are gone, its lease total becomes the share.
+    private static func roll(_ pool: inout Pool, to window: Int64) {
+        guard pool.window != window else { return }
+        let share = pool.window == window - 1 ? pool.leased : nil
+        pool = Pool(window: window)
+        pool.previouslyLeased = share
+    }
+
+    private static func pool(inserting key: PoolKey, window: Int64, now: Int64, into pools: inout [PoolKey: Pool], capacity: Int) -> Pool {
+        if pools.count >= capacity {
+            // Pools of ended windows hold nothing worth keeping; if every pool is current, drop any
+            // half (their tokens are lost: fewer admitted, never more).
+            pools = pools.filter { $0.value.window >= $0.key.limit.window(at: now).index }
+            if pools.count >= capacity { pools = Dictionary(uniqueKeysWithValues: pools.prefix(capacity / 2).map { ($0.key, $0.value) }) }
+        }
+        return Pool(window: window)
+    }
+
+    /// Leases a block (enough for the waiters), then serves the waiters in order; leases again while
+    /// some still wait and the window has tokens left, refuses them once it has none.
+    private func lease(_ key: PoolKey, window: Int64, resetsAt: Int64, on eventLoop: any EventLoop) {
+        let wanted = pools.withLock { pools in
+            max(Self.block(for: key.limit), pools[key]?.waiters.reduce(0) { $0 + $1.cost } ?? 0)
+        }
+        count { $0.leases += 1 }
+        lease(key.hash, key.limit, window, wanted, eventLoop).whenComplete { result in
+            self.record(result)
+            var settled: [(EventLoopPromise<Admission>, Admission)] = []
+            var again = false
+            var local = 0
+            self.pools.withLock { pools in
+                guard var pool = pools[key] else { return }
+                defer { pools[key] = pool }
+                guard pool.window == window else {
+                    // The window ended while the lease was out: its tokens are of no use now.
+                    settled = pool.waiters.map { ($0.promise, .refused(resetsAt: resetsAt)) }
+                    pool.waiters = []
+                    return
+                }
+                switch result {
+                case .success(let grant):
+                    Self.add(grant, limit: key.limit, to: &pool)
+                case .failure:
+                    // Redis could not be asked: the local allowance, once per window.
+                    local = pool.waiters.count
+                    if !pool.fellBack {
+                        pool.fellBack = true
+                        pool.tokens += pool.previouslyLeased ?? key.limit.limit
+                    }
+                }
+                while let first = pool.waiters.first, pool.tokens >= first.cost {
+                    pool.tokens -= first.cost
+                    pool.waiters.removeFirst()
+                    settled.append((first.promise, .admitted(remaining: max(0, key.limit.limit - pool.handedOut + pool.tokens), resetsAt: resetsAt)))
+                }
+                if pool.waiters.isEmpty || pool.exhausted || local > 0 {
+                    settled += pool.waiters.map { ($0.promise, .refused(resetsAt: resetsAt)) }
+                    pool.waiters = []
+                    pool.leasing = false
+                } else {
+                    again = true
+                }
+            }
+            let admitted = settled.filter { if case .admitted = $0.1 { return true } else { return false } }.count
+            self.count { counters in
+                counters.admitted += UInt64(admitted)
+                counters.refused += UInt64(settled.count - admitted)
+                counters.localDecisions += UInt64(min(local, settled.count))
+            }
+            for (promise, admission) in settled { promise.succeed(admission) }
+            if again { self.lease(key, window: window, resetsAt: resetsAt, on: eventLoop) }
+        }
+    }
+
+    private static func add(_ grant: (granted: Int, handedOut: Int), limit: RateLimit, to pool: inout Pool) {
+        pool.tokens += grant.granted
+        pool.leased += grant.granted
+        pool.handedOut = max(pool.handedOut, grant.handedOut)
+        if grant.granted == 0 || grant.handedOut >= limit.limit { pool.exhausted = true }
+    }
+
+    private func record(_ result: Result<(granted: Int, handedOut: Int), any Error>) {
+        switch result {
+        case .success(let grant): count { $0.tokensLeased += UInt64(grant.granted) }
+        case .failure: count { $0.leaseFailures += 1 }
+        }
+    }
+
+    private func count(_ change: (inout Counters) -> Void) { counters.withLock { change(&$0) } }
+}
