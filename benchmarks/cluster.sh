@@ -28,36 +28,10 @@ else
     seconds=4; rounds=5; miss_keys=20000; flush_keys=2000; flush_batches=10; client_n=1000000; messages=1000
 fi
 
-if [ -n "${KEYGATE_BIN:-}" ]; then
-    keygate=$KEYGATE_BIN
-    tool_flags=(--scratch-path ../.build)
-else
-    keygate=$(../scripts/build-release.sh 2>/dev/null)
-    tool_flags=("${release_flags[@]}" --scratch-path ../.build)
-fi
-for product in keygate-bench-keys redis-client-bench usage-flush-bench; do
-    swift build "${tool_flags[@]}" --product "$product" >/dev/null
-done
-bin="$(swift build "${tool_flags[@]}" --show-bin-path)"
+# shellcheck source=scripts/node-pair.sh
+source scripts/node-pair.sh
+bench_setup cluster-bench keygate-bench-keys redis-client-bench usage-flush-bench
 
-work=$(mktemp -d -t keygate-cluster-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-# Servers on core 0, load generators on core 1, as in run.sh.
-start_redis() { # PORT EXTRA...
-    local port=$1
-    mkdir -p "$work/redis-$port"
-    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --repl-diskless-sync-delay 0 \
-        --dir "$work/redis-$port" --logfile "$work/redis-$port.log" "${@:2}" &
-    pids+=($!)
-    for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-}
 # Both topologies replicate: the standalone Redis has a replica as each primary of the cluster does,
 # and both nodes WAIT for one replica after each change, so both do the same writes.
 standalone_port=$(free_port)
@@ -94,20 +68,6 @@ namespace=cluster-bench
 
 # shellcheck disable=SC2034 # read through ${!port_var}
 port_standalone="" port_cluster=""
-start_node() { # NAME URL EXTRA...: sets port_NAME
-    local name=$1 url=$2 port control
-    port=$(free_port); control=$(free_port)
-    KEYGATE_LOG_LEVEL=warning taskset -c 0 "$keygate" serve --data-port "$port" --control-port "$control" --redis-url "$url" \
-        --namespace "$namespace" --threads 1 --usage-spill-path "$work/spill-$port.jsonl" "${@:3}" > "$work/node-$name.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 1 200); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/ready")" = 200 ] && break
-        sleep 0.05
-    done
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/ready")" = 200 ] \
-        || { echo "error: the $name node is not ready; log:" >&2; cat "$work/node-$name.log" >&2; exit 1; }
-    printf -v "port_$name" '%s' "$port"
-}
 
 # The same number of keys in each Redis; the hot key of each.
 for name in standalone cluster; do
@@ -128,8 +88,6 @@ start_node standalone_lookups "$standalone_url" --cache-capacity 16 --negative-c
 start_node cluster_lookups "$cluster_url" --cache-capacity 16 --negative-cache-capacity 16 --usage-flush-interval 10m
 results="$work/results.txt"
 : > "$results"
-rps() { awk '/Requests\/sec/ {print int($2)}' "$1"; }
-median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 for scenario in hit miss lookups; do
     for round in $(seq 1 "$rounds"); do
         for name in standalone cluster; do

@@ -19,36 +19,14 @@ quick=false
 [ "${1:-}" = --quick ] && quick=true
 if $quick; then seconds=2; rounds=1; miss_keys=3000; revokes=40; else seconds=4; rounds=5; miss_keys=30000; revokes=300; fi
 
-if [ -n "${KEYGATE_BIN:-}" ]; then
-    keygate=$KEYGATE_BIN
-    tool_flags=(--scratch-path ../.build)
-else
-    keygate=$(../scripts/build-release.sh 2>/dev/null)
-    tool_flags=("${release_flags[@]}" --scratch-path ../.build)
-fi
-swift build "${tool_flags[@]}" --product keygate-bench-keys >/dev/null
-bin="$(swift build "${tool_flags[@]}" --show-bin-path)"
+# shellcheck source=scripts/node-pair.sh
+source scripts/node-pair.sh
+bench_setup sentinel keygate-bench-keys
 
-work=$(mktemp -d -t keygate-sentinel.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-# Servers on core 0, load generators on core 1, as in run.sh.
 master_port=$(free_port); replica_port=$(free_port)
-start_redis() { # PORT [replicaof PORT]
-    taskset -c 0 redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --repl-diskless-sync-delay 0 \
-        --dir "$work" --dbfilename "dump-$1.rdb" --logfile "$work/redis-$1.log" ${2:+--replicaof 127.0.0.1 "$2"} &
-    pids+=($!)
-    for _ in $(seq 1 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && break; sleep 0.05; done
-}
 start_redis "$master_port"
 master_pid=${pids[-1]}
-start_redis "$replica_port" "$master_port"
+start_redis "$replica_port" --replicaof 127.0.0.1 "$master_port"
 sentinels=()
 for _ in 1 2 3; do
     port=$(free_port)
@@ -72,19 +50,6 @@ namespace=sentinel-bench
 
 # shellcheck disable=SC2034 # read through ${!port_var}
 port_standalone=""; control_standalone=""; port_sentinel=""; control_sentinel=""
-start_node() { # NAME URL EXTRA...: sets port_NAME, control_NAME
-    local name=$1 url=$2 port control
-    port=$(free_port); control=$(free_port)
-    KEYGATE_LOG_LEVEL=warning taskset -c 0 "$keygate" serve --data-port "$port" --control-port "$control" --redis-url "$url" \
-        --namespace "$namespace" --threads 1 --usage-spill-path "$work/spill-$port.jsonl" "${@:3}" > "$work/node-$name.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 1 200); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health/ready")" = 200 ] && break
-        sleep 0.05
-    done
-    printf -v "port_$name" '%s' "$port"
-    printf -v "control_$name" '%s' "$control"
-}
 
 "$bin/keygate-bench-keys" --url "$master_url" --namespace "$namespace" --count 1 --out "$work/hot.txt" >/dev/null
 "$bin/keygate-bench-keys" --url "$master_url" --namespace "$namespace" --count "$miss_keys" --out "$work/miss.txt" >/dev/null
@@ -97,8 +62,6 @@ start_node standalone "$master_url" --cache-capacity 16 --negative-cache-capacit
 start_node sentinel "$sentinel_url" --cache-capacity 16 --negative-cache-capacity 16
 results="$work/results.txt"
 : > "$results"
-rps() { awk '/Requests\/sec/ {print int($2)}' "$1"; }
-median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 for scenario in hit miss; do
     for round in $(seq 1 "$rounds"); do
         for name in standalone sentinel; do
