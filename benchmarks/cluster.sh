@@ -40,7 +40,7 @@ standalone_replica_port=$(free_port)
 start_redis "$standalone_replica_port" --replicaof 127.0.0.1 "$standalone_port"
 cluster_ports=()
 for _ in 1 2 3 4 5 6; do
-    port=$(free_port)
+    port=$(free_cluster_port)
     cluster_ports+=("$port")
     start_redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000
 done

@@ -42,6 +42,22 @@ for _ in range(100):
         s.close()'
 }
 
+# free_cluster_port: a free loopback port for a Redis Cluster member, whose cluster bus listens on
+# the port + 10,000 as well: both are checked, and kept below Linux's ephemeral range (32768 up), where
+# outgoing connections would take bus ports at random.
+free_cluster_port() {
+    python3 -c 'import random, socket
+for _ in range(200):
+    p = random.randrange(20000, 22700)
+    sockets = [socket.socket(), socket.socket()]
+    try:
+        sockets[0].bind(("127.0.0.1", p)); sockets[1].bind(("127.0.0.1", p + 10000)); print(p); break
+    except OSError:
+        pass
+    finally:
+        for s in sockets: s.close()'
+}
+
 # ensure_python_tools: the pinned PyPI tools the checks use, in .venv/ at the repository root (kept
 # out of git). Prints nothing when they are already there.
 python_tools=("schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "kubernetes-validate==1.37.0")

@@ -323,6 +323,7 @@ final class RedisClusterRouter: Sendable {
             case .failure: self.metrics.slotMapRefreshFailures.add()
             }
             if changed { self.onPrimariesChanged() }
+            if case .success(let map) = result { self.connectMissing(map) }
             promise.completeWith(result)
         }
         return promise.futureResult
@@ -429,6 +430,19 @@ final class RedisClusterRouter: Sendable {
             let slot = RedisConnectionSlot(eventLoop: loops[loop], configuration: node, topology: topology, circuit: circuit, metrics: metrics)
             state.connections[key] = slot
             return slot
+        }
+    }
+
+    /// Opens the connections a map needs that no command has opened yet (a replica promoted while
+    /// no traffic went to its slots): readiness counts every primary, used or not.
+    private func connectMissing(_ map: ClusterSlotMap) {
+        for (index, loop) in loops.enumerated() {
+            for primary in map.primaries {
+                let key = "\(index)@\(primary.description)"
+                guard state.withLock({ $0.connections[key] == nil && !$0.isShutDown }) else { continue }
+                let slot = connection(on: loop, to: primary)
+                slot.eventLoop.execute { _ = slot.connection(patience: self.configuration.connectTimeout) }
+            }
         }
     }
 
