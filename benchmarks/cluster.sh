@@ -48,16 +48,17 @@ members=()
 for port in "${cluster_ports[@]}"; do members+=("127.0.0.1:$port"); done
 redis-cli --cluster create "${members[@]}" --cluster-replicas 1 --cluster-yes > "$work/create.log" 2>&1 \
     || { echo "error: redis-cli --cluster create failed:" >&2; cat "$work/create.log" >&2; exit 1; }
-for _ in $(seq 1 200); do # every server agrees, and every replica is in sync (WAIT 1 needs them)
-    ok=0
+for _ in $(seq 1 300); do # every server agrees, and three replicas are in sync (WAIT 1 needs them)
+    ok=0; replicas=0
     for port in "${cluster_ports[@]}"; do
         redis-cli -p "$port" cluster info | grep -q '^cluster_state:ok' && ok=$((ok + 1))
-        redis-cli -p "$port" info replication | grep -q 'master_link_status:down' && ok=$((ok - 1))
+        info=$(redis-cli -p "$port" info replication | tr -d '\r')
+        [[ $info == *role:slave* && $info == *master_link_status:up* ]] && replicas=$((replicas + 1))
     done
-    [ "$ok" = 6 ] && break
+    [ "$ok" = 6 ] && [ "$replicas" = 3 ] && break
     sleep 0.1
 done
-[ "$ok" = 6 ] || { echo "error: the cluster did not settle within 20 s" >&2; exit 1; }
+if [ "$ok" != 6 ] || [ "$replicas" != 3 ]; then echo "error: the cluster did not settle within 30 s" >&2; exit 1; fi
 primaries=()
 for port in "${cluster_ports[@]}"; do
     redis-cli -p "$port" role | head -1 | grep -q master && primaries+=("$port")

@@ -80,22 +80,22 @@ start_redis() {
     redis-cli -p "$port" ping >/dev/null || { echo "error: redis-server did not start; see $run_dir/$name.log" >&2; exit 1; }
     echo "$name on 127.0.0.1:$port (data in $run_dir/$name)"
 }
-# wait_for_replicas PORT...: until every replica among them is in sync with its master (at most
-# 20 s): the first change WAITs for one, and a replica still loading its first copy confirms nothing.
+# wait_for_replicas COUNT PORT...: until COUNT of these servers are replicas in sync with their
+# master (at most 30 s): the first change WAITs for one, and a replica that is still being set up
+# (a new cluster's replicas start as masters) or loading its first copy confirms nothing.
 wait_for_replicas() {
-    local port synced
-    for _ in $(seq 1 200); do
-        synced=true
+    local wanted=$1 port synced info
+    shift
+    for _ in $(seq 1 300); do
+        synced=0
         for port in "$@"; do
-            if redis-cli -p "$port" info replication 2>/dev/null | grep -q '^role:slave' \
-                    && ! redis-cli -p "$port" info replication 2>/dev/null | grep -q '^master_link_status:up'; then
-                synced=false
-            fi
+            info=$(redis-cli -p "$port" info replication 2>/dev/null | tr -d '\r')
+            [[ $info == *role:slave* && $info == *master_link_status:up* ]] && synced=$((synced + 1))
         done
-        $synced && return 0
+        [ "$synced" -ge "$wanted" ] && return 0
         sleep 0.1
     done
-    echo "warning: a replica is not in sync with its master after 20 s; changes may answer not-replicated until it is" >&2
+    echo "warning: $synced of $wanted replicas in sync with their master after 30 s; changes may answer not-replicated until they are" >&2
 }
 
 if $cluster; then
@@ -118,7 +118,7 @@ if $cluster; then
         sleep 0.1
     done
     [ "$ok" -eq "${#cluster_ports[@]}" ] || { echo "error: the Redis Cluster did not reach cluster_state:ok within 20 s" >&2; exit 1; }
-    wait_for_replicas "${cluster_ports[@]}"
+    wait_for_replicas $((${#cluster_ports[@]} / 2)) "${cluster_ports[@]}"
     echo "Redis Cluster ok: $(redis-cli -p "${cluster_ports[0]}" cluster nodes | grep -c master) primaries, $(redis-cli -p "${cluster_ports[0]}" cluster nodes | grep -c slave) replicas"
     export KEYGATE_REDIS_URL=$cluster_url
 else
@@ -128,7 +128,7 @@ fi
 
 if $ha; then
     start_redis redis-replica "$replica_port" "$redis_port"
-    wait_for_replicas "$replica_port"
+    wait_for_replicas 1 "$replica_port"
     for port in "${sentinel_ports[@]}"; do
         name="sentinel-$port"
         if alive "$name"; then echo "$name already running (pid $(cat "$run_dir/$name.pid"))"; continue; fi

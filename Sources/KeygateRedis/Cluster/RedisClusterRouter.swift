@@ -39,13 +39,13 @@ final class RedisClusterRouter: Sendable {
         /// `"<loop index>@<host:port>"` -> that loop's connection to that primary.
         var connections: [String: RedisConnectionSlot] = [:]
         var topologies: [String: RedisTopology] = [:]
+        var circuits: [String: RedisCircuit] = [:]
+        var periodic: RepeatedTask?
+        var isShutDown = false
 
         func cached(loop: Int, index: Int) -> RedisConnectionSlot? {
             loop < byPrimaryIndex.count && index < byPrimaryIndex[loop].count ? byPrimaryIndex[loop][index] : nil
         }
-        var circuits: [String: RedisCircuit] = [:]
-        var periodic: RepeatedTask?
-        var isShutDown = false
     }
 
     init(configuration: RedisConfiguration, tlsContext: NIOSSLContext?, loops: [any EventLoop], metrics: RedisClientMetrics,
