@@ -254,8 +254,15 @@ final class DataPlaneHandler: ChannelInboundHandler {
         let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: Self.scopes(head, bytes),
                               client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
                               usage: usage, on: context.eventLoop)
-        answer(step, context: context) { node, verification, buffer in
+        switch step {
+        case .done(let verification): // a cache hit or a refusal: rendered here, no closure
+            var buffer = responseBuffer(context: context)
             node.renderAuth(verification, close: close, omitBody: omitBody, into: &buffer)
+            write(buffer, context: context)
+        case .pending(let future):
+            waitForVerdict(future, context: context) { node, verification, buffer in
+                node.renderAuth(verification, close: close, omitBody: omitBody, into: &buffer)
+            }
         }
     }
 
@@ -271,8 +278,15 @@ final class DataPlaneHandler: ChannelInboundHandler {
         let step = key.withUTF8 {
             node.check(UnsafeRawBufferPointer($0), client: client, requestID: requestID, usage: usage, on: context.eventLoop)
         }
-        answer(step, context: context) { node, verification, buffer in
+        switch step {
+        case .done(let verification):
+            var buffer = responseBuffer(context: context)
             node.renderVerify(verification, close: close, into: &buffer)
+            write(buffer, context: context)
+        case .pending(let future):
+            waitForVerdict(future, context: context) { node, verification, buffer in
+                node.renderVerify(verification, close: close, into: &buffer)
+            }
         }
     }
 
@@ -280,20 +294,6 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private func requestID(_ head: HTTPRequestScanner.Head, _ bytes: UnsafeRawBufferPointer) -> String? {
         guard node.logsRequests, let range = head.requestID else { return nil }
         return DataPlaneContext.requestID(Self.text(bytes, range))
-    }
-
-    /// Writes a decided verification now; for a pending one, holds the connection's later requests
-    /// until it completes, then writes it and continues.
-    private func answer(_ step: DataPlaneContext.Step, context: ChannelHandlerContext,
-                        render: @escaping (DataPlaneContext, DataPlaneContext.Verification, inout ByteBuffer) -> Void) {
-        switch step {
-        case .done(let verification):
-            var buffer = responseBuffer(context: context)
-            render(node, verification, &buffer)
-            write(buffer, context: context)
-        case .pending(let future):
-            waitForVerdict(future, context: context, render: render)
-        }
     }
 
     /// The address failures are counted against: the peer, or from `X-Forwarded-For` when the peer
