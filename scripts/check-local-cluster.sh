@@ -229,6 +229,7 @@ deploy/local/up.sh --redis-cluster > "$base_dir/up-cluster.out" || fail "up.sh -
 # shellcheck source=/dev/null
 source "$KEYGATE_LOCAL_DIR/keys.env"
 export KEYGATE_REDIS_URL="redis-cluster://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+lb="http://127.0.0.1:$KEYGATE_LOCAL_LB_PORT/hello"
 code() { curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $1" "$lb"; }
 [ "$(code "$DEMO_KEY")" = 200 ] || fail "Cluster: the demo key is not 200"
 cluster_status=$(deploy/local/status.sh) || fail "Cluster: status.sh reports a problem: $cluster_status"

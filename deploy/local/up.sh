@@ -12,6 +12,7 @@
 # --redis-cluster: Redis Cluster, three primaries and three replicas (AOF on each), slots spread by
 # `redis-cli --cluster create`; the nodes get a redis-cluster:// URL with three seeds, follow the slot
 # map (redirects, failovers, resharding) and WAIT 1 on each change. status.sh shows each server's role.
+# After a primary dies, its replica takes over; run up.sh again to bring the dead one back as a replica.
 #
 # Safe to run twice: what already runs is left alone, and the keys are kept. Stop with down.sh.
 # KEYGATE_BIN=/path/to/keygate skips the release build (the tests use their debug build).
@@ -29,7 +30,7 @@ for arg in "$@"; do
         --with-prometheus) with_prometheus=true ;;
         --ha) ha=true ;;
         --redis-cluster) cluster=true ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "error: unknown option $arg (see --help)" >&2; exit 64 ;;
     esac
 done
