@@ -30,7 +30,7 @@ for arg in "$@"; do
         --with-prometheus) with_prometheus=true ;;
         --ha) ha=true ;;
         --redis-cluster) cluster=true ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "error: unknown option $arg (see --help)" >&2; exit 64 ;;
     esac
 done
