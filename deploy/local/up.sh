@@ -208,8 +208,20 @@ if [ -f "$run_dir/keys.env" ]; then
 fi
 if [ -z "${ADMIN_KEY:-}" ] || [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $ADMIN_KEY" \
         "http://127.0.0.1:$(control_port 1)/v1/keys?user=demo")" != 200 ]; then
-    ADMIN_KEY=$("$bin" keys create --user local-admin --name "local cluster admin" --scope keygate:admin --json | key_of)
-    DEMO_KEY=$("$bin" keys create --user demo --name "demo key" --scope orders:read --json | key_of)
+    # A replica that has just synced (and is rewriting its append-only file) can miss the first WAIT's
+    # 200 ms: the CLI then says the change is not confirmed yet, and the same command is run again (the
+    # unconfirmed key stays in Redis, but its plaintext was never printed: no one can use it).
+    create_key() {
+        local json
+        for _ in 1 2 3 4 5; do
+            json=$("$bin" keys create "$@" --json) && { key_of <<< "$json"; return 0; }
+            sleep 1
+        done
+        echo "error: keys create $* failed five times" >&2
+        return 1
+    }
+    ADMIN_KEY=$(create_key --user local-admin --name "local cluster admin" --scope keygate:admin)
+    DEMO_KEY=$(create_key --user demo --name "demo key" --scope orders:read)
     umask 077
     printf 'ADMIN_KEY=%s\nDEMO_KEY=%s\n' "$ADMIN_KEY" "$DEMO_KEY" > "$run_dir/keys.env"
 fi
