@@ -1,8 +1,9 @@
 import Foundation
-import KeygateRedis
+@testable import KeygateRedis
 import KeygateTestSupport
 import NIOCore
 import NIOPosix
+import Synchronization
 import Testing
 
 @Suite struct RedisSubscriberIntegrationTests {
@@ -102,5 +103,34 @@ import Testing
             let again = await events.waitFor(from: (lost ?? first) + 1, timeout: .seconds(10), Self.isSubscribed)
             #expect(again != nil, "resubscribes once Redis answers again")
         }
+    }
+
+    /// A master change while the subscriber is connecting finds no connection to drop; the
+    /// connection then made belongs to the old generation and must be replaced, or the replay,
+    /// which trusts only a subscriber of the current generation, retries forever (seen once after
+    /// a Cluster failover).
+    @Test func replacesAConnectionMadeWhileTheMasterChanged() async throws {
+        let configuration = try TestRedis.configuration()
+        let generation = Atomic<UInt64>(0)
+        let connects = Atomic<Int>(0)
+        let subscriber = RedisSubscriber(
+            configuration: configuration,
+            connector: { loop in
+                let seen = generation.load(ordering: .relaxed)
+                return RedisConnection.connect(configuration: configuration, eventLoop: loop).map { connection in
+                    // The first connect races a change: it completes for the generation it started in.
+                    if connects.add(1, ordering: .relaxed).newValue == 1 { generation.store(1, ordering: .relaxed) }
+                    return (connection, seen)
+                }
+            },
+            currentGeneration: { generation.load(ordering: .relaxed) },
+            channels: [TestRedis.uniqueNamespace("ch")], pingInterval: .seconds(1), pingTimeout: .seconds(1),
+            bufferLimit: 100, eventLoop: MultiThreadedEventLoopGroup.singleton.any(), messageHandler: nil, lossHandler: nil)
+        let events = EventRecorder(subscriber.events)
+        let running = Task { await subscriber.run() }
+        defer { running.cancel() }
+        #expect(await events.waitFor(timeout: .seconds(5), Self.isSubscribed) != nil)
+        #expect(subscriber.connectionGeneration == 1, "the subscribed connection belongs to the current generation")
+        #expect(connects.load(ordering: .relaxed) == 2)
     }
 }

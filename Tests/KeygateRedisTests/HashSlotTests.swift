@@ -1,3 +1,4 @@
+import NIOCore
 import NIOPosix
 import Testing
 @testable import KeygateRedis
@@ -119,5 +120,32 @@ struct CommandRoutingTests {
         defer { Task { await plain.shutdown() } }
         #expect(throws: Never.self) { try plain.refuseCrossSlot([RedisCommand("MGET", ["foo", "bar"])]) }
         #expect(plain.scriptGroup(forKey: "foo") == 0)
+    }
+
+    @Test("a primary learnt from MOVED is not a changed primary once a refresh names it")
+    func movedPrimaryWithoutIDIsNotAFailover() throws {
+        func node(_ port: Int64, _ id: String) -> RESPValue {
+            .array([.bulkString(ByteBuffer(string: "127.0.0.1")), .integer(port), .bulkString(ByteBuffer(string: id))])
+        }
+        func slots(_ ranges: [(Int64, Int64, RESPValue)]) -> RESPValue {
+            .array(ranges.map { .array([.integer($0.0), .integer($0.1), $0.2]) })
+        }
+        let a = node(7000, "a"), b = node(7001, "b")
+        // Three slots' worth of map is enough: slot 0 on a, the rest on b.
+        let map = try #require(ClusterSlotMap(clusterSlots: slots([(0, 0, a), (1, 16_383, b)]), answeredBy: "127.0.0.1"))
+        #expect(map.primaryIDs == ["a", "b"])
+        // MOVED to b's address: b is known, so no primary is added.
+        #expect(map.moving(slot: 0, toHost: "127.0.0.1", port: 7001).primaries.count == 2)
+        // MOVED to an address the map does not know: added without an id, which does not count...
+        let moved = map.moving(slot: 0, toHost: "127.0.0.1", port: 7002)
+        #expect(moved.primaries.count == 3)
+        #expect(moved.primary(forSlot: 0)?.port == 7002)
+        #expect(moved.primaryIDs == ["a", "b"])
+        // ...so the refresh that names it as a primary that was there before is no change,
+        let named = try #require(ClusterSlotMap(clusterSlots: slots([(0, 0, node(7002, "a")), (1, 16_383, b)]), answeredBy: "127.0.0.1"))
+        #expect(named.primaryIDs == moved.primaryIDs)
+        // and one that names a new node is.
+        let replaced = try #require(ClusterSlotMap(clusterSlots: slots([(0, 0, node(7002, "c")), (1, 16_383, b)]), answeredBy: "127.0.0.1"))
+        #expect(replaced.primaryIDs != moved.primaryIDs)
     }
 }

@@ -136,7 +136,10 @@ public final class InvalidationService: Service, Sendable {
         let topology = store.topology
         let generation = topology.generation
         guard subscriber.connectionGeneration == generation else {
-            throw MasterChanged() // the subscriber is moving to the new master; its subscribe replays again
+            // The subscriber is moving to the new master, and its subscribe replays again. A live
+            // connection from an older generation is told to move: it would never replay otherwise.
+            if let live = subscriber.connectionGeneration, live < generation { subscriber.reconnect() }
+            throw MasterChanged()
         }
         defer { if topology.generation != generation { cache.markSuspect() } }
         guard let known = baseline.withLock({ $0 }), known.generation == generation else {

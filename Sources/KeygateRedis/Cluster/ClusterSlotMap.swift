@@ -66,6 +66,8 @@ public struct ClusterSlotMap: Sendable, Equatable {
     }
 
     /// The primaries' node ids: a different set after a refresh means a failover (a replica took
-    /// over) or a primary added or removed, not merely slots moved between the same primaries.
-    public var primaryIDs: Set<String> { Set(primaries.map(\.id)) }
+    /// over) or a primary added or removed, not merely slots moved between the same primaries. A
+    /// primary learnt from a `MOVED` has no id yet and does not count: the refresh that follows
+    /// names it, and comparing its empty id would report a change that did not happen.
+    public var primaryIDs: Set<String> { Set(primaries.map(\.id).filter { !$0.isEmpty }) }
 }

@@ -25,6 +25,8 @@ public final class RedisSubscriber: Sendable {
     private let configuration: RedisConfiguration
     /// Opens a connection and says which topology generation it belongs to.
     private let connector: @Sendable (any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)>
+    /// The topology's generation now, when it has one: a connection opened for an older one is stale.
+    private let currentGeneration: (@Sendable () -> UInt64)?
     /// The live connection and its generation, so `reconnect()` can close it.
     private let current = Mutex<(connection: RedisConnection, generation: UInt64)?>(nil)
     /// Bumped by `reconnect()`: cuts a backoff sleep short.
@@ -60,12 +62,16 @@ public final class RedisSubscriber: Sendable {
                             messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)? = nil,
                             lossHandler: (@Sendable () -> Void)? = nil) {
         let connector: @Sendable (any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)>
+        var currentGeneration: (@Sendable () -> UInt64)?
         if let topology {
+            currentGeneration = { topology.generation }
             connector = { loop in topology.connect(configuration, on: loop) }
         } else {
             connector = { loop in RedisConnection.connect(configuration: configuration, eventLoop: loop).map { ($0, 0) } }
         }
-        self.init(configuration: configuration, connector: connector, channels: channels, pingInterval: pingInterval,
+        self.init(configuration: configuration, connector: connector,
+                  currentGeneration: currentGeneration,
+                  channels: channels, pingInterval: pingInterval,
                   pingTimeout: pingTimeout, bufferLimit: bufferLimit, eventLoop: eventLoop,
                   messageHandler: messageHandler, lossHandler: lossHandler)
         if let topology {
@@ -80,10 +86,12 @@ public final class RedisSubscriber: Sendable {
 
     init(configuration: RedisConfiguration,
          connector: @escaping @Sendable (any EventLoop) -> EventLoopFuture<(RedisConnection, UInt64)>,
+         currentGeneration: (@Sendable () -> UInt64)? = nil,
          channels: [String], pingInterval: Duration, pingTimeout: Duration, bufferLimit: Int, eventLoop: any EventLoop,
          messageHandler: (@Sendable (_ channel: String, _ payload: ByteBuffer) -> Void)?,
          lossHandler: (@Sendable () -> Void)?) {
         self.connector = connector
+        self.currentGeneration = currentGeneration
         self.messageHandler = messageHandler
         self.lossHandler = lossHandler
         precondition(!channels.isEmpty, "subscribe to at least one channel")
@@ -123,6 +131,13 @@ public final class RedisSubscriber: Sendable {
             do {
                 let (connection, generation) = try await connector(eventLoop).get()
                 current.withLock { $0 = (connection, generation) }
+                if let currentGeneration, currentGeneration() > generation {
+                    // The master changed while this connection was being made: the change handler
+                    // found no connection to drop, and nothing else would ever replace this one.
+                    current.withLock { $0 = nil }
+                    _ = connection.close()
+                    continue
+                }
                 let session = SubscriberSession(subscriber: self, connection: connection)
                 let outcome = await withTaskCancellationHandler {
                     await session.run()
