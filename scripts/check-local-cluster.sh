@@ -80,12 +80,13 @@ victim_json=$("$KEYGATE_BIN" keys create --user victim --json)
 victim_key=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["key"])' "$victim_json")
 victim_id=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["id"])' "$victim_json")
 demo_id=$("$KEYGATE_BIN" keys list --user demo --json | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["id"])')
+limited_key=$("$KEYGATE_BIN" keys create --user limited --rate-limit 3/1d --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
 
 echo "== requests through nginx, revocation across the nodes, a node killed"
 python3 - "$KEYGATE_LOCAL_LB_PORT" "$DEMO_KEY" "$ADMIN_KEY" "$victim_key" "$victim_id" "$KEYGATE_BIN" \
-    "$KEYGATE_LOCAL_DIR" > "$KEYGATE_LOCAL_DIR/counts.json" <<'PY' || fail "the cluster checks failed"
+    "$KEYGATE_LOCAL_DIR" "$limited_key" > "$KEYGATE_LOCAL_DIR/counts.json" <<'PY' || fail "the cluster checks failed"
 import http.client, json, os, signal, subprocess, sys, time
-port, demo, admin, victim, victim_id, binary, run_dir = sys.argv[1:8]
+port, demo, admin, victim, victim_id, binary, run_dir, limited = sys.argv[1:9]
 connection = http.client.HTTPConnection("127.0.0.1", int(port), timeout=5)
 oks = {"demo": 0, "victim": 0}
 
@@ -120,6 +121,19 @@ connection.endheaders()
 response = connection.getresponse()
 twice = json.loads(response.read())
 expect(response.status == 400 and twice["error"] == "bad_request", f"two key headers gave {response.status} through nginx, not 400")
+
+# A key limited to 3 a day, over the three nodes: 3 answers pass with the quota headers, then the
+# node's 429 reaches the client as 429 with Retry-After and the RateLimit fields.
+answers = [get("/hello", {"X-API-Key": limited}) for _ in range(5)]
+expect([status for status, _, _ in answers] == [200, 200, 200, 429, 429], f"a key limited to 3 a day gave {[a[0] for a in answers]}")
+expect(answers[0][2].getheader("RateLimit-Policy") == '"default";q=3;w=86400', f"RateLimit-Policy {answers[0][2].getheader('RateLimit-Policy')!r}")
+expect((answers[0][2].getheader("RateLimit") or "").startswith('"default";r='), "no RateLimit field on a 200")
+refused = answers[3]
+expect(json.loads(refused[1])["error"] == "rate_limited", f"the 429 body was {refused[1]!r}")
+expect(int(refused[2].getheader("Retry-After") or 0) >= 1, "the 429 has no Retry-After")
+expect((refused[2].getheader("RateLimit") or "").startswith('"default";r=0;t='), "the 429 has no RateLimit field")
+expect(get("/hello", {"X-API-Key": demo})[2].getheader("RateLimit") is None, "an unlimited key got a RateLimit field")
+oks["demo"] += 1
 
 # Warm the victim's key on every node (nginx round-robins the auth subrequests), then revoke it.
 for _ in range(9):

@@ -78,6 +78,22 @@ extension KeyedDecodingContainer {
         return try decode(type, forKey: key)
     }
 
+    /// `[{"name": "default", "limit": 100, "duration_ms": 60000, "exact": false}]` (name and exact
+    /// optional), each checked as `RateLimit` checks it, and the list as a key's list must be.
+    func decodeRateLimits(forKey key: Key) throws -> [RateLimit]? {
+        guard let items = try decodeField([RateLimitItem].self, forKey: key) else { return nil }
+        do throws(KeygateError) {
+            let limits = try items.map { item throws(KeygateError) in
+                try RateLimit(name: item.name ?? "default", limit: item.limit, durationMilliseconds: item.durationMilliseconds,
+                              exact: item.exact ?? false)
+            }
+            try RateLimit.validate(limits)
+            return limits
+        } catch {
+            throw Problem(.invalidField, "rate_limits: \(error.message)", field: key.stringValue)
+        }
+    }
+
     /// An RFC 3339 timestamp (`2027-01-31T00:00:00Z`, fractional seconds allowed).
     func decodeTimestamp(forKey key: Key) throws -> Date {
         let text = try decode(String.self, forKey: key)
@@ -171,10 +187,11 @@ struct CreateKeyBody: Decodable {
     var scopes: [String]?
     var expiresAt: Date?
     var metadata: [String: String]?
+    var rateLimits: [RateLimit]?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case user, name, scopes, metadata
-        case expiresAt = "expires_at"
+        case expiresAt = "expires_at", rateLimits = "rate_limits"
     }
 
     init(from decoder: any Decoder) throws {
@@ -184,6 +201,7 @@ struct CreateKeyBody: Decodable {
         name = try container.decodeField(String.self, forKey: .name)
         scopes = try container.decodeField([String].self, forKey: .scopes)
         metadata = try container.decodeField([String: String].self, forKey: .metadata)
+        rateLimits = try container.decodeRateLimits(forKey: .rateLimits)
         if container.contains(.expiresAt), try !container.decodeNil(forKey: .expiresAt) {
             expiresAt = try container.decodeTimestamp(forKey: .expiresAt)
         }
@@ -197,7 +215,7 @@ struct UpdateKeyBody: Decodable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, scopes, metadata, enabled
-        case expiresAt = "expires_at"
+        case expiresAt = "expires_at", rateLimits = "rate_limits"
     }
 
     init(from decoder: any Decoder) throws {
@@ -206,6 +224,7 @@ struct UpdateKeyBody: Decodable {
         changes.name = try container.decodeField(String.self, forKey: .name)
         changes.scopes = try container.decodeField([String].self, forKey: .scopes)
         changes.metadata = try container.decodeField([String: String].self, forKey: .metadata)
+        changes.rateLimits = try container.decodeRateLimits(forKey: .rateLimits)
         if container.contains(.expiresAt) {
             changes.expiresAt = .some(try container.decodeNil(forKey: .expiresAt) ? nil : container.decodeTimestamp(forKey: .expiresAt))
         }
@@ -229,5 +248,33 @@ struct RotateKeyBody: Decodable {
         guard (0...Self.maximumGraceSeconds).contains(graceSeconds) else {
             throw Problem(.invalidField, "grace_seconds must be 0-\(Self.maximumGraceSeconds)", field: "grace_seconds")
         }
+    }
+}
+
+/// One entry of `rate_limits` in a request body.
+struct RateLimitItem: Decodable {
+    var name: String?
+    var limit: Int
+    var durationMilliseconds: Int64
+    var exact: Bool?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name, limit, exact
+        case durationMilliseconds = "duration_ms"
+    }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownFields(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decodeField(String.self, forKey: .name)
+        guard let limit = try container.decodeField(Int.self, forKey: .limit) else {
+            throw Problem(.invalidField, "rate_limits: every limit needs a limit", field: "rate_limits")
+        }
+        guard let duration = try container.decodeField(Int64.self, forKey: .durationMilliseconds) else {
+            throw Problem(.invalidField, "rate_limits: every limit needs a duration_ms", field: "rate_limits")
+        }
+        self.limit = limit
+        self.durationMilliseconds = duration
+        exact = try container.decodeField(Bool.self, forKey: .exact)
     }
 }

@@ -12,6 +12,8 @@ final class DataPlaneContext: Sendable {
     let usage: UsageRecorder
     let metrics: DataPlaneMetrics
     let limiter: FailureLimiter
+    /// Keys' own rate limits (the failure limiter above limits clients that fail).
+    let rateLimiter: RateLimiter
     let isReady: @Sendable () -> Bool
     let logger: Logger
     /// Per-request logs are debug level; checked once so a production node pays nothing for them.
@@ -19,9 +21,10 @@ final class DataPlaneContext: Sendable {
     private let draining = Atomic<Bool>(false)
     private let requestCounter = Atomic<UInt64>(0)
 
-    init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, metrics: DataPlaneMetrics,
+    init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, rateLimiter: RateLimiter, metrics: DataPlaneMetrics,
          logger: Logger, isReady: @escaping @Sendable () -> Bool) {
         self.settings = settings
+        self.rateLimiter = rateLimiter
         self.logger = logger
         self.logsRequests = logger.logLevel <= .debug
         self.verifier = verifier
@@ -41,6 +44,10 @@ final class DataPlaneContext: Sendable {
     /// metrics, the key's use, the failure limiter, the log line) is already taken.
     enum Verification {
         case allowed(Verdict)
+        /// Allowed by every one of the key's rate limits; the quota is the one with the least left.
+        case allowedWithin(Verdict, RateLimiter.Quota)
+        /// A rate limit of the key has nothing left in its window (429).
+        case overLimit(Verdict, RateLimiter.Quota)
         /// A valid key without a scope the route requires (403).
         case forbidden
         case invalid(InvalidReason)
@@ -58,9 +65,10 @@ final class DataPlaneContext: Sendable {
     }
 
     /// One request's verification, in order: the failure limiter, the verifier (cache, then Redis),
-    /// the route's required scopes, then the accounting. A cache hit never leaves the event loop.
-    func check(_ key: UnsafeRawBufferPointer, required: [Substring] = [], client: FailureLimiter.Client?, requestID: String?,
-               usage: UsageRecorder.LoopCounter, on eventLoop: any EventLoop) -> Step {
+    /// the route's required scopes, the key's rate limits (`cost` units), then the accounting. A
+    /// cache hit of a key whose limits hold tokens on this node never leaves the event loop.
+    func check(_ key: UnsafeRawBufferPointer, required: [Substring] = [], cost: Int = 1, client: FailureLimiter.Client?,
+               requestID: String?, usage: UsageRecorder.LoopCounter, on eventLoop: any EventLoop) -> Step {
         if let client, limiter.isEnabled {
             let now = NIODeadline.now().uptimeNanoseconds
             if limiter.isBlocked(client, now: now) {
@@ -69,7 +77,8 @@ final class DataPlaneContext: Sendable {
                     metrics.count(.rateLimited)
                     return .done(.limited(retryAfter: limiter.retryAfterSeconds(client, now: now)))
                 }
-                return .done(settle(decision, hash: hash, required: required, client: nil, requestID: requestID, usage: usage, at: now))
+                return settle(decision, hash: hash, required: required, cost: cost, client: nil, requestID: requestID, usage: usage,
+                              at: now, on: eventLoop)
             }
         }
         let start = NIODeadline.now().uptimeNanoseconds
@@ -78,39 +87,82 @@ final class DataPlaneContext: Sendable {
         case .decided(let decision):
             let end = NIODeadline.now().uptimeNanoseconds
             metrics.latency.observe(nanoseconds: end &- start)
-            return .done(settle(decision, hash: hash, required: required, client: client, requestID: requestID, usage: usage, at: end))
+            return settle(decision, hash: hash, required: required, cost: cost, client: client, requestID: requestID, usage: usage,
+                          at: end, on: eventLoop)
         case .pending(let future):
             let latency = metrics.latency
-            return .pending(future.hop(to: eventLoop).recover { _ in .unavailable }.map { decision in
+            return .pending(future.hop(to: eventLoop).recover { _ in .unavailable }.flatMap { decision in
                 let end = NIODeadline.now().uptimeNanoseconds
                 latency.observe(nanoseconds: end &- start)
-                return self.settle(decision, hash: hash, required: required, client: client, requestID: requestID,
-                                   usage: usage, at: end)
+                switch self.settle(decision, hash: hash, required: required, cost: cost, client: client, requestID: requestID,
+                                   usage: usage, at: end, on: eventLoop) {
+                case .done(let verification): return eventLoop.makeSucceededFuture(verification)
+                case .pending(let verification): return verification
+                }
             })
         }
     }
 
     /// The accounting of one decision (on the request's event loop: `usage` is that loop's counter).
-    private func settle(_ decision: Decision, hash: KeyHash?, required: [Substring], client: FailureLimiter.Client?,
-                        requestID: String?, usage: UsageRecorder.LoopCounter, at uptimeNanoseconds: UInt64) -> Verification {
+    private func settle(_ decision: Decision, hash: KeyHash?, required: [Substring], cost: Int, client: FailureLimiter.Client?,
+                        requestID: String?, usage: UsageRecorder.LoopCounter, at uptimeNanoseconds: UInt64,
+                        on eventLoop: any EventLoop) -> Step {
         logDecision(decision, hash: hash, requestID: requestID)
         switch decision {
         case .valid(let verdict):
             guard required.isEmpty || verdict.principal.grants(required) else {
                 metrics.count(.forbidden)
-                return .forbidden
+                return .done(.forbidden)
             }
-            metrics.count(.ok)
-            if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
-            return .allowed(verdict)
+            guard let limits = verdict.limits else {
+                metrics.count(.ok)
+                if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
+                return .done(.allowed(verdict))
+            }
+            switch rateLimiter.admit(limits.subject, limits.rateLimits, cost: cost, on: eventLoop) {
+            case .decided(let outcome):
+                return .done(count(outcome, verdict, hash: hash, usage: usage, at: uptimeNanoseconds))
+            case .pending(let future):
+                return .pending(future.hop(to: eventLoop).map { outcome in
+                    self.count(outcome, verdict, hash: hash, usage: usage, at: NIODeadline.now().uptimeNanoseconds)
+                })
+            }
         case .invalid(let reason):
             metrics.count(DataPlaneMetrics.Outcome(reason))
             if let client, limiter.isEnabled { limiter.recordFailure(client, now: NIODeadline.now().uptimeNanoseconds) }
-            return .invalid(reason)
+            return .done(.invalid(reason))
         case .unavailable:
             metrics.count(.unavailable)
-            return .unavailable
+            return .done(.unavailable)
         }
+    }
+
+    /// The accounting of a rate-limit outcome: only an admitted request is a use of the key.
+    private func count(_ outcome: RateLimiter.Outcome, _ verdict: Verdict, hash: KeyHash?, usage: UsageRecorder.LoopCounter,
+                       at uptimeNanoseconds: UInt64) -> Verification {
+        switch outcome {
+        case .admitted(let quota):
+            metrics.count(.ok)
+            if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
+            return .allowedWithin(verdict, quota)
+        case .refused(let quota):
+            metrics.count(.overLimit)
+            return .overLimit(verdict, quota)
+        }
+    }
+
+    /// Whole seconds until `quota`'s window ends, at least 1 (`Retry-After`, the `t` of `RateLimit`).
+    func secondsToReset(_ quota: RateLimiter.Quota) -> Int {
+        let now = Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down))
+        return Int(max(1, (quota.resetsAt - now + 999) / 1_000))
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), CRLF-terminated.
+    func rateLimitHeaders(_ verdict: Verdict, _ quota: RateLimiter.Quota, retryAfter: Bool) -> String {
+        let reset = secondsToReset(quota)
+        var headers = "RateLimit-Policy: \(verdict.limits?.policyHeader ?? "")\r\nRateLimit: \"\(quota.limit.name)\";r=\(quota.remaining);t=\(reset)\r\n"
+        if retryAfter { headers += "Retry-After: \(reset)\r\n" }
+        return headers
     }
 
     // MARK: rendering
@@ -119,6 +171,11 @@ final class DataPlaneContext: Sendable {
     func renderAuth(_ verification: Verification, close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
         switch verification {
         case .allowed(let verdict): Responses.authorized(verdict, close: close, into: &buffer)
+        case .allowedWithin(let verdict, let quota):
+            Responses.authorized(verdict, extraHeaders: rateLimitHeaders(verdict, quota, retryAfter: false), close: close, into: &buffer)
+        case .overLimit(let verdict, let quota):
+            Responses.json(.tooManyRequests, body: Responses.overLimitBody(quota, retryAfter: secondsToReset(quota)),
+                           extraHeaders: rateLimitHeaders(verdict, quota, retryAfter: true), close: close, omitBody: omitBody, into: &buffer)
         case .forbidden: Responses.json(.forbidden, body: Responses.forbiddenBody, close: close, omitBody: omitBody, into: &buffer)
         case .invalid: Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
         case .unavailable: Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: omitBody, into: &buffer)
@@ -129,13 +186,26 @@ final class DataPlaneContext: Sendable {
     /// The `/v1/verify` answer: 200 with `valid` and `code`, 429 from the failure limiter, 503 when
     /// the verdict could not be established.
     func renderVerify(_ verification: Verification, close: Bool, into buffer: inout ByteBuffer) {
-        let body: [String: Any]
+        var body: [String: Any]
+        func identity(_ verdict: Verdict, valid: Bool, code: String) -> [String: Any] {
+            ["valid": valid, "code": code, "user": verdict.principal.user, "key_id": verdict.keyID.description,
+             "scopes": verdict.principal.scopes,
+             "expires_at": verdict.expiresAtMilliseconds == Int64.max ? NSNull() as Any
+                 : RFC3339.string(Date(timeIntervalSince1970: Double(verdict.expiresAtMilliseconds) / 1000))]
+        }
+        func rateLimit(_ quota: RateLimiter.Quota) -> [String: Any] {
+            ["name": quota.limit.name, "limit": quota.limit.limit, "duration_ms": quota.limit.durationMilliseconds,
+             "remaining": quota.remaining, "reset": secondsToReset(quota)]
+        }
         switch verification {
         case .allowed(let verdict):
-            body = ["valid": true, "code": "VALID", "user": verdict.principal.user, "key_id": verdict.keyID.description,
-                    "scopes": verdict.principal.scopes,
-                    "expires_at": verdict.expiresAtMilliseconds == Int64.max ? NSNull() as Any
-                        : RFC3339.string(Date(timeIntervalSince1970: Double(verdict.expiresAtMilliseconds) / 1000))]
+            body = identity(verdict, valid: true, code: "VALID")
+        case .allowedWithin(let verdict, let quota):
+            body = identity(verdict, valid: true, code: "VALID")
+            body["rate_limit"] = rateLimit(quota)
+        case .overLimit(let verdict, let quota):
+            body = identity(verdict, valid: false, code: "RATE_LIMITED")
+            body["rate_limit"] = rateLimit(quota)
         case .invalid(let reason):
             body = ["valid": false, "code": settings.detailedVerifyCodes ? reason.code : "INVALID", "user": NSNull(),
                     "key_id": NSNull(), "scopes": [String](), "expires_at": NSNull()]
@@ -180,6 +250,8 @@ final class DataPlaneContext: Sendable {
 public final class DataPlaneMetrics: Sendable {
     public enum Outcome: Int, CaseIterable, Sendable {
         case ok, missing, malformed, unknown, revoked, disabled, expired, forbidden, unavailable, badRequest, rateLimited
+        /// A valid key over one of its own rate limits (`rateLimited` is the failure limiter's 429).
+        case overLimit
 
         init(_ reason: InvalidReason) {
             switch reason {
@@ -196,6 +268,7 @@ public final class DataPlaneMetrics: Sendable {
             switch self {
             case .badRequest: return "bad_request"
             case .rateLimited: return "ratelimited"
+            case .overLimit: return "over_limit"
             default: return "\(self)"
             }
         }

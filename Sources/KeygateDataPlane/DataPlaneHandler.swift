@@ -251,7 +251,11 @@ final class DataPlaneHandler: ChannelInboundHandler {
             Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
             return write(buffer, context: context)
         }
-        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: Self.scopes(head, bytes),
+        guard let cost = Self.cost(head, bytes) else {
+            node.metrics.count(.badRequest)
+            return writeJSON(.badRequest, body: Responses.badCostBody, close: close, omitBody: omitBody, context: context)
+        }
+        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: Self.scopes(head, bytes), cost: cost,
                               client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
                               usage: usage, on: context.eventLoop)
         switch step {
@@ -270,13 +274,15 @@ final class DataPlaneHandler: ChannelInboundHandler {
     /// verdict cannot be established.
     private func verifyBody(_ body: UnsafeRawBufferPointer, head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer,
                             close: Bool, context: ChannelHandlerContext) {
-        guard var key = VerifyJSON.key(from: body) else {
+        guard let request = VerifyJSON.request(from: body) else {
             node.metrics.count(.badRequest)
             return writeJSON(.badRequest, body: Responses.badVerifyBody, close: close, omitBody: false, context: context)
         }
+        var key = request.key
         let client = limiterClient(head, bytes, context: context), requestID = requestID(head, bytes)
         let step = key.withUTF8 {
-            node.check(UnsafeRawBufferPointer($0), client: client, requestID: requestID, usage: usage, on: context.eventLoop)
+            node.check(UnsafeRawBufferPointer($0), cost: request.cost, client: client, requestID: requestID, usage: usage,
+                       on: context.eventLoop)
         }
         switch step {
         case .done(let verification):
@@ -359,6 +365,20 @@ final class DataPlaneHandler: ChannelInboundHandler {
         return scopes
     }
 
+    /// `X-Keygate-Cost` (0-1,000,000; 1 without it). Nil for anything else, or for two of them: the
+    /// proxy sets exactly one, and a client must not pick the cheaper of two.
+    private static func cost(_ head: HTTPRequestScanner.Head, _ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard let range = head.cost else { return 1 }
+        guard head.extraCostHeaders == 0, !range.isEmpty, range.count <= 7 else { return nil }
+        var cost = 0
+        for index in range {
+            let digit = bytes[index]
+            guard digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else { return nil }
+            cost = cost * 10 + Int(digit - UInt8(ascii: "0"))
+        }
+        return cost <= VerifyJSON.maximumCost ? cost : nil
+    }
+
     private static func text(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String {
         String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
     }
@@ -367,12 +387,30 @@ final class DataPlaneHandler: ChannelInboundHandler {
 /// Sent to every connection when the node drains for shutdown.
 struct DrainEvent {}
 
-/// The `/v1/verify` request body.
+/// The `/v1/verify` request body: `{"key": "...", "cost": 1}` (`cost` optional).
 enum VerifyJSON {
-    static func key(from body: UnsafeRawBufferPointer) -> String? {
-        guard !body.isEmpty,
-              let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
-              let key = object["key"] as? String else { return nil }
-        return key
+    static let maximumCost = 1_000_000
+
+    private struct Body: Decodable {
+        var key: String
+        var cost: Int?
+
+        enum CodingKeys: String, CodingKey { case key, cost }
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            key = try container.decode(String.self, forKey: .key)
+            // Present means a number: `"cost": null` is a mistake, not "the default".
+            cost = container.contains(.cost) ? try container.decode(Int.self, forKey: .cost) : nil
+        }
+    }
+
+    /// Nil unless `key` is a string and `cost`, if present, a whole number in range (the decoder
+    /// refuses `true`, `1.5`, `"1"` and `null`).
+    static func request(from body: UnsafeRawBufferPointer) -> (key: String, cost: Int)? {
+        guard !body.isEmpty, let decoded = try? JSONDecoder().decode(Body.self, from: Data(body)) else { return nil }
+        let cost = decoded.cost ?? 1
+        guard (0...maximumCost).contains(cost) else { return nil }
+        return (decoded.key, cost)
     }
 }

@@ -23,6 +23,9 @@ struct HTTPRequestScanner {
         var keyInURL = false
         var requiredScopes: Range<Int>?
         var extraScopeHeaders = 0
+        /// `X-Keygate-Cost`, set by the proxy per route: the units a request spends of the key's limits.
+        var cost: Range<Int>?
+        var extraCostHeaders = 0
         var requestID: Range<Int>?
         /// The last `X-Forwarded-For` (read only from trusted proxies).
         var forwardedFor: Range<Int>?
@@ -168,6 +171,8 @@ struct HTTPRequestScanner {
             else if Self.containsIgnoringCase(bytes, value, "keep-alive") { head.keepAlive = true }
         case 25 where Self.equalsIgnoringCase(bytes, name, "x-keygate-required-scopes"):
             if head.requiredScopes == nil { head.requiredScopes = value } else { head.extraScopeHeaders += 1 }
+        case 14 where Self.equalsIgnoringCase(bytes, name, "x-keygate-cost"):
+            if head.cost == nil { head.cost = value } else { head.extraCostHeaders += 1 }
         case 12 where Self.equalsIgnoringCase(bytes, name, "x-request-id"):
             head.requestID = value
         case 15 where Self.equalsIgnoringCase(bytes, name, "x-forwarded-for"):

@@ -11,7 +11,8 @@ enum Responses {
     static let multipleKeysBody = #"{"error":"bad_request","message":"Send exactly one API key."}"#
     static let keyInURLBody = #"{"error":"bad_request","message":"API keys must not be sent in the URL; use the X-API-Key header."}"#
     static let badRequestBody = #"{"error":"bad_request","message":"Malformed request."}"#
-    static let badVerifyBody = #"{"error":"bad_request","message":"Expected a JSON body {\"key\": \"...\"}."}"#
+    static let badVerifyBody = #"{"error":"bad_request","message":"Expected a JSON body {\"key\": \"...\"} with an optional \"cost\" of 0-1000000."}"#
+    static let badCostBody = #"{"error":"bad_request","message":"X-Keygate-Cost must be one whole number 0-1000000."}"#
     static let rateLimitedBody = #"{"error":"too_many_requests","message":"Too many failed verifications from this address. Retry later."}"#
     static let tooLargeBody = #"{"error":"payload_too_large","message":"Request body too large."}"#
     static let requestTimeoutBody = #"{"error":"request_timeout","message":"The request did not arrive in time."}"#
@@ -52,11 +53,18 @@ enum Responses {
 
     /// 200 for forward auth, with the identity headers the proxy copies upstream (the user's and
     /// scopes' part pre-encoded per principal): four copies into the buffer.
-    static func authorized(_ verdict: Verdict, close: Bool, into buffer: inout ByteBuffer) {
+    static func authorized(_ verdict: Verdict, extraHeaders: String = "", close: Bool, into buffer: inout ByteBuffer) {
         buffer.writeStaticString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Keygate-Key-Id: ")
         verdict.keyID.write(into: &buffer)
         buffer.writeBytes(verdict.principal.identityHeaders)
+        if !extraHeaders.isEmpty { buffer.writeString(extraHeaders) }
         buffer.writeStaticString(close ? "Connection: close\r\n\r\n" : "\r\n")
+    }
+
+    /// The 429 of a key over its own limit (names are `[a-z0-9_-]`: no escaping needed).
+    static func overLimitBody(_ quota: RateLimiter.Quota, retryAfter: Int) -> String {
+        #"{"error":"rate_limited","limit":"\#(quota.limit.name)","message":"This API key's rate limit '\#(quota.limit.name)' "#
+            + #"(\#(quota.limit.limit) per \#(quota.limit.durationMilliseconds) ms) is used up. Retry after \#(retryAfter) s."}"#
     }
 }
 

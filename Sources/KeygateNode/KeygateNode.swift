@@ -3,6 +3,7 @@ public import KeygateCore
 public import KeygateDataPlane
 public import KeygateRedis
 public import Logging
+import Foundation
 import NIOCore
 public import NIOPosix
 public import ServiceLifecycle
@@ -24,6 +25,8 @@ public final class KeygateNode: Sendable {
     public let verifier: Verifier
     public let invalidation: InvalidationService
     public let usage: UsageRecorder
+    /// Keys' rate limits: tokens leased from Redis and spent on this node.
+    public let rateLimiter: RateLimiter
     public let flusher: UsageFlusher
     /// Finishes changes a crashed writer left half-done.
     public let repair: RepairService
@@ -62,7 +65,11 @@ public final class KeygateNode: Sendable {
                                     nodeID: configuration.nodeID, logger: logger)
         self.repair = RepairService(store: adminStore, logger: logger)
         let cache = verifier.cache
-        self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage, group: group,
+        let rateLimiter = RateLimiter(clock: { Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down)) }) { subject, limit, window, wanted, loop in
+            store.leaseTokens(subject: subject, limit: limit, window: window, wanted: wanted, on: loop)
+        }
+        self.rateLimiter = rateLimiter
+        self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage, rateLimiter: rateLimiter, group: group,
                                          logger: logger, isReady: { redis.isConnected && cache.isTrusted })
         let metricsSource = MetricsSource()
         self.controlPlane = ControlPlane(settings: configuration.controlPlane, store: adminStore, verifier: verifier,

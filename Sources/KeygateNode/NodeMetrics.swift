@@ -114,6 +114,15 @@ enum NodeMetrics {
         text.counter("keygate_usage_spilled_total", help: "Key counts written to the spill file while Redis was failing.", usage.spilled.load(ordering: .relaxed))
         text.counter("keygate_usage_dropped_total", help: "Key counts dropped (no spill file, or it failed). Should stay 0.", usage.dropped.load(ordering: .relaxed))
 
+        let limits = node.rateLimiter.snapshot
+        text.counter("keygate_ratelimit_decisions_total", help: "Rate-limit decisions, per limit checked (a request against two limits counts twice); result=local: decided with the node's local share while Redis could not be asked (also counted as admitted or refused).",
+                     samples: [([("result", "admitted")], Double(limits.admitted)), ([("result", "refused")], Double(limits.refused)),
+                               ([("result", "local")], Double(limits.localDecisions))])
+        text.counter("keygate_ratelimit_leases_total", help: "Token leases asked of Redis (result=failed: Redis could not be asked).",
+                     samples: [([("result", "ok")], Double(limits.leases - min(limits.leases, limits.leaseFailures))),
+                               ([("result", "failed")], Double(limits.leaseFailures))])
+        text.counter("keygate_ratelimit_tokens_leased_total", help: "Rate-limit tokens Redis handed to this node.", limits.tokensLeased)
+
         text.gauge("keygate_data_plane_open_connections", help: "Open data-plane connections.", Double(data.openConnections.load(ordering: .relaxed)))
         text.counter("keygate_data_plane_refused_connections_total", help: "Connections answered 503 because the connection cap was reached.",
                      data.refusedConnections.load(ordering: .relaxed))

@@ -6,7 +6,7 @@ struct KeysCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keys",
         abstract: "Create, list, show, revoke, rotate and meter API keys.",
-        subcommands: [Create.self, List.self, Show.self, Revoke.self, Disable.self, Enable.self, Rotate.self, Usage.self]
+        subcommands: [Create.self, List.self, Show.self, Update.self, Revoke.self, Disable.self, Enable.self, Rotate.self, Usage.self]
     )
 
     struct Create: AsyncParsableCommand {
@@ -20,6 +20,8 @@ struct KeysCommand: AsyncParsableCommand {
         var expiresIn: HumanDuration?
         @Option(name: .customLong("meta"), help: "Metadata as key=value; repeat for several.")
         var metadata: [String] = []
+        @Option(name: .customLong("rate-limit"), help: ArgumentHelp(KeysCommand.rateLimitHelp, valueName: "[name=]limit/duration[:exact]"))
+        var rateLimits: [String] = []
 
         func run() async throws {
             try await reportingFailures {
@@ -31,7 +33,7 @@ struct KeysCommand: AsyncParsableCommand {
                 }
                 let request = KeyStore.NewKey(user: user, name: name, scopes: scopes,
                                               expiresAt: expiresIn.map { Date().addingTimeInterval($0.seconds) },
-                                              metadata: pairs)
+                                              metadata: pairs, rateLimits: try KeysCommand.parseRateLimits(rateLimits))
                 let issued = try await options.withStore { try await $0.create(request, actor: GlobalOptions.actor) }
                 if options.json { try Output.json(issued) } else { Output.issued(issued) }
             }
@@ -62,6 +64,55 @@ struct KeysCommand: AsyncParsableCommand {
                 if options.json { try Output.json(record) } else { Output.details(record) }
             }
         }
+    }
+
+    struct Update: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a key's name, scopes or rate limits; every node applies it within the invalidation bound.",
+            discussion: "Options given replace the key's value (--scope and --rate-limit replace the whole list); the rest stay as they are.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "Key id (key_...).") var id: String
+        @Option(help: "A new label.") var name: String?
+        @Option(name: .customLong("scope"), help: "The scopes the key grants from now on; repeat for several.")
+        var scopes: [String] = []
+        @Flag(help: "Remove every scope.") var noScopes = false
+        @Option(name: .customLong("rate-limit"), help: ArgumentHelp(KeysCommand.rateLimitHelp, valueName: "[name=]limit/duration[:exact]"))
+        var rateLimits: [String] = []
+        @Flag(help: "Remove every rate limit.") var noRateLimits = false
+
+        func validate() throws {
+            if noScopes && !scopes.isEmpty { throw ValidationError("--no-scopes and --scope contradict each other") }
+            if noRateLimits && !rateLimits.isEmpty { throw ValidationError("--no-rate-limits and --rate-limit contradict each other") }
+        }
+
+        func run() async throws {
+            try await reportingFailures {
+                var changes = KeyStore.KeyChanges(name: name)
+                if noScopes { changes.scopes = [] } else if !scopes.isEmpty { changes.scopes = scopes }
+                if noRateLimits { changes.rateLimits = [] } else if !rateLimits.isEmpty {
+                    changes.rateLimits = try KeysCommand.parseRateLimits(rateLimits)
+                }
+                let record = try await options.withStore { try await $0.update(id: id, changes, actor: GlobalOptions.actor) }
+                if options.json { try Output.json(record) } else { Output.details(record) }
+            }
+        }
+    }
+
+    static let rateLimitHelp = "A rate limit enforced on every node, e.g. 100/1m or hourly=5000/1h (units ms, s, m, h, d); :exact decides each request in Redis. Repeat for several: a request must pass all."
+
+    /// `--rate-limit` values; unnamed ones are named after their duration when there are several.
+    static func parseRateLimits(_ texts: [String]) throws -> [RateLimit] {
+        let limits = try texts.map { text throws(KeygateError) -> RateLimit in
+            let unnamed = !text.contains("=")
+            var limit = try RateLimit(parsing: text)
+            if unnamed && texts.count > 1 {
+                let duration = text.split(separator: "/").last.map { String($0.split(separator: ":")[0]) } ?? ""
+                limit = try RateLimit(name: duration, limit: limit.limit, durationMilliseconds: limit.durationMilliseconds, exact: limit.exact)
+            }
+            return limit
+        }
+        try RateLimit.validate(limits)
+        return limits
     }
 
     struct Revoke: AsyncParsableCommand {
@@ -97,7 +148,7 @@ struct KeysCommand: AsyncParsableCommand {
     struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Issue a successor key; the old one keeps working for the grace period.",
-            discussion: "The successor has the same user, name, scopes, metadata and expiry. Both keys keep their usage history and are linked (rotated_to / rotated_from).")
+            discussion: "The successor has the same user, name, scopes, metadata, rate limits and expiry, and draws on the same rate-limit windows. Both keys keep their usage history and are linked (rotated_to / rotated_from).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Key id (key_...).") var id: String
         @Option(help: ArgumentHelp("How long the old key stays valid.", valueName: HumanDuration.formatHelp))

@@ -51,6 +51,7 @@ enum Output {
             ("last_used_at", date(record.lastUsedAt)), ("version", String(record.version)),
             ("rotated_from", record.rotatedFrom ?? "-"), ("rotated_to", record.rotatedTo ?? "-"),
             ("metadata", record.metadata.isEmpty ? "-" : record.metadata.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")),
+            ("rate_limits", record.rateLimits.isEmpty ? "-" : record.rateLimits.map(\.text).joined(separator: " ")),
         ]
         for (label, value) in rows { print(label.padding(toLength: 13, withPad: " ", startingAt: 0) + DisplayText.escaped(value)) }
     }

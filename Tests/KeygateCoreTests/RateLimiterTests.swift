@@ -13,12 +13,12 @@ import Testing
         let leases = Atomic<Int>(0)
         let down = Atomic<Bool>(false)
 
-        func lease(_ hash: KeyHash, _ limit: RateLimit, _ window: Int64, _ wanted: Int, _ loop: any EventLoop)
+        func lease(_ subject: String, _ limit: RateLimit, _ window: Int64, _ wanted: Int, _ loop: any EventLoop)
             -> EventLoopFuture<(granted: Int, handedOut: Int)> {
             leases.add(1, ordering: .relaxed)
             guard !down.load(ordering: .relaxed) else { return loop.makeFailedFuture(KeygateError(.unavailable, "Redis is down")) }
             let grant = handedOut.withLock { table -> (Int, Int) in
-                let key = "\(hash.hex):\(limit.name):\(window)"
+                let key = "\(subject):\(limit.name):\(window)"
                 let used = table[key, default: 0], left = limit.limit - used
                 guard left > 0 else { return (0, used) }
                 let take = min(wanted, max(1, left / 2))
@@ -39,7 +39,7 @@ import Testing
     }
 
     static let loop = MultiThreadedEventLoopGroup.singleton.next()
-    static let hash = KeyHasher().hash("kg_rate_limited_key")
+    static let hash = "key_rate_limited"
 
     static func admitted(_ step: RateLimiter.Step) async throws -> Bool {
         switch step {
@@ -125,5 +125,59 @@ import Testing
         #expect(admitted == share, "the share it leased in the window before")
         #expect(node.snapshot.localDecisions == 13, "the first admission and the 12 refusals asked Redis and fell back")
         #expect(node.snapshot.leaseFailures == 13)
+    }
+
+    @Test func theRecordFormRoundTripsAndRefusesWhatItDidNotWrite() throws {
+        let limits = [try RateLimit(parsing: "100/1m"), try RateLimit(parsing: "hourly=5000/1h:exact")]
+        #expect(limits[1].exact)
+        let text = RateLimit.storageText(limits)
+        #expect(text == "default:100:60000 hourly:5000:3600000:exact")
+        #expect(RateLimit.fromStorage(Substring(text)) == limits)
+        #expect(RateLimit.fromStorage("") == [])
+        for bad in ["default:100", "default:0:60000", "Bad:1:1000", "x:1:1000:fast", "x:1:10"] {
+            #expect(RateLimit.fromStorage(Substring(bad)) == nil, "\(bad)")
+        }
+        #expect(limits.map(\.text) == ["default=100/1m", "hourly=5000/1h:exact"])
+        #expect(throws: KeygateError.self) { try RateLimit.validate([limits[0], limits[0]]) }
+        #expect(throws: KeygateError.self) {
+            try RateLimit.validate((0..<9).map { try RateLimit(name: "l\($0)", limit: 1, durationMilliseconds: 1_000) })
+        }
+    }
+
+    static func outcome(_ step: RateLimiter.OutcomeStep) async throws -> RateLimiter.Outcome {
+        switch step {
+        case .decided(let outcome): return outcome
+        case .pending(let future): return try await future.get()
+        }
+    }
+
+    @Test func aRequestMustPassEveryLimitAndARefusalGivesTheOthersBack() async throws {
+        let redis = FakeRedis(), clock = Clock()
+        let node = Self.limiter(redis, clock)
+        let wide = try RateLimit(name: "wide", limit: 2, durationMilliseconds: 60_000)
+        let narrow = try RateLimit(name: "narrow", limit: 1, durationMilliseconds: 60_000)
+        guard case .admitted(let quota) = try await Self.outcome(node.admit(Self.hash, [wide, narrow], on: Self.loop)) else {
+            Issue.record("the first request was refused"); return
+        }
+        #expect(quota.limit == narrow && quota.remaining == 0, "the quota shown is the one with the least left")
+        guard case .refused(let refusal) = try await Self.outcome(node.admit(Self.hash, [wide, narrow], on: Self.loop)) else {
+            Issue.record("the second request was admitted past the narrow limit"); return
+        }
+        #expect(refusal.limit == narrow)
+        // The unit the wide limit gave the refused request came back: one is still there.
+        #expect(try await Self.admitted(node.admit(Self.hash, wide, on: Self.loop)))
+        #expect(try await !Self.admitted(node.admit(Self.hash, wide, on: Self.loop)))
+    }
+
+    @Test func anExactLimitHoldsNoTokensOnAnyNode() async throws {
+        let redis = FakeRedis(), clock = Clock()
+        let nodes = (0..<3).map { _ in Self.limiter(redis, clock) }
+        let limit = try RateLimit(name: "default", limit: 1_000, durationMilliseconds: 60_000, exact: true)
+        var admitted = 0
+        for index in 0..<300 where try await Self.admitted(nodes[index % 3].admit(Self.hash, limit, on: Self.loop)) { admitted += 1 }
+        #expect(admitted == 300)
+        // Every unit handed out was spent: no node leased ahead of a request.
+        #expect(redis.handedOut.withLock { $0.values.reduce(0, +) } == 300)
+        #expect(redis.leases.load(ordering: .relaxed) == 300)
     }
 }

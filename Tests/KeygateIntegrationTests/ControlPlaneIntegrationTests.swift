@@ -208,6 +208,51 @@ import Testing
         }
     }
 
+    @Test func rateLimitsThroughTheAPI() async throws {
+        try await Self.withAPI { node, api, admin in
+            let created = try await api.call(.post, "/v1/keys", key: admin, json: #"""
+                {"user":"alice","scopes":["keygate:self"],"rate_limits":[{"limit":100,"duration_ms":60000},{"name":"hourly","limit":5000,"duration_ms":3600000,"exact":true}]}
+                """#)
+            #expect(created.status == .created)
+            let limits = created.json["rate_limits"] as? [[String: Any]]
+            #expect(limits?.count == 2)
+            #expect(limits?.first?["name"] as? String == "default")
+            #expect(limits?.last?["exact"] as? Bool == true)
+            let id = try #require(created.json["id"] as? String)
+            let key = try #require(created.json["key"] as? String)
+
+            // Each bad list is a 422 naming the field, and changes nothing.
+            for bad in [#"[{"limit":0,"duration_ms":60000}]"#, #"[{"limit":10,"duration_ms":10}]"#, #"[{"name":"Bad Name","limit":1,"duration_ms":1000}]"#,
+                        #"[{"limit":1,"duration_ms":1000},{"limit":2,"duration_ms":2000}]"#, #"[{"limit":1}]"#, #"[{"limit":1,"duration_ms":1000,"burst":2}]"#,
+                        #"{"limit":1}"#] {
+                let reply = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"rate_limits":\#(bad)}"#)
+                #expect(reply.status == .unprocessableContent, "\(bad): \(reply.status)")
+                if !bad.contains("burst") && bad.hasPrefix("[") {
+                    #expect(reply.json["field"] as? String == "rate_limits", "\(bad): \(reply.text)")
+                }
+            }
+            #expect(try await node.node.store.record(id: id).rateLimits.count == 2)
+
+            // PATCH replaces the list; the audit event names the field.
+            let patched = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"rate_limits":[{"limit":7,"duration_ms":1000}]}"#)
+            #expect(patched.status == .ok)
+            #expect((patched.json["rate_limits"] as? [[String: Any]])?.first?["limit"] as? Int == 7)
+            let events = try await api.call(.get, "/v1/events", key: admin)
+            let updated = (events.json["events"] as? [[String: Any]])?.last { $0["type"] as? String == "updated" }
+            #expect(updated?["key_id"] as? String == id)
+
+            // A self-service key cannot set limits, and the keys it creates carry its own and share its windows.
+            let escape = try await api.call(.post, "/v1/keys", key: key, json: #"{"rate_limits":[]}"#)
+            #expect(escape.status == .forbidden)
+            let child = try await api.call(.post, "/v1/keys", key: key, json: "{}")
+            #expect(child.status == .created)
+            let childID = try #require(child.json["id"] as? String)
+            let childRecord = try await node.node.store.record(id: childID)
+            #expect(childRecord.rateLimits == (try await node.node.store.record(id: id)).rateLimits)
+            #expect(childRecord.limitID == id)
+        }
+    }
+
     @Test func aRevokeThroughTheAPIIsSeenByTheDataPlane() async throws {
         try await Self.withAPI { node, api, admin in
             let created = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"carol"}"#)

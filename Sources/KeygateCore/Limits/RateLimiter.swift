@@ -2,7 +2,8 @@ public import NIOCore
 import Synchronization
 
 /// The node's side of cluster-wide rate limits: tokens leased from Redis (`KeyStore.leaseTokens`)
-/// per key, limit and fixed window, then spent here without a Redis command per request.
+/// per subject (a key's rotation chain), limit and fixed window, then spent here without a Redis
+/// command per request.
 ///
 /// Exact across nodes: a node admits a request only with a token it holds, and Redis hands out at
 /// most `limit` tokens per window in all, so the nodes together admit at most `limit` units in any
@@ -12,13 +13,14 @@ import Synchronization
 /// `limit / 20` tokens (1-1,000), and Redis grants at most half of what the window has left, so
 /// blocks shrink as the window fills and a small limit is decided token by token in Redis. A node
 /// leases the next block before its tokens run out (below half a block), so a busy key stays on the
-/// synchronous path.
+/// synchronous path. An `exact` limit leases exactly what the waiting requests cost and holds no
+/// tokens: every request is decided in Redis, and none are lost to another node's unspent lease.
 ///
 /// With Redis unreachable, a pool without tokens admits, once per window, what this node leased in
 /// its previous window (its demonstrated share of the key's traffic; the whole limit if it has none
 /// yet) and counts those decisions in `localDecisions`.
 public final class RateLimiter: Sendable {
-    public typealias Lease = @Sendable (_ hash: KeyHash, _ limit: RateLimit, _ window: Int64, _ wanted: Int, _ on: any EventLoop)
+    public typealias Lease = @Sendable (_ subject: String, _ limit: RateLimit, _ window: Int64, _ wanted: Int, _ on: any EventLoop)
         -> EventLoopFuture<(granted: Int, handedOut: Int)>
 
     public enum Admission: Sendable, Equatable {
@@ -33,8 +35,29 @@ public final class RateLimiter: Sendable {
         case pending(EventLoopFuture<Admission>)
     }
 
+    /// Where one limit stood for a request: what is left in its window, and when the window ends.
+    public struct Quota: Sendable, Equatable {
+        public var limit: RateLimit
+        public var remaining: Int
+        /// Unix milliseconds.
+        public var resetsAt: Int64
+    }
+
+    /// A request against all of a key's limits.
+    public enum Outcome: Sendable, Equatable {
+        /// Every limit admitted it; the quota is the one with the least left (for the `RateLimit` field).
+        case admitted(Quota)
+        /// This limit had nothing left; the limits before it were given their units back.
+        case refused(Quota)
+    }
+
+    public enum OutcomeStep: Sendable {
+        case decided(Outcome)
+        case pending(EventLoopFuture<Outcome>)
+    }
+
     private struct PoolKey: Hashable {
-        var hash: KeyHash
+        var subject: String
         /// The whole limit: an edited limit starts a fresh pool rather than reusing the old one's tokens.
         var limit: RateLimit
     }
@@ -64,6 +87,7 @@ public final class RateLimiter: Sendable {
         var fellBack = false
     }
 
+    /// Per limit checked (a request against two limits counts twice); the data plane counts requests.
     public struct Counters: Sendable {
         public var admitted: UInt64 = 0
         public var refused: UInt64 = 0
@@ -91,11 +115,77 @@ public final class RateLimiter: Sendable {
 
     public var snapshot: Counters { counters.withLock { $0 } }
 
-    static func block(for limit: RateLimit) -> Int { min(1_000, max(1, limit.limit / 20)) }
+    static func block(for limit: RateLimit) -> Int { limit.exact ? 1 : min(1_000, max(1, limit.limit / 20)) }
 
-    /// Spends `cost` units of `limit` for `hash`: decided now from the tokens held, or after a lease.
-    public func admit(_ hash: KeyHash, _ limit: RateLimit, cost: Int = 1, on eventLoop: any EventLoop) -> Step {
-        let key = PoolKey(hash: hash, limit: limit)
+    /// Spends `cost` units of every limit in `limits` for `subject`, in order; a refusal gives the
+    /// units taken from the earlier limits back, so a refused request costs nothing.
+    public func admit(_ subject: String, _ limits: [RateLimit], cost: Int = 1, on eventLoop: any EventLoop) -> OutcomeStep {
+        admit(subject, limits, from: 0, cost: cost, tightest: nil, on: eventLoop)
+    }
+
+    private func admit(_ subject: String, _ limits: [RateLimit], from start: Int, cost: Int, tightest: Quota?,
+                       on eventLoop: any EventLoop) -> OutcomeStep {
+        var tightest = tightest
+        var index = start
+        while index < limits.count {
+            switch admit(subject, limits[index], cost: cost, on: eventLoop) {
+            case .decided(let admission):
+                switch apply(admission, subject, limits, at: index, cost: cost, tightest: tightest) {
+                case .done(let outcome): return .decided(outcome)
+                case .next(let quota): tightest = quota
+                }
+                index += 1
+            case .pending(let future):
+                let at = index, sofar = tightest
+                return .pending(future.flatMap { admission in
+                    switch self.apply(admission, subject, limits, at: at, cost: cost, tightest: sofar) {
+                    case .done(let outcome): return eventLoop.makeSucceededFuture(outcome)
+                    case .next(let quota):
+                        switch self.admit(subject, limits, from: at + 1, cost: cost, tightest: quota, on: eventLoop) {
+                        case .decided(let outcome): return eventLoop.makeSucceededFuture(outcome)
+                        case .pending(let next): return next
+                        }
+                    }
+                })
+            }
+        }
+        guard let tightest else { preconditionFailure("admit needs at least one limit") }
+        return .decided(.admitted(tightest))
+    }
+
+    private enum Progress { case done(Outcome), next(Quota) }
+
+    /// One limit's answer: the outcome (a refusal gives the earlier limits their units back), or
+    /// the quota with the least left so far, to go on with the next limit.
+    private func apply(_ admission: Admission, _ subject: String, _ limits: [RateLimit], at index: Int, cost: Int,
+                       tightest: Quota?) -> Progress {
+        let limit = limits[index]
+        switch admission {
+        case .admitted(let remaining, let resetsAt):
+            if let tightest, tightest.remaining <= remaining { return .next(tightest) }
+            return .next(Quota(limit: limit, remaining: remaining, resetsAt: resetsAt))
+        case .refused(let resetsAt):
+            for earlier in limits[..<index] { refund(subject, earlier, cost: cost) }
+            return .done(.refused(Quota(limit: limit, remaining: 0, resetsAt: resetsAt)))
+        }
+    }
+
+    /// Gives `cost` units back to this node's tokens of `limit`'s current window (a request admitted
+    /// by it was refused by another limit). Redis still counts them as handed out: they are spent
+    /// by this node's next requests, never handed out twice.
+    func refund(_ subject: String, _ limit: RateLimit, cost: Int) {
+        let key = PoolKey(subject: subject, limit: limit)
+        let window = limit.window(at: clock()).index
+        pools.withLock { pools in
+            guard var pool = pools[key], pool.window == window else { return }
+            pool.tokens += cost
+            pools[key] = pool
+        }
+    }
+
+    /// Spends `cost` units of `limit` for `subject`: decided now from the tokens held, or after a lease.
+    public func admit(_ subject: String, _ limit: RateLimit, cost: Int = 1, on eventLoop: any EventLoop) -> Step {
+        let key = PoolKey(subject: subject, limit: limit)
         let now = clock()
         let (window, resetsAt) = limit.window(at: now)
         let block = Self.block(for: limit)
@@ -107,7 +197,7 @@ public final class RateLimiter: Sendable {
             if pool.tokens >= cost && pool.waiters.isEmpty {
                 pool.tokens -= cost
                 // The next block is asked for before this one runs out.
-                let ahead = !pool.exhausted && !pool.leasing && pool.tokens < block / 2
+                let ahead = !limit.exact && !pool.exhausted && !pool.leasing && pool.tokens < block / 2
                 if ahead { pool.leasing = true }
                 return .admitted(max(0, limit.limit - pool.handedOut + pool.tokens), lease: ahead)
             }
@@ -154,10 +244,11 @@ public final class RateLimiter: Sendable {
     /// some still wait and the window has tokens left, refuses them once it has none.
     private func lease(_ key: PoolKey, window: Int64, resetsAt: Int64, on eventLoop: any EventLoop) {
         let wanted = pools.withLock { pools in
-            max(Self.block(for: key.limit), pools[key]?.waiters.reduce(0) { $0 + $1.cost } ?? 0)
+            let pool = pools[key]
+            return max(Self.block(for: key.limit), (pool?.waiters.reduce(0) { $0 + $1.cost } ?? 0) - (pool?.tokens ?? 0))
         }
         count { $0.leases += 1 }
-        lease(key.hash, key.limit, window, wanted, eventLoop).whenComplete { result in
+        lease(key.subject, key.limit, window, wanted, eventLoop).whenComplete { result in
             self.record(result)
             var settled: [(EventLoopPromise<Admission>, Admission)] = []
             var again = false

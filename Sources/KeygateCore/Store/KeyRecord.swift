@@ -18,6 +18,11 @@ public struct KeyRecord: Sendable, Equatable, Codable {
     public var version: Int64
     /// Free-form string pairs for the operator (plan, team...). Never used for decisions.
     public var metadata: [String: String]
+    /// Enforced on every node; a request must pass all of them. Empty: unlimited.
+    public var rateLimits: [RateLimit]
+    /// Whose rate-limit windows the key draws on: the first key of its rotation chain (copied to
+    /// each successor, and to keys a self-service key creates). Not shown.
+    public internal(set) var limitID: String
     /// Rotation links: the key this one replaced, and the key that replaced it.
     public var rotatedFrom: String?
     public var rotatedTo: String?
@@ -32,6 +37,7 @@ public struct KeyRecord: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case id, user, name, scopes, status, version, metadata
+        case rateLimits = "rate_limits"
         case createdAt = "created_at", expiresAt = "expires_at", revokedAt = "revoked_at"
         case lastUsedAt = "last_used_at", rotatedFrom = "rotated_from", rotatedTo = "rotated_to"
     }
@@ -53,17 +59,19 @@ public struct KeyRecord: Sendable, Equatable, Codable {
         try container.encode(lastUsedAt, forKey: .lastUsedAt)
         try container.encode(version, forKey: .version)
         try container.encode(metadata, forKey: .metadata)
+        try container.encode(rateLimits, forKey: .rateLimits)
         try container.encode(rotatedFrom, forKey: .rotatedFrom)
         try container.encode(rotatedTo, forKey: .rotatedTo)
     }
 
     init(hash: KeyHash, id: String, user: String, name: String, scopes: [String], status: KeyStatus,
          createdAt: Date, expiresAt: Date?, revokedAt: Date?, lastUsedAt: Date?, version: Int64,
-         metadata: [String: String], rotatedFrom: String?, rotatedTo: String?) {
+         metadata: [String: String], rateLimits: [RateLimit] = [], limitID: String? = nil, rotatedFrom: String?, rotatedTo: String?) {
         self.hash = hash; self.id = id; self.user = user; self.name = name; self.scopes = scopes
         self.status = status; self.createdAt = createdAt; self.expiresAt = expiresAt
         self.revokedAt = revokedAt; self.lastUsedAt = lastUsedAt; self.version = version
         self.metadata = metadata; self.rotatedFrom = rotatedFrom; self.rotatedTo = rotatedTo
+        self.rateLimits = rateLimits; self.limitID = limitID ?? id
     }
 }
 

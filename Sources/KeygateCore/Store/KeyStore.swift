@@ -44,11 +44,14 @@ public final class KeyStore: Sendable {
         public var scopes: [String]
         public var expiresAt: Date?
         public var metadata: [String: String]
+        public var rateLimits: [RateLimit]
+        /// Draw on another key's rate-limit windows (that key's `limitID`); nil: the key's own.
+        public var limitID: String?
 
         public init(user: String, name: String = "", scopes: [String] = [], expiresAt: Date? = nil,
-                    metadata: [String: String] = [:]) {
+                    metadata: [String: String] = [:], rateLimits: [RateLimit] = []) {
             self.user = user; self.name = name; self.scopes = scopes
-            self.expiresAt = expiresAt; self.metadata = metadata
+            self.expiresAt = expiresAt; self.metadata = metadata; self.rateLimits = rateLimits
         }
     }
 
@@ -59,11 +62,15 @@ public final class KeyStore: Sendable {
         /// `.some(nil)` removes the expiry.
         public var expiresAt: Date??
         public var metadata: [String: String]?
+        /// The whole list (an empty one removes every limit).
+        public var rateLimits: [RateLimit]?
 
-        public init(name: String? = nil, scopes: [String]? = nil, expiresAt: Date?? = nil, metadata: [String: String]? = nil) {
+        public init(name: String? = nil, scopes: [String]? = nil, expiresAt: Date?? = nil, metadata: [String: String]? = nil,
+                    rateLimits: [RateLimit]? = nil) {
             self.name = name; self.scopes = scopes; self.expiresAt = expiresAt; self.metadata = metadata
+            self.rateLimits = rateLimits
         }
-        var isEmpty: Bool { name == nil && scopes == nil && expiresAt == nil && metadata == nil }
+        var isEmpty: Bool { name == nil && scopes == nil && expiresAt == nil && metadata == nil && rateLimits == nil }
     }
 
     // MARK: mutations
@@ -81,6 +88,10 @@ public final class KeyStore: Sendable {
         try KeyValidation.name(request.name)
         try KeyValidation.scopes(request.scopes)
         try KeyValidation.metadata(request.metadata)
+        try RateLimit.validate(request.rateLimits)
+        if let limitID = request.limitID, !KeyValidation.isKeyID(limitID) {
+            throw KeygateError(.invalidArgument, "limit_id must be a key id", field: "limit_id")
+        }
         if let expiresAt = request.expiresAt, expiresAt <= now {
             throw KeygateError(.invalidArgument, "expires_at must be in the future", field: "expires_at")
         }
@@ -96,7 +107,8 @@ public final class KeyStore: Sendable {
                 [ScriptCall(script: KeyStoreScripts.applyCreate, keys: [self.layout.record(hash), self.layout.unlogged(hash)],
                             arguments: [operation.op, String(issued), String(Self.applyWindowMilliseconds), self.layout.invalidationChannel,
                                         hash.hex, id, request.user, request.name, request.scopes.joined(separator: " "),
-                                        request.expiresAt.map { String($0.milliseconds) } ?? "", metadata, String(now.milliseconds)])]
+                                        request.expiresAt.map { String($0.milliseconds) } ?? "", metadata, String(now.milliseconds),
+                                        RateLimit.storageText(request.rateLimits), request.limitID ?? ""])]
             }, afterApply: { applied throws(KeygateError) in
                 for (operation, _) in applied { try await self.finishSideEffects(operation) }
             })
@@ -116,7 +128,7 @@ public final class KeyStore: Sendable {
         let record = KeyRecord(hash: hash, id: id, user: request.user, name: request.name, scopes: request.scopes,
                                status: .active, createdAt: now, expiresAt: request.expiresAt?.truncatedToMilliseconds,
                                revokedAt: nil, lastUsedAt: nil, version: 1, metadata: request.metadata,
-                               rotatedFrom: nil, rotatedTo: nil)
+                               rateLimits: request.rateLimits, limitID: request.limitID, rotatedFrom: nil, rotatedTo: nil)
         return IssuedKey(record: record, key: plaintext)
     }
 
@@ -170,6 +182,10 @@ public final class KeyStore: Sendable {
             try KeyValidation.metadata(metadata)
             pairs += ["metadata", try KeyValidation.encodeMetadata(metadata)]
         }
+        if let rateLimits = changes.rateLimits {
+            try RateLimit.validate(rateLimits)
+            pairs += ["rate_limits", RateLimit.storageText(rateLimits)]
+        }
         let current = try await record(id: id)
         let hash = current.hash
         let fields = stride(from: 0, to: pairs.count, by: 2).map { pairs[$0] }.joined(separator: ",")
@@ -184,7 +200,8 @@ public final class KeyStore: Sendable {
         return try await record(id: id)
     }
 
-    /// Issues a successor with the same user, name, scopes, metadata and expiry, and makes the old key
+    /// Issues a successor with the same user, name, scopes, metadata, rate limits (and their windows:
+    /// both keys draw on the same ones) and expiry, and makes the old key
     /// expire after `grace` (or at its own expiry, if sooner). Both stay readable, linked by
     /// `rotated_to` / `rotated_from`, with their own usage history.
     public func rotate(id: String, grace: Duration, actor: String, now: Date = Date()) async throws(KeygateError) -> IssuedKey {
@@ -199,7 +216,8 @@ public final class KeyStore: Sendable {
             let successor = PendingOperation.Successor(
                 hash: newHash.hex, id: newID, name: old.name, scopes: old.scopes.joined(separator: " "),
                 expiresAt: old.expiresAt.map { String($0.milliseconds) } ?? "",
-                metadata: try KeyValidation.encodeMetadata(old.metadata), createdAt: String(now.milliseconds))
+                metadata: try KeyValidation.encodeMetadata(old.metadata), createdAt: String(now.milliseconds),
+                rateLimits: RateLimit.storageText(old.rateLimits), limitID: old.limitID)
             let operation = PendingOperation(op: PendingOperation.newID(), kind: .rotate, hash: old.hash.hex, keyID: id, user: old.user,
                                              event: ["type", "rotated", "key_id", id, "user", old.user, "actor", actor,
                                                      "time", String(now.milliseconds), "successor_id", newID, "hash", old.hash.hex],
@@ -360,7 +378,9 @@ public final class KeyStore: Sendable {
 
     /// What the node's verifier learns from one lookup (`KeyStoreScripts.lookup`).
     public enum Lookup: Sendable {
-        case active(id: String, user: String, scopes: String, expiresAt: RESPValue)
+        /// `rateLimits`: the record's `rate_limits` field (empty without limits); `limitSubject` its
+        /// `limit_id` (empty for a key that is not a successor: then its own id).
+        case active(id: String, user: String, scopes: String, expiresAt: RESPValue, rateLimits: Substring, limitSubject: String)
         case refused(InvalidReason)
         /// Not a reply the lookup script gives: a record or server Keygate did not write.
         case malformed
@@ -372,16 +392,18 @@ public final class KeyStore: Sendable {
     /// cost the node the same work (what still differs is Redis's reply: a revoked record's fields
     /// travel back; B5 in the README).
     public func lookup(_ hash: KeyHash, on eventLoop: any EventLoop) -> EventLoopFuture<Lookup> {
-        let command = RedisCommand("HMGET", [.string(layout.record(hash)), "status", "id", "user", "scopes", "expires_at"])
+        let command = RedisCommand("HMGET", [.string(layout.record(hash)), "status", "id", "user", "scopes", "expires_at",
+                                             "rate_limits", "limit_id"])
         return redis.send(command, on: eventLoop).map { reply in
-            guard case .array(let fields) = reply, fields.count == 5 else { return .malformed }
+            guard case .array(let fields) = reply, fields.count == 7 else { return .malformed }
             guard case .bulkString(let status) = fields[0] else { return fields[0].isNull ? .refused(.notFound) : .malformed }
             if status.readableBytesView.elementsEqual("revoked".utf8) { return .refused(.revoked) }
             if status.readableBytesView.elementsEqual("disabled".utf8) { return .refused(.disabled) }
             guard status.readableBytesView.elementsEqual("active".utf8), let id = fields[1].string, let user = fields[2].string else {
                 return .malformed
             }
-            return .active(id: id, user: user, scopes: fields[3].string ?? "", expiresAt: fields[4])
+            return .active(id: id, user: user, scopes: fields[3].string ?? "", expiresAt: fields[4],
+                           rateLimits: Substring(fields[5].string ?? ""), limitSubject: fields[6].string ?? "")
         }
     }
 
@@ -457,9 +479,9 @@ public final class KeyStore: Sendable {
     /// Leases up to `wanted` tokens of `limit`'s window number `window` for the key `hash`, on
     /// `eventLoop`'s connection (the verifier's path). The window's counter lives until a window
     /// after its end, so a late lease still sees it.
-    public func leaseTokens(_ hash: KeyHash, limit: RateLimit, window: Int64, wanted: Int,
+    public func leaseTokens(subject: String, limit: RateLimit, window: Int64, wanted: Int,
                             on eventLoop: any EventLoop) -> EventLoopFuture<(granted: Int, handedOut: Int)> {
-        let key = layout.rateLimitWindow(hash, name: limit.name, window: window)
+        let key = layout.rateLimitWindow(subject: subject, name: limit.name, window: window)
         return redis.evalSHA(KeyStoreScripts.leaseTokens, keys: [.string(key)],
                              arguments: [.integer(Int64(limit.limit)), .integer(Int64(max(1, wanted))),
                                          .integer(2 * limit.durationMilliseconds)], on: eventLoop)

@@ -46,8 +46,9 @@ public struct KeyStoreLayout: Sendable, Equatable {
     public func dailyUsage(_ hash: KeyHash, day: String) -> String { "\(namespace):usage:{\(hash.hex)}:d:\(day)" }
     public func hourlyUsage(_ hash: KeyHash, hour: String) -> String { "\(namespace):usage:{\(hash.hex)}:h:\(hour)" }
     /// Tokens handed out in one window of a key's rate limit (`window`: the window's index).
-    public func rateLimitWindow(_ hash: KeyHash, name: String, window: Int64) -> String {
-        "\(namespace):ratelimit:{\(hash.hex)}:\(name):\(window)"
+    /// `subject`: a key id (the first of its rotation chain), safe inside a hash tag.
+    public func rateLimitWindow(subject: String, name: String, window: Int64) -> String {
+        "\(namespace):ratelimit:{\(subject)}:\(name):\(window)"
     }
     public func unlogged(_ hash: KeyHash) -> String { "\(namespace):unlogged:{\(hash.hex)}" }
     /// The high-water mark of one node run's usage batches in one slot.

@@ -28,6 +28,9 @@ struct PendingOperation: Codable, Sendable, Equatable {
         var expiresAt: String
         var metadata: String
         var createdAt: String
+        /// nil in operations registered before rate limits existed.
+        var rateLimits: String?
+        var limitID: String?
     }
 
     static func newID() -> String {
@@ -208,7 +211,8 @@ extension KeyStore {
             _ = try await runScripts([ScriptCall(script: KeyStoreScripts.writeSuccessor, keys: [layout.record(KeyHash(hex: successor.hash)!)],
                                                  arguments: [layout.invalidationChannel, successor.hash, successor.id, operation.user,
                                                              successor.name, successor.scopes, successor.expiresAt, successor.metadata,
-                                                             successor.createdAt, operation.keyID])], throwingErrors: true)
+                                                             successor.createdAt, operation.keyID, successor.rateLimits ?? "",
+                                                             successor.limitID ?? operation.keyID])], throwingErrors: true)
             try await index(id: successor.id, hash: successor.hash, user: operation.user)
         case .status, .update:
             break

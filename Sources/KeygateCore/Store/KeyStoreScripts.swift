@@ -75,11 +75,13 @@ enum KeyStoreScripts {
 
     /// Step 2 of create. KEYS: record, unlogged.
     /// ARGV: op id, issued ms, window ms, channel, hash, id, user, name, scopes, expires_at ms or "",
-    /// metadata JSON, now ms. Returns {1, version, other unlogged ops...}.
+    /// metadata JSON, now ms, rate limits (`RateLimit.storageText`), limit id or "". Returns {1, version, other unlogged ops...}.
     static let applyCreate = RedisScript(deadline + """
     if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('DUPLICATE a key with this hash exists') end
     redis.call('HSET', KEYS[1], 'id', ARGV[6], 'user', ARGV[7], 'name', ARGV[8], 'scopes', ARGV[9],
       'status', 'active', 'created_at', ARGV[12], 'expires_at', ARGV[10], 'metadata', ARGV[11], 'version', 1)
+    if ARGV[13] and ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'rate_limits', ARGV[13]) end
+    if ARGV[14] and ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'limit_id', ARGV[14]) end
     redis.call('HSET', KEYS[2], ARGV[1], 1)
     redis.call('PUBLISH', ARGV[4], ARGV[5])
     return {1, 1, unpack(others)}
@@ -101,7 +103,7 @@ enum KeyStoreScripts {
     return {1, version, unpack(others)}
     """)
 
-    /// Step 2 of update (name, scopes, expiry, metadata). KEYS: record, unlogged.
+    /// Step 2 of update (name, scopes, expiry, metadata, rate limits). KEYS: record, unlogged.
     /// ARGV: op id, issued ms, window ms, channel, hash, id, then field/value pairs.
     /// Returns {1, version, other unlogged ops...}.
     static let applyUpdate = RedisScript(deadline + """
@@ -137,8 +139,8 @@ enum KeyStoreScripts {
 
     /// The successor of a rotation (after `applyRotate`, or from a repair), in its own slot. Idempotent:
     /// a successor already written with this id is success.
-    /// KEYS: record. ARGV: channel, hash, id, user, name, scopes, expires_at, metadata, now ms, predecessor id.
-    /// Returns 1 when written now, 0 when it existed.
+    /// KEYS: record. ARGV: channel, hash, id, user, name, scopes, expires_at, metadata, now ms, predecessor id,
+    /// rate limits, limit id (the chain's first key). Returns 1 when written now, 0 when it existed.
     static let writeSuccessor = RedisScript("""
     if redis.call('EXISTS', KEYS[1]) == 1 then
       if redis.call('HGET', KEYS[1], 'id') == ARGV[3] then return 0 end
@@ -146,6 +148,8 @@ enum KeyStoreScripts {
     end
     redis.call('HSET', KEYS[1], 'id', ARGV[3], 'user', ARGV[4], 'name', ARGV[5], 'scopes', ARGV[6], 'status', 'active',
       'created_at', ARGV[9], 'expires_at', ARGV[7], 'metadata', ARGV[8], 'version', 1, 'rotated_from', ARGV[10])
+    if ARGV[11] and ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'rate_limits', ARGV[11]) end
+    if ARGV[12] and ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'limit_id', ARGV[12]) end
     redis.call('PUBLISH', ARGV[1], ARGV[2])
     return 1
     """)

@@ -100,6 +100,8 @@ enum KeyStoreDecoding {
             expiresAt: fields["expires_at"].flatMap(Int64.init).map(Date.init(milliseconds:)),
             revokedAt: fields["revoked_at"].flatMap(Int64.init).map(Date.init(milliseconds:)),
             lastUsedAt: nil, version: version, metadata: metadata,
+            rateLimits: fields["rate_limits"].flatMap { RateLimit.fromStorage(Substring($0)) } ?? [],
+            limitID: fields["limit_id"].flatMap { $0.isEmpty ? nil : $0 },
             rotatedFrom: fields["rotated_from"].flatMap { $0.isEmpty ? nil : $0 },
             rotatedTo: fields["rotated_to"].flatMap { $0.isEmpty ? nil : $0 })
     }

@@ -72,6 +72,35 @@ public struct Verdict: Sendable {
     public var principal: Principal
     /// Unix milliseconds, or `Int64.max` for no expiry.
     public var expiresAtMilliseconds: Int64
+    /// nil for a key without limits (most keys: the hit path then checks nothing more).
+    public var limits: KeyLimits?
+
+    public init(keyID: InlineKeyID, principal: Principal, expiresAtMilliseconds: Int64, limits: KeyLimits? = nil) {
+        self.keyID = keyID
+        self.principal = principal
+        self.expiresAtMilliseconds = expiresAtMilliseconds
+        self.limits = limits
+    }
+}
+
+/// A key's rate limits as the data plane applies them, built once per lookup and shared by the
+/// cache entry.
+public final class KeyLimits: Sendable {
+    /// Whose windows these are: the id of the first key of a rotation chain, so a key and its
+    /// successor draw on the same windows during the grace period instead of doubling the rate.
+    public let subject: String
+    public let rateLimits: [RateLimit]
+    /// The `RateLimit-Policy` field value (draft-ietf-httpapi-ratelimit-headers), encoded once:
+    /// `"default";q=100;w=60, "hourly";q=5000;w=3600`.
+    public let policyHeader: String
+
+    public init(subject: String, rateLimits: [RateLimit]) {
+        self.subject = subject
+        self.rateLimits = rateLimits
+        self.policyHeader = rateLimits.map { limit in
+            "\"\(limit.name)\";q=\(limit.limit);w=\(max(1, (limit.durationMilliseconds + 999) / 1_000))"
+        }.joined(separator: ", ")
+    }
 }
 
 /// Why a key was refused. Clients of `/auth` see one generic 401 for all of them (no oracle);
