@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-all_scenarios=(hit hit10k miss badkey revocation memory openloop)
+all_scenarios=(hit limits hit10k miss badkey revocation memory openloop)
 [ ${#scenarios[@]} -eq 0 ] && scenarios=("${all_scenarios[@]}")
 for scenario in "${scenarios[@]}"; do
     printf '%s\n' "${all_scenarios[@]}" | grep -qx "$scenario" || { echo "unknown scenario: $scenario" >&2; exit 2; }
@@ -161,7 +161,7 @@ make_keys 1 "$work/hot.txt"
 hot=$(head -1 "$work/hot.txt")
 max_nginx=""; max_lua=""; max_keygate=""
 # Set by interleaved (rps_SYSTEM, requests_SYSTEM).
-rps_nginx_return_200=""; rps_lua_peer=""; rps_keygate=""; requests_keygate=""
+rps_nginx_return_200=""; rps_lua_peer=""; rps_keygate=""; requests_keygate=""; requests_keygate_limited=""
 
 # --- scenarios -----------------------------------------------------------------------------------
 
@@ -175,7 +175,11 @@ interleaved() {
     for round in $(seq 1 "$rounds"); do
         for spec in "$@"; do
             name=${spec%%=*}
-            duration=$round_seconds wrk_run "$work/w-$scenario-$name-$round" "${wrk_args[@]}" "${spec#*=}"
+            # A system may have its own wrk arguments (another key): wrk_args_NAME, dashes as underscores.
+            local own="wrk_args_${name//-/_}[@]"
+            local -a args=("${wrk_args[@]}")
+            if declare -p "wrk_args_${name//-/_}" >/dev/null 2>&1; then args=("${!own}"); fi
+            duration=$round_seconds wrk_run "$work/w-$scenario-$name-$round" "${args[@]}" "${spec#*=}"
         done
     done
     for spec in "$@"; do
@@ -205,6 +209,27 @@ if wants hit; then
     after=$(data_commands)
     max_nginx=$rps_nginx_return_200; max_lua=$rps_lua_peer; max_keygate=$rps_keygate
     record hit keygate redis_commands_per_request "$(python3 -c "print(f'{($after - $before) / $requests_keygate:.5f}')")" commands
+    stop_node "$node_pid"
+fi
+
+if wants limits; then
+    echo "scenario limits: the hot key against a hot key with a rate limit it never reaches, $rounds interleaved rounds"
+    limited=$("$keygate" keys create --user bench-limited --rate-limit 1000000000/1h --redis-url "$redis_url" \
+        --namespace "$namespace" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+    start_node
+    for key in "$hot" "$limited"; do curl -s -o /dev/null -H "X-API-Key: $key" "http://127.0.0.1:$node_port/auth"; done
+    sleep 1.2
+    before=$(data_commands)
+    wrk_args=(-H "X-API-Key: $hot")
+    # shellcheck disable=SC2034 # read by interleaved through wrk_args_NAME
+    wrk_args_keygate_limited=(-H "X-API-Key: $limited")
+    interleaved limits keygate="http://127.0.0.1:$node_port/auth" keygate-limited="http://127.0.0.1:$node_port/auth"
+    unset wrk_args_keygate_limited
+    sleep 1.5
+    after=$(data_commands)
+    # Every command of the run is charged to the limited key's requests (the usage flushes of both
+    # keys included): an upper bound of the limiter's own cost.
+    record limits keygate-limited redis_commands_per_request "$(python3 -c "print(f'{($after - $before) / $requests_keygate_limited:.5f}')")" commands
     stop_node "$node_pid"
 fi
 

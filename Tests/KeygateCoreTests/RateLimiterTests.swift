@@ -180,4 +180,15 @@ import Testing
         #expect(redis.handedOut.withLock { $0.values.reduce(0, +) } == 300)
         #expect(redis.leases.load(ordering: .relaxed) == 300)
     }
+
+    @Test func redisGoingDownMidWindowAdmitsNoMoreThanTheShare() async throws {
+        let redis = FakeRedis(), clock = Clock()
+        let node = Self.limiter(redis, clock)
+        let limit = try RateLimit(name: "default", limit: 5, durationMilliseconds: 3_600_000)
+        for _ in 0..<3 { #expect(try await Self.admitted(node.admit(Self.hash, limit, on: Self.loop))) }
+        redis.down.store(true, ordering: .relaxed)
+        var admitted = 0
+        for _ in 0..<6 where try await Self.admitted(node.admit(Self.hash, limit, on: Self.loop)) { admitted += 1 }
+        #expect(admitted == 2, "no previous window: the whole limit is the share, 3 of it leased already")
+    }
 }

@@ -159,4 +159,26 @@ import Testing
             }
         }
     }
+
+    /// With Redis gone and `--stale-if-error` serving cached keys, the node keeps limiting with its
+    /// own share: it never admits more in the window than the limit it leased against, and says so.
+    @Test func withRedisDownANodeKeepsLimitingWithItsShare() async throws {
+        let server = try await RedisServerProcess.start()
+        let ns = TestRedis.uniqueNamespace("limits-down")
+        let store = try NodeIntegrationTests.adminStore(url: server.url, namespace: ns)
+        let limit = try RateLimit(parsing: "5/1h")
+        let issued = try await store.create(.init(user: "alice", rateLimits: [limit]), actor: "test")
+        await store.redis.shutdown()
+        let node = try await TestNode.start(redisURL: server.url, namespace: ns) { $0.verifier.staleIfError = .seconds(30) }
+        if limit.window(at: Self.milliseconds()).endsAt - Self.milliseconds() < 30_000 { try await Self.waitForWindowStart(limit) }
+        for _ in 0..<3 { #expect(try await NodeIntegrationTests.auth(issued.key, port: node.port).status == 200) }
+        await server.stop()
+        var statuses: [Int] = []
+        for _ in 0..<6 { statuses.append(try await NodeIntegrationTests.auth(issued.key, port: node.port).status) }
+        #expect(statuses.filter { $0 == 200 }.count == 2, "3 leased before, 2 of its share left: \(statuses)")
+        #expect(statuses.filter { $0 == 429 }.count == 4)
+        #expect(node.node.rateLimiter.snapshot.localDecisions > 0)
+        #expect(try await RawHTTP.get("/health/live", port: node.port).status == 200)
+        await node.stop()
+    }
 }

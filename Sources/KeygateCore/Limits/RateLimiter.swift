@@ -16,9 +16,10 @@ import Synchronization
 /// synchronous path. An `exact` limit leases exactly what the waiting requests cost and holds no
 /// tokens: every request is decided in Redis, and none are lost to another node's unspent lease.
 ///
-/// With Redis unreachable, a pool without tokens admits, once per window, what this node leased in
-/// its previous window (its demonstrated share of the key's traffic; the whole limit if it has none
-/// yet) and counts those decisions in `localDecisions`.
+/// With Redis unreachable, a pool without tokens tops itself up, once per window, to what this node
+/// leased in its previous window (its demonstrated share of the key's traffic; the whole limit if it
+/// has none yet), less what it leased in this window already, and counts those decisions in
+/// `localDecisions`. So a node alone never admits more than its share in a window, Redis or not.
 public final class RateLimiter: Sendable {
     public typealias Lease = @Sendable (_ subject: String, _ limit: RateLimit, _ window: Int64, _ wanted: Int, _ on: any EventLoop)
         -> EventLoopFuture<(granted: Int, handedOut: Int)>
@@ -270,7 +271,7 @@ public final class RateLimiter: Sendable {
                     local = pool.waiters.count
                     if !pool.fellBack {
                         pool.fellBack = true
-                        pool.tokens += pool.previouslyLeased ?? key.limit.limit
+                        pool.tokens += max(0, (pool.previouslyLeased ?? key.limit.limit) - pool.leased)
                     }
                 }
                 while let first = pool.waiters.first, pool.tokens >= first.cost {
