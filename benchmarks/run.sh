@@ -161,7 +161,7 @@ make_keys 1 "$work/hot.txt"
 hot=$(head -1 "$work/hot.txt")
 max_nginx=""; max_lua=""; max_keygate=""
 # Set by interleaved (rps_SYSTEM, requests_SYSTEM).
-rps_nginx_return_200=""; rps_lua_peer=""; rps_keygate=""; requests_keygate=""; requests_keygate_limited=""
+rps_nginx_return_200=""; rps_lua_peer=""; rps_keygate=""; requests_keygate=""; requests_keygate_limited=""; requests_keygate_credits=""
 
 # --- scenarios -----------------------------------------------------------------------------------
 
@@ -213,23 +213,29 @@ if wants hit; then
 fi
 
 if wants limits; then
-    echo "scenario limits: the hot key against a hot key with a rate limit it never reaches, $rounds interleaved rounds"
+    echo "scenario limits: the hot key against a hot key with a rate limit it never reaches and one with credits it never uses up, $rounds interleaved rounds"
     limited=$("$keygate" keys create --user bench-limited --rate-limit 1000000000/1h --redis-url "$redis_url" \
         --namespace "$namespace" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+    credited=$("$keygate" keys create --user bench-credits --credits 1000000000000 --redis-url "$redis_url" \
+        --namespace "$namespace" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
     start_node
-    for key in "$hot" "$limited"; do curl -s -o /dev/null -H "X-API-Key: $key" "http://127.0.0.1:$node_port/auth"; done
+    for key in "$hot" "$limited" "$credited"; do curl -s -o /dev/null -H "X-API-Key: $key" "http://127.0.0.1:$node_port/auth"; done
     sleep 1.2
     before=$(data_commands)
     wrk_args=(-H "X-API-Key: $hot")
     # shellcheck disable=SC2034 # read by interleaved through wrk_args_NAME
     wrk_args_keygate_limited=(-H "X-API-Key: $limited")
-    interleaved limits keygate="http://127.0.0.1:$node_port/auth" keygate-limited="http://127.0.0.1:$node_port/auth"
-    unset wrk_args_keygate_limited
+    # shellcheck disable=SC2034
+    wrk_args_keygate_credits=(-H "X-API-Key: $credited")
+    interleaved limits keygate="http://127.0.0.1:$node_port/auth" keygate-limited="http://127.0.0.1:$node_port/auth" \
+        keygate-credits="http://127.0.0.1:$node_port/auth"
+    unset wrk_args_keygate_limited wrk_args_keygate_credits
     sleep 1.5
     after=$(data_commands)
-    # Every command of the run is charged to the limited key's requests (the usage flushes of both
-    # keys included): an upper bound of the limiter's own cost.
-    record limits keygate-limited redis_commands_per_request "$(python3 -c "print(f'{($after - $before) / $requests_keygate_limited:.5f}')")" commands
+    # Every command of the run is charged to the limited and credited keys' requests (the usage
+    # flushes of all three keys, credit leases and returns included): an upper bound of the limits' cost.
+    record limits keygate-limited redis_commands_per_request \
+        "$(python3 -c "print(f'{($after - $before) / ($requests_keygate_limited + $requests_keygate_credits):.5f}')")" commands
     stop_node "$node_pid"
 fi
 

@@ -73,14 +73,14 @@ struct KeyRoutes {
             limit = settings.selfServiceMaxActiveKeys
         }
         var request = KeyStore.NewKey(user: user, name: body.name ?? "", scopes: body.scopes ?? [], expiresAt: body.expiresAt,
-                                      metadata: body.metadata ?? [:], rateLimits: body.rateLimits ?? [])
+                                      metadata: body.metadata ?? [:], rateLimits: body.rateLimits ?? [],
+                                      credits: body.credits ?? nil)
         if !caller.isAdmin {
             // A user must not escape a limit by minting keys: a self-service key's keys carry its
-            // limits and draw on its windows.
+            // limits and credits and draw on its windows and balance.
             guard body.rateLimits == nil else { throw Problem(.forbidden, "only an admin key sets rate limits") }
-            let own = try await store.record(id: caller.keyID)
-            request.rateLimits = own.rateLimits
-            request.limitID = own.limitID
+            guard body.credits == nil else { throw Problem(.forbidden, "only an admin key sets credits") }
+            request.shareLimits(of: try await store.record(id: caller.keyID))
         }
         let issued = try await store.create(request, actor: caller.actor, maxActiveKeys: limit)
         return try JSONResponse.make(issued, status: .created, location: "/v1/keys/\(issued.record.id)")

@@ -94,6 +94,22 @@ extension KeyedDecodingContainer {
         }
     }
 
+    /// `{"remaining": 1000, "refill": {"amount": 1000, "interval": "monthly", "day": 1}}` (refill
+    /// optional); `.some(nil)` for an explicit `null` (no credits: unlimited), nil when absent.
+    func decodeCredits(forKey key: Key) throws -> Credits?? {
+        guard contains(key) else { return nil }
+        if try decodeNil(forKey: key) { return .some(nil) }
+        let item = try decode(CreditsItem.self, forKey: key)
+        do throws(KeygateError) {
+            let refill = try item.refill.map { refill throws(KeygateError) in
+                try Credits.Refill(amount: refill.amount, interval: refill.interval, day: refill.day)
+            }
+            return .some(try Credits(remaining: item.remaining, refill: refill))
+        } catch {
+            throw Problem(.invalidField, error.message, field: error.field ?? key.stringValue)
+        }
+    }
+
     /// An RFC 3339 timestamp (`2027-01-31T00:00:00Z`, fractional seconds allowed).
     func decodeTimestamp(forKey key: Key) throws -> Date {
         let text = try decode(String.self, forKey: key)
@@ -188,9 +204,11 @@ struct CreateKeyBody: Decodable {
     var expiresAt: Date?
     var metadata: [String: String]?
     var rateLimits: [RateLimit]?
+    /// `null` or absent: unlimited.
+    var credits: Credits??
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case user, name, scopes, metadata
+        case user, name, scopes, metadata, credits
         case expiresAt = "expires_at", rateLimits = "rate_limits"
     }
 
@@ -202,19 +220,21 @@ struct CreateKeyBody: Decodable {
         scopes = try container.decodeField([String].self, forKey: .scopes)
         metadata = try container.decodeField([String: String].self, forKey: .metadata)
         rateLimits = try container.decodeRateLimits(forKey: .rateLimits)
+        credits = try container.decodeCredits(forKey: .credits)
         if container.contains(.expiresAt), try !container.decodeNil(forKey: .expiresAt) {
             expiresAt = try container.decodeTimestamp(forKey: .expiresAt)
         }
     }
 }
 
-/// `PATCH /v1/keys/{id}`. `expires_at: null` removes the expiry; an absent field stays as it is.
+/// `PATCH /v1/keys/{id}`. `expires_at: null` removes the expiry, `credits: null` the credits; an
+/// absent field stays as it is. `credits` sets the balance anew.
 struct UpdateKeyBody: Decodable {
     var changes = KeyStore.KeyChanges()
     var enabled: Bool?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, scopes, metadata, enabled
+        case name, scopes, metadata, enabled, credits
         case expiresAt = "expires_at", rateLimits = "rate_limits"
     }
 
@@ -225,6 +245,7 @@ struct UpdateKeyBody: Decodable {
         changes.scopes = try container.decodeField([String].self, forKey: .scopes)
         changes.metadata = try container.decodeField([String: String].self, forKey: .metadata)
         changes.rateLimits = try container.decodeRateLimits(forKey: .rateLimits)
+        changes.credits = try container.decodeCredits(forKey: .credits)
         if container.contains(.expiresAt) {
             changes.expiresAt = .some(try container.decodeNil(forKey: .expiresAt) ? nil : container.decodeTimestamp(forKey: .expiresAt))
         }
@@ -276,5 +297,48 @@ struct RateLimitItem: Decodable {
         self.limit = limit
         self.durationMilliseconds = duration
         exact = try container.decodeField(Bool.self, forKey: .exact)
+    }
+}
+
+/// `credits` in a request body.
+struct CreditsItem: Decodable {
+    var remaining: Int
+    var refill: Refill?
+
+    struct Refill: Decodable {
+        var amount: Int
+        var interval: Credits.Refill.Interval
+        var day: Int?
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case amount, interval, day }
+
+        init(from decoder: any Decoder) throws {
+            try decoder.rejectUnknownFields(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            guard let amount = try container.decodeField(Int.self, forKey: .amount) else {
+                throw Problem(.invalidField, "credits.refill needs an amount", field: "credits.refill.amount")
+            }
+            guard let interval = try container.decodeField(String.self, forKey: .interval) else {
+                throw Problem(.invalidField, "credits.refill needs an interval (daily or monthly)", field: "credits.refill.interval")
+            }
+            guard let parsed = Credits.Refill.Interval(rawValue: interval) else {
+                throw Problem(.invalidField, "credits.refill.interval is daily or monthly", field: "credits.refill.interval")
+            }
+            self.amount = amount
+            self.interval = parsed
+            day = try container.decodeField(Int.self, forKey: .day)
+        }
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case remaining, refill }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownFields(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        guard let remaining = try container.decodeField(Int.self, forKey: .remaining) else {
+            throw Problem(.invalidField, "credits needs remaining (null credits: unlimited)", field: "credits.remaining")
+        }
+        self.remaining = remaining
+        refill = try container.contains(.refill) && container.decodeNil(forKey: .refill) ? nil : container.decodeField(Refill.self, forKey: .refill)
     }
 }

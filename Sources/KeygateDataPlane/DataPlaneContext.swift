@@ -12,8 +12,8 @@ final class DataPlaneContext: Sendable {
     let usage: UsageRecorder
     let metrics: DataPlaneMetrics
     let limiter: FailureLimiter
-    /// Keys' own rate limits (the failure limiter above limits clients that fail).
-    let rateLimiter: RateLimiter
+    /// Keys' own rate limits and credits (the failure limiter above limits clients that fail).
+    let keyLimits: LimitEnforcer
     let isReady: @Sendable () -> Bool
     let logger: Logger
     /// Per-request logs are debug level; checked once so a production node pays nothing for them.
@@ -21,10 +21,10 @@ final class DataPlaneContext: Sendable {
     private let draining = Atomic<Bool>(false)
     private let requestCounter = Atomic<UInt64>(0)
 
-    init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, rateLimiter: RateLimiter, metrics: DataPlaneMetrics,
+    init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, keyLimits: LimitEnforcer, metrics: DataPlaneMetrics,
          logger: Logger, isReady: @escaping @Sendable () -> Bool) {
         self.settings = settings
-        self.rateLimiter = rateLimiter
+        self.keyLimits = keyLimits
         self.logger = logger
         self.logsRequests = logger.logLevel <= .debug
         self.verifier = verifier
@@ -44,10 +44,13 @@ final class DataPlaneContext: Sendable {
     /// metrics, the key's use, the failure limiter, the log line) is already taken.
     enum Verification {
         case allowed(Verdict)
-        /// Allowed by every one of the key's rate limits; the quota is the one with the least left.
-        case allowedWithin(Verdict, RateLimiter.Quota)
+        /// Allowed by the key's limits: `rate` is the rate limit with the least left (nil without
+        /// rate limits), `credits` the key's credits (nil without).
+        case allowedWithin(Verdict, rate: RateLimiter.Quota?, credits: CreditLedger.Quota?)
         /// A rate limit of the key has nothing left in its window (429).
         case overLimit(Verdict, RateLimiter.Quota)
+        /// The key's credits are used up (429, no use counted).
+        case usageExceeded(Verdict, CreditLedger.Quota)
         /// A valid key without a scope the route requires (403).
         case forbidden
         case invalid(InvalidReason)
@@ -65,7 +68,7 @@ final class DataPlaneContext: Sendable {
     }
 
     /// One request's verification, in order: the failure limiter, the verifier (cache, then Redis),
-    /// the route's required scopes, the key's rate limits (`cost` units), then the accounting. A
+    /// the route's required scopes, the key's rate limits and credits (`cost` units), then the accounting. A
     /// cache hit of a key whose limits hold tokens on this node never leaves the event loop.
     func check(_ key: UnsafeRawBufferPointer, required: [Substring] = [], cost: Int = 1, client: FailureLimiter.Client?,
                requestID: String?, usage: UsageRecorder.LoopCounter, on eventLoop: any EventLoop) -> Step {
@@ -119,7 +122,7 @@ final class DataPlaneContext: Sendable {
                 if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
                 return .done(.allowed(verdict))
             }
-            switch rateLimiter.admit(limits.subject, limits.rateLimits, cost: cost, on: eventLoop) {
+            switch keyLimits.admit(limits, cost: cost, on: eventLoop) {
             case .decided(let outcome):
                 return .done(count(outcome, verdict, hash: hash, usage: usage, at: uptimeNanoseconds))
             case .pending(let future):
@@ -137,19 +140,28 @@ final class DataPlaneContext: Sendable {
         }
     }
 
-    /// The accounting of a rate-limit outcome: only an admitted request is a use of the key.
-    private func count(_ outcome: RateLimiter.Outcome, _ verdict: Verdict, hash: KeyHash?, usage: UsageRecorder.LoopCounter,
+    /// The accounting of a limits outcome: only an admitted request is a use of the key.
+    private func count(_ outcome: LimitEnforcer.Outcome, _ verdict: Verdict, hash: KeyHash?, usage: UsageRecorder.LoopCounter,
                        at uptimeNanoseconds: UInt64) -> Verification {
         switch outcome {
-        case .admitted(let quota):
+        case .admitted(let rate, let credits):
             metrics.count(.ok)
             if let hash { usage.record(hash, uptimeNanoseconds: uptimeNanoseconds) }
-            return .allowedWithin(verdict, quota)
-        case .refused(let quota):
+            return .allowedWithin(verdict, rate: rate, credits: credits)
+        case .rateLimited(let quota):
             metrics.count(.overLimit)
             return .overLimit(verdict, quota)
+        case .usageExceeded(let quota):
+            metrics.count(.usageExceeded)
+            return .usageExceeded(verdict, quota)
+        case .unavailable:
+            metrics.count(.unavailable)
+            return .unavailable
         }
     }
+
+    /// Whole seconds until the next refill, at least 1; nil without a refill.
+    func secondsToRefill(_ quota: CreditLedger.Quota) -> Int? { quota.refillsInSeconds }
 
     /// Whole seconds until `quota`'s window ends, at least 1 (`Retry-After`, the `t` of `RateLimit`).
     func secondsToReset(_ quota: RateLimiter.Quota) -> Int {
@@ -171,11 +183,16 @@ final class DataPlaneContext: Sendable {
     func renderAuth(_ verification: Verification, close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
         switch verification {
         case .allowed(let verdict): Responses.authorized(verdict, close: close, into: &buffer)
-        case .allowedWithin(let verdict, let quota):
-            Responses.authorized(verdict, extraHeaders: rateLimitHeaders(verdict, quota, retryAfter: false), close: close, into: &buffer)
+        case .allowedWithin(let verdict, let quota, _):
+            Responses.authorized(verdict, extraHeaders: quota.map { rateLimitHeaders(verdict, $0, retryAfter: false) } ?? "",
+                                 close: close, into: &buffer)
         case .overLimit(let verdict, let quota):
             Responses.json(.tooManyRequests, body: Responses.overLimitBody(quota, retryAfter: secondsToReset(quota)),
                            extraHeaders: rateLimitHeaders(verdict, quota, retryAfter: true), close: close, omitBody: omitBody, into: &buffer)
+        case .usageExceeded(_, let quota):
+            let refill = secondsToRefill(quota)
+            Responses.json(.tooManyRequests, body: Responses.usageExceededBody(refillsIn: refill),
+                           extraHeaders: refill.map { "Retry-After: \($0)\r\n" } ?? "", close: close, omitBody: omitBody, into: &buffer)
         case .forbidden: Responses.json(.forbidden, body: Responses.forbiddenBody, close: close, omitBody: omitBody, into: &buffer)
         case .invalid: Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
         case .unavailable: Responses.unavailable(retryAfter: settings.retryAfterSeconds, close: close, omitBody: omitBody, into: &buffer)
@@ -200,9 +217,13 @@ final class DataPlaneContext: Sendable {
         switch verification {
         case .allowed(let verdict):
             body = identity(verdict, valid: true, code: "VALID")
-        case .allowedWithin(let verdict, let quota):
+        case .allowedWithin(let verdict, let quota, let credits):
             body = identity(verdict, valid: true, code: "VALID")
-            body["rate_limit"] = rateLimit(quota)
+            if let quota { body["rate_limit"] = rateLimit(quota) }
+            if let credits { body["credits"] = self.credits(credits) }
+        case .usageExceeded(let verdict, let credits):
+            body = identity(verdict, valid: false, code: "USAGE_EXCEEDED")
+            body["credits"] = self.credits(credits)
         case .overLimit(let verdict, let quota):
             body = identity(verdict, valid: false, code: "RATE_LIMITED")
             body["rate_limit"] = rateLimit(quota)
@@ -216,6 +237,11 @@ final class DataPlaneContext: Sendable {
         }
         let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data("{}".utf8)
         Responses.json(.ok, body: String(decoding: data, as: UTF8.self), close: close, into: &buffer)
+    }
+
+    /// `credits` of `/v1/verify`: what is left, and the seconds to the next refill (null without).
+    private func credits(_ quota: CreditLedger.Quota) -> [String: Any] {
+        ["remaining": quota.remaining, "reset": secondsToRefill(quota).map { $0 as Any } ?? NSNull()]
     }
 
     /// One debug line per decided request: request id, outcome, and the key id (valid keys) or the
@@ -252,6 +278,8 @@ public final class DataPlaneMetrics: Sendable {
         case ok, missing, malformed, unknown, revoked, disabled, expired, forbidden, unavailable, badRequest, rateLimited
         /// A valid key over one of its own rate limits (`rateLimited` is the failure limiter's 429).
         case overLimit
+        /// A valid key whose credits are used up.
+        case usageExceeded
 
         init(_ reason: InvalidReason) {
             switch reason {
@@ -269,6 +297,7 @@ public final class DataPlaneMetrics: Sendable {
             case .badRequest: return "bad_request"
             case .rateLimited: return "ratelimited"
             case .overLimit: return "over_limit"
+            case .usageExceeded: return "usage_exceeded"
             default: return "\(self)"
             }
         }

@@ -16,12 +16,12 @@ public final class DataPlaneServer: Service, Sendable {
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     private let boundPort = Atomic<Int>(0)
 
-    public init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, rateLimiter: RateLimiter, group: any EventLoopGroup,
+    public init(settings: DataPlaneSettings, verifier: Verifier, usage: UsageRecorder, keyLimits: LimitEnforcer, group: any EventLoopGroup,
                 logger: Logger, isReady: @escaping @Sendable () -> Bool) {
         self.settings = settings
         self.group = group
         self.logger = logger
-        self.context = DataPlaneContext(settings: settings, verifier: verifier, usage: usage, rateLimiter: rateLimiter, metrics: metrics,
+        self.context = DataPlaneContext(settings: settings, verifier: verifier, usage: usage, keyLimits: keyLimits, metrics: metrics,
                                         logger: logger, isReady: isReady)
     }
 

@@ -68,6 +68,14 @@ enum Responses {
     }
 }
 
+extension Responses {
+    /// The 429 of a key whose credits are used up.
+    static func usageExceededBody(refillsIn seconds: Int?) -> String {
+        #"{"error":"usage_exceeded","message":"This API key has no credits left"#
+            + (seconds.map { #"; they are refilled in \#($0) s."}"# } ?? #"."}"#)
+    }
+}
+
 enum HTTPStatusLine: String {
     case ok = "HTTP/1.1 200 OK\r\n"
     case badRequest = "HTTP/1.1 400 Bad Request\r\n"

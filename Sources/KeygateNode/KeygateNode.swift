@@ -27,6 +27,9 @@ public final class KeygateNode: Sendable {
     public let usage: UsageRecorder
     /// Keys' rate limits: tokens leased from Redis and spent on this node.
     public let rateLimiter: RateLimiter
+    /// Keys' credits: leased from their balances, spent here, given back when idle and at shutdown.
+    public let credits: CreditLedger
+    let creditReturns: CreditReturnService
     public let flusher: UsageFlusher
     /// Finishes changes a crashed writer left half-done.
     public let repair: RepairService
@@ -65,11 +68,20 @@ public final class KeygateNode: Sendable {
                                     nodeID: configuration.nodeID, logger: logger)
         self.repair = RepairService(store: adminStore, logger: logger)
         let cache = verifier.cache
-        let rateLimiter = RateLimiter(clock: { Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down)) }) { subject, limit, window, wanted, loop in
+        let clock = configuration.clock
+        let rateLimiter = RateLimiter(clock: clock) { subject, limit, window, wanted, loop in
             store.leaseTokens(subject: subject, limit: limit, window: window, wanted: wanted, on: loop)
         }
         self.rateLimiter = rateLimiter
-        self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage, rateLimiter: rateLimiter, group: group,
+        let credits = CreditLedger(clock: clock, lease: { subject, setting, period, need, wanted, loop in
+            store.leaseCredits(subject: subject, setting: setting, period: period, need: need, wanted: wanted, on: loop)
+        }, giveBack: { subject, setting, period, credits in
+            try await adminStore.returnCredits(subject: subject, setting: setting, period: period, credits: credits)
+        })
+        self.credits = credits
+        self.creditReturns = CreditReturnService(ledger: credits)
+        self.dataPlane = DataPlaneServer(settings: configuration.dataPlane, verifier: verifier, usage: usage,
+                                         keyLimits: LimitEnforcer(rateLimiter: rateLimiter, credits: credits), group: group,
                                          logger: logger, isReady: { redis.isConnected && cache.isTrusted })
         let metricsSource = MetricsSource()
         self.controlPlane = ControlPlane(settings: configuration.controlPlane, store: adminStore, verifier: verifier,
@@ -84,7 +96,8 @@ public final class KeygateNode: Sendable {
     public var services: [any Service] {
         var services: [any Service] = [RedisClientService(clients: [redis, adminStore.redis], group: eventLoopGroup)]
         if let sentinelWatcher { services.append(SentinelWatcherService(watcher: sentinelWatcher)) }
-        return services + [invalidation, flusher, repair, controlPlane, dataPlane]
+        // Credits go back after the data plane has drained (shutdown runs in reverse order).
+        return services + [invalidation, flusher, creditReturns, repair, controlPlane, dataPlane]
     }
 
     /// What `/health/ready` says when not ready: Redis's last error, or the invalidation state.
@@ -118,6 +131,21 @@ struct RedisClientService: Service {
         try? await gracefulShutdown()
         for client in clients { await client.shutdown() }
         try? await group.shutdownGracefully()
+    }
+}
+
+/// Gives back the credits of keys idle on this node for a second, every second, and all that is
+/// held at shutdown (after the data plane drained), so a stopped node costs no credit.
+struct CreditReturnService: Service {
+    let ledger: CreditLedger
+    static let idleMilliseconds: Int64 = 1_000
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            await ledger.returnUnused(idleMilliseconds: Self.idleMilliseconds)
+        }
+        await ledger.returnUnused(idleMilliseconds: 0)
     }
 }
 

@@ -27,6 +27,8 @@ public struct NodeConfiguration: Sendable {
     public var metricsRefusalReasons = false
     /// Event loops for both the data plane and Redis (one Redis connection per loop).
     public var eventLoopThreads = ProcessInfo.processInfo.activeProcessorCount
+    /// Unix milliseconds, for rate-limit windows and credit refill periods (tests inject one).
+    public var clock: @Sendable () -> Int64 = { Int64((Date().timeIntervalSince1970 * 1_000).rounded(.down)) }
 
     public init() {}
 

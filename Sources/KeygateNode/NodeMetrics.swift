@@ -123,6 +123,18 @@ enum NodeMetrics {
                                ([("result", "failed")], Double(limits.leaseFailures))])
         text.counter("keygate_ratelimit_tokens_leased_total", help: "Rate-limit tokens Redis handed to this node.", limits.tokensLeased)
 
+        let credits = node.credits.snapshot
+        text.counter("keygate_credits_decisions_total", help: "Credit decisions: admitted, exhausted (429 usage_exceeded) or unavailable (Redis could not be asked and no credit was held: 503).",
+                     samples: [([("result", "admitted")], Double(credits.admitted)), ([("result", "exhausted")], Double(credits.exhausted)),
+                               ([("result", "unavailable")], Double(credits.unavailable))])
+        text.counter("keygate_credits_leases_total", help: "Credit leases asked of Redis (result=failed: Redis could not be asked).",
+                     samples: [([("result", "ok")], Double(credits.leases - min(credits.leases, credits.leaseFailures))),
+                               ([("result", "failed")], Double(credits.leaseFailures))])
+        text.counter("keygate_credits_leased_total", help: "Credits Redis handed to this node.", credits.creditsLeased)
+        text.counter("keygate_credits_returned_total", help: "Unspent credits this node gave back to their balance (idle keys, shutdown).", credits.creditsReturned)
+        text.counter("keygate_credits_dropped_total", help: "Unspent credits not given back: the balance was refilled or set anew meanwhile, or Redis could not be reached.",
+                     credits.creditsDropped)
+
         text.gauge("keygate_data_plane_open_connections", help: "Open data-plane connections.", Double(data.openConnections.load(ordering: .relaxed)))
         text.counter("keygate_data_plane_refused_connections_total", help: "Connections answered 503 because the connection cap was reached.",
                      data.refusedConnections.load(ordering: .relaxed))

@@ -22,6 +22,12 @@ struct KeysCommand: AsyncParsableCommand {
         var metadata: [String] = []
         @Option(name: .customLong("rate-limit"), help: ArgumentHelp(KeysCommand.rateLimitHelp, valueName: "[name=]limit/duration[:exact]"))
         var rateLimits: [String] = []
+        @Option(help: ArgumentHelp(KeysCommand.creditsHelp, valueName: "n")) var credits: Int?
+        @Option(help: ArgumentHelp(KeysCommand.refillHelp, valueName: "amount/day|amount/month[:day]")) var refill: String?
+
+        func validate() throws {
+            if refill != nil && credits == nil { throw ValidationError("--refill needs --credits (the balance to start from)") }
+        }
 
         func run() async throws {
             try await reportingFailures {
@@ -33,7 +39,8 @@ struct KeysCommand: AsyncParsableCommand {
                 }
                 let request = KeyStore.NewKey(user: user, name: name, scopes: scopes,
                                               expiresAt: expiresIn.map { Date().addingTimeInterval($0.seconds) },
-                                              metadata: pairs, rateLimits: try KeysCommand.parseRateLimits(rateLimits))
+                                              metadata: pairs, rateLimits: try KeysCommand.parseRateLimits(rateLimits),
+                                              credits: try KeysCommand.parseCredits(credits, refill: refill))
                 let issued = try await options.withStore { try await $0.create(request, actor: GlobalOptions.actor) }
                 if options.json { try Output.json(issued) } else { Output.issued(issued) }
             }
@@ -68,8 +75,8 @@ struct KeysCommand: AsyncParsableCommand {
 
     struct Update: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Change a key's name, scopes or rate limits; every node applies it within the invalidation bound.",
-            discussion: "Options given replace the key's value (--scope and --rate-limit replace the whole list); the rest stay as they are.")
+            abstract: "Change a key's name, scopes, rate limits or credits; every node applies it within the invalidation bound.",
+            discussion: "Options given replace the key's value (--scope and --rate-limit replace the whole list, --credits sets the balance and refill anew); the rest stay as they are.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Key id (key_...).") var id: String
         @Option(help: "A new label.") var name: String?
@@ -79,10 +86,15 @@ struct KeysCommand: AsyncParsableCommand {
         @Option(name: .customLong("rate-limit"), help: ArgumentHelp(KeysCommand.rateLimitHelp, valueName: "[name=]limit/duration[:exact]"))
         var rateLimits: [String] = []
         @Flag(help: "Remove every rate limit.") var noRateLimits = false
+        @Option(help: ArgumentHelp(KeysCommand.creditsHelp, valueName: "n")) var credits: Int?
+        @Option(help: ArgumentHelp(KeysCommand.refillHelp, valueName: "amount/day|amount/month[:day]")) var refill: String?
+        @Flag(help: "Remove the credits (the key becomes unlimited).") var noCredits = false
 
         func validate() throws {
             if noScopes && !scopes.isEmpty { throw ValidationError("--no-scopes and --scope contradict each other") }
             if noRateLimits && !rateLimits.isEmpty { throw ValidationError("--no-rate-limits and --rate-limit contradict each other") }
+            if noCredits && (credits != nil || refill != nil) { throw ValidationError("--no-credits and --credits contradict each other") }
+            if refill != nil && credits == nil { throw ValidationError("--refill needs --credits (credits are set as a whole)") }
         }
 
         func run() async throws {
@@ -92,6 +104,9 @@ struct KeysCommand: AsyncParsableCommand {
                 if noRateLimits { changes.rateLimits = [] } else if !rateLimits.isEmpty {
                     changes.rateLimits = try KeysCommand.parseRateLimits(rateLimits)
                 }
+                if noCredits { changes.credits = .some(nil) } else if credits != nil {
+                    changes.credits = .some(try KeysCommand.parseCredits(credits, refill: refill))
+                }
                 let record = try await options.withStore { try await $0.update(id: id, changes, actor: GlobalOptions.actor) }
                 if options.json { try Output.json(record) } else { Output.details(record) }
             }
@@ -99,6 +114,14 @@ struct KeysCommand: AsyncParsableCommand {
     }
 
     static let rateLimitHelp = "A rate limit enforced on every node, e.g. 100/1m or hourly=5000/1h (units ms, s, m, h, d); :exact decides each request in Redis. Repeat for several: a request must pass all."
+
+    static let creditsHelp = "Usage credits: every admitted request spends one (or its cost); none left answers 429 usage_exceeded. Exact across nodes."
+    static let refillHelp = "Set the credits back to an amount every day or month (UTC), e.g. 1000/month, 1000/month:15 (on the 15th) or 100/day."
+
+    static func parseCredits(_ credits: Int?, refill: String?) throws -> Credits? {
+        guard let credits else { return nil }
+        return try Credits(remaining: credits, refill: try refill.map { text throws(KeygateError) in try Credits.Refill(parsing: text) })
+    }
 
     /// `--rate-limit` values; unnamed ones are named after their duration when there are several.
     static func parseRateLimits(_ texts: [String]) throws -> [RateLimit] {

@@ -52,6 +52,7 @@ enum Output {
             ("rotated_from", record.rotatedFrom ?? "-"), ("rotated_to", record.rotatedTo ?? "-"),
             ("metadata", record.metadata.isEmpty ? "-" : record.metadata.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")),
             ("rate_limits", record.rateLimits.isEmpty ? "-" : record.rateLimits.map(\.text).joined(separator: " ")),
+            ("credits", record.credits.map { "\($0.remaining) left" + ($0.refill.map { ", refilled to \($0.text)" } ?? "") } ?? "-"),
         ]
         for (label, value) in rows { print(label.padding(toLength: 13, withPad: " ", startingAt: 0) + DisplayText.escaped(value)) }
     }

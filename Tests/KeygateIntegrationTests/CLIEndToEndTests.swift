@@ -73,6 +73,36 @@ import Testing
         #expect(!events.stdout.contains("hash"), "the audit output shows no key hash")
     }
 
+    @Test func limitsAndCreditsFromTheCommandLine() async throws {
+        let created = try await keygate("keys", "create", "--user", "dana", "--rate-limit", "100/1m", "--rate-limit", "hourly=5000/1h",
+                                        "--credits", "1000", "--refill", "1000/month:15", "--json")
+        #expect(created.exitCode == 0, "\(created.stderr)")
+        let key = try #require(try json(created) as? [String: Any])
+        let id = try #require(key["id"] as? String)
+        #expect((key["rate_limits"] as? [[String: Any]])?.map { $0["name"] as? String } == ["1m", "hourly"])
+        let credits = try #require(key["credits"] as? [String: Any])
+        #expect(credits["remaining"] as? Int == 1000)
+        #expect((credits["refill"] as? [String: Any])?["day"] as? Int == 15)
+        let shown = try await keygate("keys", "show", id)
+        #expect(shown.stdout.contains("1000 left, refilled to 1000/month:15"), "\(shown.stdout)")
+
+        let updated = try await keygate("keys", "update", id, "--credits", "5", "--no-rate-limits", "--json")
+        #expect(updated.exitCode == 0, "\(updated.stderr)")
+        let record = try #require(try json(updated) as? [String: Any])
+        #expect((record["credits"] as? [String: Any])?["remaining"] as? Int == 5 && (record["rate_limits"] as? [Any])?.isEmpty == true)
+        let lifted = try await keygate("keys", "update", id, "--no-credits", "--json")
+        #expect((try json(lifted) as? [String: Any])?["credits"] is NSNull)
+
+        // Bad input is a usage error and changes nothing.
+        for bad in [["--credits", "-1"], ["--credits", "5", "--refill", "5/week"], ["--refill", "5/day"], ["--no-credits", "--credits", "5"]] {
+            let result = try await runCommand(binary, ["keys", "update", id] + bad, environment: environment)
+            #expect(result.exitCode != 0, "\(bad)")
+        }
+        let events = try await keygate("events", "--json")
+        let fields = try #require(try json(events) as? [[String: Any]]).compactMap { $0["fields"] as? String }
+        #expect(fields == ["rate_limits,credits", "credits"], "\(fields)")
+    }
+
     @Test func serveAnswersThenStopsGracefullyOnSIGTERMWithCountsFlushed() async throws {
         let created = try await keygate("keys", "create", "--user", "carol", "--json")
         let key = try #require((try json(created) as? [String: Any])?["key"] as? String)

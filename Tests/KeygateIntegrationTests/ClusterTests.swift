@@ -40,7 +40,7 @@ import Testing
             #expect(try await store.list(user: "spread").count == issued.count)
 
             let first = issued[0]
-            if case .active(let id, _, _, _, _, _) = try await store.lookup(first.record.hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
+            if case .active(let id, _, _, _, _, _, _) = try await store.lookup(first.record.hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
                 #expect(id == first.record.id)
             } else {
                 Issue.record("a lookup routed to the key's primary finds it")
@@ -122,7 +122,7 @@ import Testing
                 let loop = MultiThreadedEventLoopGroup.singleton.any()
                 for (index, key) in issued.enumerated() {
                     switch try await target.lookup(key.record.hash, on: loop).get() {
-                    case .active(let id, _, let scopes, _, _, _):
+                    case .active(let id, _, let scopes, _, _, _, _):
                         #expect(index != 0 && id == key.record.id && scopes == "orders:read")
                     case .refused(let reason):
                         #expect(index == 0 && reason == .revoked, "key \(index) refused: \(reason)")

@@ -253,6 +253,57 @@ import Testing
         }
     }
 
+    @Test func creditsThroughTheAPI() async throws {
+        try await Self.withAPI { node, api, admin in
+            let created = try await api.call(.post, "/v1/keys", key: admin, json: #"""
+                {"user":"alice","scopes":["keygate:self"],"credits":{"remaining":3,"refill":{"amount":10,"interval":"monthly","day":15}}}
+                """#)
+            #expect(created.status == .created, "\(created.text)")
+            let credits = try #require(created.json["credits"] as? [String: Any])
+            #expect(credits["remaining"] as? Int == 3)
+            let refill = try #require(credits["refill"] as? [String: Any])
+            #expect(refill["amount"] as? Int == 10 && refill["interval"] as? String == "monthly" && refill["day"] as? Int == 15)
+            let id = try #require(created.json["id"] as? String)
+            let key = try #require(created.json["key"] as? String)
+            // Spent on the data plane, read back live.
+            #expect(try await NodeIntegrationTests.auth(key, port: node.port).status == 200)
+            await node.node.credits.returnUnused(idleMilliseconds: 0)
+            let read = try await api.call(.get, "/v1/keys/\(id)", key: admin)
+            #expect((read.json["credits"] as? [String: Any])?["remaining"] as? Int == 2, "\(read.text)")
+
+            // Each bad setting is a 422 naming the field, and changes nothing.
+            for (bad, field) in [(#"{"remaining":-1}"#, "credits.remaining"), (#"{}"#, "credits.remaining"),
+                                 (#"{"remaining":1,"refill":{"amount":0,"interval":"daily"}}"#, "credits.refill.amount"),
+                                 (#"{"remaining":1,"refill":{"amount":5,"interval":"weekly"}}"#, "credits.refill.interval"),
+                                 (#"{"remaining":1,"refill":{"amount":5,"interval":"daily","day":3}}"#, "credits.refill.day"),
+                                 (#"{"remaining":1,"refill":{"amount":5,"interval":"monthly","day":32}}"#, "credits.refill.day")] {
+                let reply = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"credits":\#(bad)}"#)
+                #expect(reply.status == .unprocessableContent, "\(bad): \(reply.status)")
+                #expect(reply.json["field"] as? String == field, "\(bad): \(reply.text)")
+            }
+            let unknownField = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"credits":{"remaining":1,"bonus":2}}"#)
+            #expect(unknownField.status.code >= 400 && unknownField.status.code < 500)
+            #expect(try await node.node.store.record(id: id).credits?.remaining == 2)
+
+            // PATCH sets the balance anew; null removes the credits; the audit event names the field.
+            let patched = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"credits":{"remaining":7}}"#)
+            #expect(patched.status == .ok)
+            #expect((patched.json["credits"] as? [String: Any])?["remaining"] as? Int == 7)
+            let events = try await api.call(.get, "/v1/events", key: admin)
+            let updated = (events.json["events"] as? [[String: Any]])?.last { $0["type"] as? String == "updated" }
+            #expect(updated?["fields"] as? String == "credits", "\(String(describing: updated))")
+
+            // A self-service key cannot set credits; the keys it creates share its balance.
+            #expect(try await api.call(.post, "/v1/keys", key: key, json: #"{"credits":{"remaining":1000}}"#).status == .forbidden)
+            let child = try await api.call(.post, "/v1/keys", key: key, json: "{}")
+            #expect(child.status == .created)
+            #expect((child.json["credits"] as? [String: Any])?["remaining"] as? Int == 7, "\(child.text)")
+
+            let removed = try await api.call(.patch, "/v1/keys/\(id)", key: admin, json: #"{"credits":null}"#)
+            #expect(removed.status == .ok && removed.json["credits"] is NSNull)
+        }
+    }
+
     @Test func aRevokeThroughTheAPIIsSeenByTheDataPlane() async throws {
         try await Self.withAPI { node, api, admin in
             let created = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"carol"}"#)

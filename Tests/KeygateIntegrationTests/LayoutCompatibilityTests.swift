@@ -46,7 +46,7 @@ import Testing
         #expect(try await store.usage(id: id, days: 1).total == 41)
         #expect(try await store.usage(id: id, days: 1).daily.last?.count == 41)
         #expect(try await store.events().map(\.type) == ["created"])
-        if case .active(let foundID, _, _, _, _, _) = try await store.lookup(hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
+        if case .active(let foundID, _, _, _, _, _, _) = try await store.lookup(hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
             #expect(foundID == id)
         } else {
             Issue.record("the old record is found by the lookup")

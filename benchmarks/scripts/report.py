@@ -17,7 +17,7 @@ EXPECTED = {
     "hit": [("nginx-return-200", "requests_per_second"), ("lua-peer", "requests_per_second"),
             ("keygate", "requests_per_second"), ("keygate", "redis_commands_per_request")],
     "limits": [("keygate", "requests_per_second"), ("keygate-limited", "requests_per_second"),
-               ("keygate-limited", "redis_commands_per_request")],
+               ("keygate-credits", "requests_per_second"), ("keygate-limited", "redis_commands_per_request")],
     "hit10k": [("nginx-return-200", "requests_per_second"), ("lua-peer", "requests_per_second"),
                ("keygate", "requests_per_second")],
     "miss": [("lua-peer", "requests_per_second"), ("keygate", "requests_per_second"),
@@ -101,7 +101,8 @@ def summary_rows(values):
     add_ratio("hit path, one hot key (req/s)", ("hit", "keygate", "requests_per_second"), ("hit", "lua-peer", "requests_per_second"), 1.0)
     add_ratio("hit path, a key with a rate limit, against an unlimited key (req/s)", ("limits", "keygate-limited", "requests_per_second"), ("limits", "keygate", "requests_per_second"), 0.9)
     add_ratio("hit path, a key with a rate limit (req/s)", ("limits", "keygate-limited", "requests_per_second"), ("hit", "lua-peer", "requests_per_second"), 1.0)
-    add_value("Redis commands per admitted request, a key with a rate limit", ("limits", "keygate-limited", "redis_commands_per_request"), 0.01, "commands")
+    add_ratio("hit path, a key with credits, against an unlimited key (req/s)", ("limits", "keygate-credits", "requests_per_second"), ("limits", "keygate", "requests_per_second"), None)
+    add_value("Redis commands per admitted request, keys with a rate limit or credits", ("limits", "keygate-limited", "redis_commands_per_request"), 0.01, "commands")
     add_ratio("hit path, 10,000 hot keys (req/s)", ("hit10k", "keygate", "requests_per_second"), ("hit10k", "lua-peer", "requests_per_second"), 1.0)
     add_ratio("hit path, 10,000 hot keys, against wrk's own ceiling with the same script (req/s)", ("hit10k", "keygate", "requests_per_second"), ("hit10k", "nginx-return-200", "requests_per_second"), None)
     add_ratio("miss path, a Redis lookup per request (req/s)", ("miss", "keygate", "requests_per_second"), ("miss", "lua-peer", "requests_per_second"), 1.0)

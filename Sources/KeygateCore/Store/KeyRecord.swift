@@ -20,6 +20,11 @@ public struct KeyRecord: Sendable, Equatable, Codable {
     public var metadata: [String: String]
     /// Enforced on every node; a request must pass all of them. Empty: unlimited.
     public var rateLimits: [RateLimit]
+    /// Usage credits (nil: unlimited); `remaining` is the balance when the record was read (credits
+    /// nodes hold in leases count as spent until they give them back).
+    public var credits: Credits?
+    /// The setting behind `credits`, as the record stores it. Not shown.
+    public internal(set) var creditSetting: CreditSetting?
     /// Whose rate-limit windows the key draws on: the first key of its rotation chain (copied to
     /// each successor, and to keys a self-service key creates). Not shown.
     public internal(set) var limitID: String
@@ -37,7 +42,7 @@ public struct KeyRecord: Sendable, Equatable, Codable {
 
     enum CodingKeys: String, CodingKey {
         case id, user, name, scopes, status, version, metadata
-        case rateLimits = "rate_limits"
+        case rateLimits = "rate_limits", credits
         case createdAt = "created_at", expiresAt = "expires_at", revokedAt = "revoked_at"
         case lastUsedAt = "last_used_at", rotatedFrom = "rotated_from", rotatedTo = "rotated_to"
     }
@@ -60,18 +65,21 @@ public struct KeyRecord: Sendable, Equatable, Codable {
         try container.encode(version, forKey: .version)
         try container.encode(metadata, forKey: .metadata)
         try container.encode(rateLimits, forKey: .rateLimits)
+        try container.encode(credits, forKey: .credits)
         try container.encode(rotatedFrom, forKey: .rotatedFrom)
         try container.encode(rotatedTo, forKey: .rotatedTo)
     }
 
     init(hash: KeyHash, id: String, user: String, name: String, scopes: [String], status: KeyStatus,
          createdAt: Date, expiresAt: Date?, revokedAt: Date?, lastUsedAt: Date?, version: Int64,
-         metadata: [String: String], rateLimits: [RateLimit] = [], limitID: String? = nil, rotatedFrom: String?, rotatedTo: String?) {
+         metadata: [String: String], rateLimits: [RateLimit] = [], creditSetting: CreditSetting? = nil, limitID: String? = nil, rotatedFrom: String?, rotatedTo: String?) {
         self.hash = hash; self.id = id; self.user = user; self.name = name; self.scopes = scopes
         self.status = status; self.createdAt = createdAt; self.expiresAt = expiresAt
         self.revokedAt = revokedAt; self.lastUsedAt = lastUsedAt; self.version = version
         self.metadata = metadata; self.rotatedFrom = rotatedFrom; self.rotatedTo = rotatedTo
         self.rateLimits = rateLimits; self.limitID = limitID ?? id
+        self.creditSetting = creditSetting
+        self.credits = creditSetting.flatMap { try? Credits(remaining: $0.remaining, refill: $0.refill) }
     }
 }
 
@@ -107,9 +115,11 @@ public struct KeyEvent: Sendable, Equatable, Codable {
     public var version: Int64
     /// For `rotated`: the successor's id.
     public var successorID: String?
+    /// For `updated`: the fields changed, comma separated (`scopes,rate_limits,credits`).
+    public var fields: String? = nil
 
     enum CodingKeys: String, CodingKey {
-        case id, type, user, actor, time, version
+        case id, type, user, actor, time, version, fields
         case keyID = "key_id", successorID = "successor_id"
     }
 }

@@ -45,13 +45,26 @@ public final class KeyStore: Sendable {
         public var expiresAt: Date?
         public var metadata: [String: String]
         public var rateLimits: [RateLimit]
-        /// Draw on another key's rate-limit windows (that key's `limitID`); nil: the key's own.
+        /// nil: unlimited.
+        public var credits: Credits?
+        /// Draw on another key's rate-limit windows and credits (that key's `limitID`); nil: the key's own.
         public var limitID: String?
+        /// With `limitID`: the credit setting of that key, so the new key shares its balance.
+        var sharedCreditSetting: CreditSetting?
 
         public init(user: String, name: String = "", scopes: [String] = [], expiresAt: Date? = nil,
-                    metadata: [String: String] = [:], rateLimits: [RateLimit] = []) {
+                    metadata: [String: String] = [:], rateLimits: [RateLimit] = [], credits: Credits? = nil) {
             self.user = user; self.name = name; self.scopes = scopes
-            self.expiresAt = expiresAt; self.metadata = metadata; self.rateLimits = rateLimits
+            self.expiresAt = expiresAt; self.metadata = metadata; self.rateLimits = rateLimits; self.credits = credits
+        }
+
+        /// The new key carries `record`'s rate limits and credits and draws on the same windows and
+        /// balance (a self-service key's keys cannot escape its limits).
+        public mutating func shareLimits(of record: KeyRecord) {
+            rateLimits = record.rateLimits
+            limitID = record.limitID
+            credits = nil
+            sharedCreditSetting = record.creditSetting
         }
     }
 
@@ -64,13 +77,15 @@ public final class KeyStore: Sendable {
         public var metadata: [String: String]?
         /// The whole list (an empty one removes every limit).
         public var rateLimits: [RateLimit]?
+        /// Sets the balance (and refill) anew; `.some(nil)` removes the credits (unlimited).
+        public var credits: Credits??
 
         public init(name: String? = nil, scopes: [String]? = nil, expiresAt: Date?? = nil, metadata: [String: String]? = nil,
-                    rateLimits: [RateLimit]? = nil) {
+                    rateLimits: [RateLimit]? = nil, credits: Credits?? = nil) {
             self.name = name; self.scopes = scopes; self.expiresAt = expiresAt; self.metadata = metadata
-            self.rateLimits = rateLimits
+            self.rateLimits = rateLimits; self.credits = credits
         }
-        var isEmpty: Bool { name == nil && scopes == nil && expiresAt == nil && metadata == nil && rateLimits == nil }
+        var isEmpty: Bool { name == nil && scopes == nil && expiresAt == nil && metadata == nil && rateLimits == nil && credits == nil }
     }
 
     // MARK: mutations
@@ -108,7 +123,9 @@ public final class KeyStore: Sendable {
                             arguments: [operation.op, String(issued), String(Self.applyWindowMilliseconds), self.layout.invalidationChannel,
                                         hash.hex, id, request.user, request.name, request.scopes.joined(separator: " "),
                                         request.expiresAt.map { String($0.milliseconds) } ?? "", metadata, String(now.milliseconds),
-                                        RateLimit.storageText(request.rateLimits), request.limitID ?? ""])]
+                                        RateLimit.storageText(request.rateLimits), request.limitID ?? "",
+                                        request.sharedCreditSetting?.storageText
+                                            ?? request.credits.map { CreditSetting($0, setAt: issued).storageText } ?? ""])]
             }, afterApply: { applied throws(KeygateError) in
                 for (operation, _) in applied { try await self.finishSideEffects(operation) }
             })
@@ -129,6 +146,10 @@ public final class KeyStore: Sendable {
                                status: .active, createdAt: now, expiresAt: request.expiresAt?.truncatedToMilliseconds,
                                revokedAt: nil, lastUsedAt: nil, version: 1, metadata: request.metadata,
                                rateLimits: request.rateLimits, limitID: request.limitID, rotatedFrom: nil, rotatedTo: nil)
+        // Credits are stamped with the log server's clock: read back what was stored.
+        if request.credits != nil || request.sharedCreditSetting != nil {
+            return IssuedKey(record: try await self.record(id: id), key: plaintext)
+        }
         return IssuedKey(record: record, key: plaintext)
     }
 
@@ -186,16 +207,19 @@ public final class KeyStore: Sendable {
             try RateLimit.validate(rateLimits)
             pairs += ["rate_limits", RateLimit.storageText(rateLimits)]
         }
+        if case .some(.some(let credits)) = changes.credits { _ = try Credits(remaining: credits.remaining, refill: credits.refill) }
         let current = try await record(id: id)
         let hash = current.hash
-        let fields = stride(from: 0, to: pairs.count, by: 2).map { pairs[$0] }.joined(separator: ",")
+        let fields = (stride(from: 0, to: pairs.count, by: 2).map { pairs[$0] } + (changes.credits == nil ? [] : ["credits"]))
+            .joined(separator: ",")
         let operation = PendingOperation(op: PendingOperation.newID(), kind: .update, hash: hash.hex, keyID: id, user: current.user,
                                          event: ["type", "updated", "key_id", id, "user", current.user, "actor", actor,
                                                  "time", String(now.milliseconds), "fields", fields, "hash", hash.hex])
         _ = try await perform([operation], calls: { issued in
             [ScriptCall(script: KeyStoreScripts.applyUpdate, keys: [self.layout.record(hash), self.layout.unlogged(hash)],
                         arguments: [operation.op, String(issued), String(Self.applyWindowMilliseconds), self.layout.invalidationChannel,
-                                    hash.hex, id] + pairs)]
+                                    hash.hex, id] + pairs
+                            + (changes.credits.map { ["credits", $0.map { CreditSetting($0, setAt: issued).storageText } ?? ""] } ?? []))]
         })[0].get()
         return try await record(id: id)
     }
@@ -217,7 +241,7 @@ public final class KeyStore: Sendable {
                 hash: newHash.hex, id: newID, name: old.name, scopes: old.scopes.joined(separator: " "),
                 expiresAt: old.expiresAt.map { String($0.milliseconds) } ?? "",
                 metadata: try KeyValidation.encodeMetadata(old.metadata), createdAt: String(now.milliseconds),
-                rateLimits: RateLimit.storageText(old.rateLimits), limitID: old.limitID)
+                rateLimits: RateLimit.storageText(old.rateLimits), limitID: old.limitID, credits: old.creditSetting?.storageText)
             let operation = PendingOperation(op: PendingOperation.newID(), kind: .rotate, hash: old.hash.hex, keyID: id, user: old.user,
                                              event: ["type", "rotated", "key_id", id, "user", old.user, "actor", actor,
                                                      "time", String(now.milliseconds), "successor_id", newID, "hash", old.hash.hex],
@@ -379,8 +403,10 @@ public final class KeyStore: Sendable {
     /// What the node's verifier learns from one lookup (`KeyStoreScripts.lookup`).
     public enum Lookup: Sendable {
         /// `rateLimits`: the record's `rate_limits` field (empty without limits); `limitSubject` its
-        /// `limit_id` (empty for a key that is not a successor: then its own id).
-        case active(id: String, user: String, scopes: String, expiresAt: RESPValue, rateLimits: Substring, limitSubject: String)
+        /// `limit_id` (empty for a key that is not a successor: then its own id); `credits` its
+        /// `credits` field (`CreditSetting.storageText`, empty without credits).
+        case active(id: String, user: String, scopes: String, expiresAt: RESPValue, rateLimits: Substring, limitSubject: String,
+                    credits: Substring)
         case refused(InvalidReason)
         /// Not a reply the lookup script gives: a record or server Keygate did not write.
         case malformed
@@ -393,9 +419,9 @@ public final class KeyStore: Sendable {
     /// travel back; B5 in the README).
     public func lookup(_ hash: KeyHash, on eventLoop: any EventLoop) -> EventLoopFuture<Lookup> {
         let command = RedisCommand("HMGET", [.string(layout.record(hash)), "status", "id", "user", "scopes", "expires_at",
-                                             "rate_limits", "limit_id"])
+                                             "rate_limits", "limit_id", "credits"])
         return redis.send(command, on: eventLoop).map { reply in
-            guard case .array(let fields) = reply, fields.count == 7 else { return .malformed }
+            guard case .array(let fields) = reply, fields.count == 8 else { return .malformed }
             guard case .bulkString(let status) = fields[0] else { return fields[0].isNull ? .refused(.notFound) : .malformed }
             if status.readableBytesView.elementsEqual("revoked".utf8) { return .refused(.revoked) }
             if status.readableBytesView.elementsEqual("disabled".utf8) { return .refused(.disabled) }
@@ -403,7 +429,8 @@ public final class KeyStore: Sendable {
                 return .malformed
             }
             return .active(id: id, user: user, scopes: fields[3].string ?? "", expiresAt: fields[4],
-                           rateLimits: Substring(fields[5].string ?? ""), limitSubject: fields[6].string ?? "")
+                           rateLimits: Substring(fields[5].string ?? ""), limitSubject: fields[6].string ?? "",
+                           credits: Substring(fields[7].string ?? ""))
         }
     }
 
@@ -493,6 +520,47 @@ public final class KeyStore: Sendable {
             }
     }
 
+    // MARK: credits
+
+    /// Leases credits of `subject`'s balance for `setting` (`KeyStoreScripts.leaseCredits`): `need`
+    /// whole or nothing, plus up to `wanted` more. On `eventLoop`'s connection (the verifier's path).
+    public func leaseCredits(subject: String, setting: CreditSetting, period: Int64, need: Int, wanted: Int,
+                             on eventLoop: any EventLoop) -> EventLoopFuture<CreditLedger.Grant> {
+        redis.evalSHA(KeyStoreScripts.leaseCredits, keys: [.string(layout.credits(subject: subject))],
+                      arguments: [.integer(Int64(setting.remaining)), .integer(setting.setAt), .integer(setting.period),
+                                  .integer(Int64(setting.refill?.amount ?? -1)), .integer(period), .integer(Int64(need)),
+                                  .integer(Int64(max(0, wanted)))], on: eventLoop)
+            .flatMapThrowing { reply in
+                guard let parts = reply.array, parts.count == 3, let granted = parts[0].int, let balance = parts[1].int,
+                      let period = parts[2].int else {
+                    throw KeygateError(.internalError, "unexpected reply to a credits lease")
+                }
+                return CreditLedger.Grant(granted: Int(granted), balance: Int(balance), period: period)
+            }
+    }
+
+    /// Gives back credits a node leased and did not spend; false when the balance is no longer the
+    /// one they came from (refilled or set anew), and they are dropped.
+    public func returnCredits(subject: String, setting: CreditSetting, period: Int64, credits: Int) async throws(KeygateError) -> Bool {
+        let reply = try await runScripts([ScriptCall(script: KeyStoreScripts.returnCredits, keys: [layout.credits(subject: subject)],
+                                                     arguments: [String(setting.setAt), String(period), String(credits)])],
+                                         throwingErrors: true)
+        return reply.replies.first?.int == 1
+    }
+
+    /// What the balance of `record`'s credits is now, as the next lease would see it (credits nodes
+    /// hold count as spent).
+    private func liveCredits(_ setting: CreditSetting, balance: RESPValue, now: Date) -> Credits? {
+        let fields = balance.array ?? []
+        var remaining = setting.remaining, period = setting.period
+        if fields.count == 3, let stored = fields[0].int, let set = fields[1].int, let storedPeriod = fields[2].int, set >= setting.setAt {
+            remaining = Int(stored)
+            period = storedPeriod
+        }
+        if let refill = setting.refill, refill.period(at: now.milliseconds) > period { remaining = refill.amount }
+        return try? Credits(remaining: max(0, remaining), refill: setting.refill)
+    }
+
     // MARK: plumbing
 
     private func hash(forID id: String) async throws(KeygateError) -> KeyHash {
@@ -520,6 +588,17 @@ public final class KeyStore: Sendable {
             }
             record.lastUsedAt = replies[index * 2 + 1].int.map(Date.init(milliseconds:))
             result.append(record)
+        }
+        // Balances live in their own slots ({limit id}): one more round trip, for keys with credits only.
+        let withCredits = result.indices.filter { result[$0].creditSetting != nil }
+        if !withCredits.isEmpty {
+            let balances = try await pipeline(withCredits.map {
+                RedisCommand("HMGET", [.string(layout.credits(subject: result[$0].limitID)), "remaining", "set", "period"])
+            })
+            let now = Date()
+            for (index, balance) in zip(withCredits, balances) {
+                result[index].credits = liveCredits(result[index].creditSetting!, balance: balance, now: now)
+            }
         }
         return result
     }

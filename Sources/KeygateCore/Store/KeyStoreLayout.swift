@@ -13,6 +13,8 @@ import KeygateRedis
 /// | Redis key | type | content |
 /// |---|---|---|
 /// | `ns:key:{<sha256 hex>}` | hash | the record (id, user, name, scopes, status, times, version, metadata, rotation links) |
+/// | `ns:ratelimit:{<subject>}:<name>:<window>` | string | rate-limit tokens handed out in one window, expires two windows on |
+/// | `ns:credits:{<subject>}` | hash | live credit balance: `remaining`, `set` (the setting's ms), `period` (last refill period applied) |
 /// | `ns:unlogged:{<hash>}` | hash | operations applied to the record whose event is not logged yet: op id -> version |
 /// | `ns:id:<key id>` | string | the key's hash hex: id -> record |
 /// | `ns:user:<user>` | set | the user's key ids |
@@ -50,6 +52,8 @@ public struct KeyStoreLayout: Sendable, Equatable {
     public func rateLimitWindow(subject: String, name: String, window: Int64) -> String {
         "\(namespace):ratelimit:{\(subject)}:\(name):\(window)"
     }
+    /// The live credit balance of a key's rotation chain (`subject`, as for rate limits).
+    public func credits(subject: String) -> String { "\(namespace):credits:{\(subject)}" }
     public func unlogged(_ hash: KeyHash) -> String { "\(namespace):unlogged:{\(hash.hex)}" }
     /// The high-water mark of one node run's usage batches in one slot.
     public func usageApplied(slot: Int, run: String) -> String { "\(namespace):usage-applied:{\(HashSlot.tag(forSlot: slot))}:\(run)" }

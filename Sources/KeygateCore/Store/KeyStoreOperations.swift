@@ -31,6 +31,8 @@ struct PendingOperation: Codable, Sendable, Equatable {
         /// nil in operations registered before rate limits existed.
         var rateLimits: String?
         var limitID: String?
+        /// The credit setting (`CreditSetting.storageText`), shared with the predecessor's balance.
+        var credits: String?
     }
 
     static func newID() -> String {
@@ -212,7 +214,8 @@ extension KeyStore {
                                                  arguments: [layout.invalidationChannel, successor.hash, successor.id, operation.user,
                                                              successor.name, successor.scopes, successor.expiresAt, successor.metadata,
                                                              successor.createdAt, operation.keyID, successor.rateLimits ?? "",
-                                                             successor.limitID ?? operation.keyID])], throwingErrors: true)
+                                                             successor.limitID ?? operation.keyID, successor.credits ?? ""])],
+                                     throwingErrors: true)
             try await index(id: successor.id, hash: successor.hash, user: operation.user)
         case .status, .update:
             break

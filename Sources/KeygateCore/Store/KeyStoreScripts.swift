@@ -75,13 +75,15 @@ enum KeyStoreScripts {
 
     /// Step 2 of create. KEYS: record, unlogged.
     /// ARGV: op id, issued ms, window ms, channel, hash, id, user, name, scopes, expires_at ms or "",
-    /// metadata JSON, now ms, rate limits (`RateLimit.storageText`), limit id or "". Returns {1, version, other unlogged ops...}.
+    /// metadata JSON, now ms, rate limits (`RateLimit.storageText`), limit id or "", credits
+    /// (`CreditSetting.storageText`) or "". Returns {1, version, other unlogged ops...}.
     static let applyCreate = RedisScript(deadline + """
     if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('DUPLICATE a key with this hash exists') end
     redis.call('HSET', KEYS[1], 'id', ARGV[6], 'user', ARGV[7], 'name', ARGV[8], 'scopes', ARGV[9],
       'status', 'active', 'created_at', ARGV[12], 'expires_at', ARGV[10], 'metadata', ARGV[11], 'version', 1)
     if ARGV[13] and ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'rate_limits', ARGV[13]) end
     if ARGV[14] and ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'limit_id', ARGV[14]) end
+    if ARGV[15] and ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'credits', ARGV[15]) end
     redis.call('HSET', KEYS[2], ARGV[1], 1)
     redis.call('PUBLISH', ARGV[4], ARGV[5])
     return {1, 1, unpack(others)}
@@ -103,7 +105,7 @@ enum KeyStoreScripts {
     return {1, version, unpack(others)}
     """)
 
-    /// Step 2 of update (name, scopes, expiry, metadata, rate limits). KEYS: record, unlogged.
+    /// Step 2 of update (name, scopes, expiry, metadata, rate limits, credits). KEYS: record, unlogged.
     /// ARGV: op id, issued ms, window ms, channel, hash, id, then field/value pairs.
     /// Returns {1, version, other unlogged ops...}.
     static let applyUpdate = RedisScript(deadline + """
@@ -140,7 +142,7 @@ enum KeyStoreScripts {
     /// The successor of a rotation (after `applyRotate`, or from a repair), in its own slot. Idempotent:
     /// a successor already written with this id is success.
     /// KEYS: record. ARGV: channel, hash, id, user, name, scopes, expires_at, metadata, now ms, predecessor id,
-    /// rate limits, limit id (the chain's first key). Returns 1 when written now, 0 when it existed.
+    /// rate limits, limit id (the chain's first key), credits. Returns 1 when written now, 0 when it existed.
     static let writeSuccessor = RedisScript("""
     if redis.call('EXISTS', KEYS[1]) == 1 then
       if redis.call('HGET', KEYS[1], 'id') == ARGV[3] then return 0 end
@@ -150,6 +152,7 @@ enum KeyStoreScripts {
       'created_at', ARGV[9], 'expires_at', ARGV[7], 'metadata', ARGV[8], 'version', 1, 'rotated_from', ARGV[10])
     if ARGV[11] and ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'rate_limits', ARGV[11]) end
     if ARGV[12] and ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'limit_id', ARGV[12]) end
+    if ARGV[13] and ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'credits', ARGV[13]) end
     redis.call('PUBLISH', ARGV[1], ARGV[2])
     return 1
     """)
@@ -199,5 +202,44 @@ enum KeyStoreScripts {
     local take = math.min(tonumber(ARGV[2]), math.max(1, math.floor(left / 2)))
     redis.call('SET', KEYS[1], used + take, 'PX', ARGV[3])
     return {take, used + take}
+    """)
+
+    /// Credits of a key's balance, leased by a node that spends them without asking Redis again;
+    /// what it does not spend it gives back (`returnCredits`). Redis subtracts every lease, so the
+    /// nodes together never admit more than the balance. The balance starts from the record's
+    /// setting the first time a node with that setting asks (a newer setting replaces it; a node
+    /// still holding an older one draws on the balance as it is and refills nothing), and is set to
+    /// the refill amount once per refill period. A lease gets what its waiting requests need whole
+    /// (or nothing, when the balance is smaller), plus up to `wanted` more but at most a quarter of
+    /// the balance, so the last credits are shared out rather than held by one node.
+    /// KEYS: the balance. ARGV: set remaining, set ms, set period, refill amount (-1: none), the
+    /// node's current period, credits needed now, credits wanted.
+    /// Returns {granted, balance left after it, the balance's refill period}.
+    static let leaseCredits = RedisScript("""
+    local b = redis.call('HMGET', KEYS[1], 'remaining', 'set', 'period')
+    local remaining, set, period = tonumber(b[1]), tonumber(b[2]), tonumber(b[3])
+    local setting = tonumber(ARGV[2])
+    local current = not set or set <= setting
+    if not set or set < setting then remaining = tonumber(ARGV[1]); set = setting; period = tonumber(ARGV[3]) end
+    if current and tonumber(ARGV[4]) >= 0 and tonumber(ARGV[5]) > period then
+      remaining = tonumber(ARGV[4]); period = tonumber(ARGV[5])
+    end
+    local need = tonumber(ARGV[6])
+    local take = 0
+    if need <= remaining then take = math.min(remaining, need + math.min(tonumber(ARGV[7]), math.floor((remaining - need) / 4))) end
+    remaining = remaining - take
+    redis.call('HSET', KEYS[1], 'remaining', remaining, 'set', set, 'period', period)
+    return {take, remaining, period}
+    """)
+
+    /// Gives back credits a node leased and did not spend, if the balance is still the one they
+    /// came from (same setting, same refill period); otherwise they are dropped (a refill or a new
+    /// setting replaced the balance). KEYS: the balance. ARGV: set ms, period, credits.
+    /// Returns 1 when added back, 0 when dropped.
+    static let returnCredits = RedisScript("""
+    local b = redis.call('HMGET', KEYS[1], 'set', 'period')
+    if b[1] ~= ARGV[1] or b[2] ~= ARGV[2] then return 0 end
+    redis.call('HINCRBY', KEYS[1], 'remaining', ARGV[3])
+    return 1
     """)
 }

@@ -101,6 +101,7 @@ enum KeyStoreDecoding {
             revokedAt: fields["revoked_at"].flatMap(Int64.init).map(Date.init(milliseconds:)),
             lastUsedAt: nil, version: version, metadata: metadata,
             rateLimits: fields["rate_limits"].flatMap { RateLimit.fromStorage(Substring($0)) } ?? [],
+            creditSetting: fields["credits"].flatMap { $0.isEmpty ? nil : CreditSetting(storage: Substring($0)) },
             limitID: fields["limit_id"].flatMap { $0.isEmpty ? nil : $0 },
             rotatedFrom: fields["rotated_from"].flatMap { $0.isEmpty ? nil : $0 },
             rotatedTo: fields["rotated_to"].flatMap { $0.isEmpty ? nil : $0 })
@@ -113,6 +114,6 @@ enum KeyStoreDecoding {
               let time = fields["time"].flatMap(Int64.init) else { return nil }
         return KeyEvent(id: id, type: type, keyID: keyID, user: fields["user"] ?? "", actor: fields["actor"] ?? "",
                         time: Date(milliseconds: time), version: fields["version"].flatMap(Int64.init) ?? 0,
-                        successorID: fields["successor_id"])
+                        successorID: fields["successor_id"], fields: fields["fields"])
     }
 }

@@ -83,20 +83,22 @@ public struct Verdict: Sendable {
     }
 }
 
-/// A key's rate limits as the data plane applies them, built once per lookup and shared by the
-/// cache entry.
+/// A key's rate limits and credits as the data plane applies them, built once per lookup and
+/// shared by the cache entry.
 public final class KeyLimits: Sendable {
-    /// Whose windows these are: the id of the first key of a rotation chain, so a key and its
-    /// successor draw on the same windows during the grace period instead of doubling the rate.
+    /// Whose windows and balance these are: the id of the first key of a rotation chain, so a key
+    /// and its successor draw on the same ones during the grace period instead of doubling them.
     public let subject: String
     public let rateLimits: [RateLimit]
+    public let credits: CreditSetting?
     /// The `RateLimit-Policy` field value (draft-ietf-httpapi-ratelimit-headers), encoded once:
     /// `"default";q=100;w=60, "hourly";q=5000;w=3600`.
     public let policyHeader: String
 
-    public init(subject: String, rateLimits: [RateLimit]) {
+    public init(subject: String, rateLimits: [RateLimit], credits: CreditSetting? = nil) {
         self.subject = subject
         self.rateLimits = rateLimits
+        self.credits = credits
         self.policyHeader = rateLimits.map { limit in
             "\"\(limit.name)\";q=\(limit.limit);w=\(max(1, (limit.durationMilliseconds + 999) / 1_000))"
         }.joined(separator: ", ")

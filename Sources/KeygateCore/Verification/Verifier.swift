@@ -121,12 +121,17 @@ public final class Verifier: Sendable {
         case .malformed:
             metrics.malformedRecords.add(1, ordering: .relaxed)
             return .failed
-        case .active(let id, let user, let scopesText, let expiresAt, let rateLimitsText, let limitSubject):
+        case .active(let id, let user, let scopesText, let expiresAt, let rateLimitsText, let limitSubject, let creditsText):
             let scopes = scopesText.split(separator: " ").map(String.init)
             // What goes into response headers must be what the store would have accepted: a record
             // edited by hand (a user with a line break, say) is refused, not echoed.
             guard KeyValidation.isKeyID(id), let keyID = InlineKeyID(id), (try? KeyValidation.existingUser(user)) != nil,
                   (try? KeyValidation.scopes(scopes)) != nil, let rateLimits = RateLimit.fromStorage(rateLimitsText) else {
+                metrics.malformedRecords.add(1, ordering: .relaxed)
+                return .failed
+            }
+            let credits = creditsText.isEmpty ? nil : CreditSetting(storage: creditsText)
+            guard creditsText.isEmpty || credits != nil else {
                 metrics.malformedRecords.add(1, ordering: .relaxed)
                 return .failed
             }
@@ -140,7 +145,8 @@ public final class Verifier: Sendable {
                 return .failed
             }
             let principal = cache.principal(user: user, scopes: scopes, for: hash)
-            let limits = rateLimits.isEmpty ? nil : KeyLimits(subject: limitSubject.isEmpty ? id : limitSubject, rateLimits: rateLimits)
+            let limits = rateLimits.isEmpty && credits == nil ? nil
+                : KeyLimits(subject: limitSubject.isEmpty ? id : limitSubject, rateLimits: rateLimits, credits: credits)
             return .active(Verdict(keyID: keyID, principal: principal, expiresAtMilliseconds: expires, limits: limits))
         }
     }
