@@ -115,6 +115,7 @@ final class DataPlaneContext: Sendable {
         case .valid(let verdict):
             guard required.isEmpty || verdict.principal.grants(required) else {
                 metrics.count(.forbidden)
+                if let hash { usage.recordRefusal(hash, .forbidden) }
                 return .done(.forbidden)
             }
             guard let limits = verdict.limits else {
@@ -140,7 +141,8 @@ final class DataPlaneContext: Sendable {
         }
     }
 
-    /// The accounting of a limits outcome: only an admitted request is a use of the key.
+    /// The accounting of a limits outcome: only an admitted request is a use of the key; a refusal is
+    /// counted as one, by reason.
     private func count(_ outcome: LimitEnforcer.Outcome, _ verdict: Verdict, hash: KeyHash?, usage: UsageRecorder.LoopCounter,
                        at uptimeNanoseconds: UInt64) -> Verification {
         switch outcome {
@@ -150,9 +152,11 @@ final class DataPlaneContext: Sendable {
             return .allowedWithin(verdict, rate: rate, credits: credits)
         case .rateLimited(let quota):
             metrics.count(.overLimit)
+            if let hash { usage.recordRefusal(hash, .rateLimited) }
             return .overLimit(verdict, quota)
         case .usageExceeded(let quota):
             metrics.count(.usageExceeded)
+            if let hash { usage.recordRefusal(hash, .usageExceeded) }
             return .usageExceeded(verdict, quota)
         case .unavailable:
             metrics.count(.unavailable)

@@ -189,7 +189,7 @@ struct KeysCommand: AsyncParsableCommand {
     }
 
     struct Usage: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a key's usage: total, per day and per hour.")
+        static let configuration = CommandConfiguration(abstract: "Show a key's usage: total, per day and per hour, with refused requests by reason.")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "Key id (key_...).") var id: String
         @Option(help: "Days of daily counts to show (1-90).") var days: Int = 7
@@ -201,11 +201,16 @@ struct KeysCommand: AsyncParsableCommand {
                 print("id            \(usage.id)")
                 print("total         \(usage.total)")
                 print("last_used_at  \(Output.date(usage.lastUsedAt))\n")
-                Output.table(["DAY", "COUNT"], usage.daily.map { [$0.period, String($0.count)] })
-                let recent = usage.hourly.suffix(24).filter { $0.count > 0 }
+                let columns = ["COUNT", "RATE_LIMITED", "USAGE_EXCEEDED", "FORBIDDEN"]
+                func row(_ bucket: KeyUsage.Bucket) -> [String] {
+                    [bucket.period, String(bucket.count), String(bucket.refused.rateLimited), String(bucket.refused.usageExceeded),
+                     String(bucket.refused.forbidden)]
+                }
+                Output.table(["DAY"] + columns, usage.daily.map(row))
+                let recent = usage.hourly.suffix(24).filter { $0.count > 0 || !$0.refused.isZero }
                 if !recent.isEmpty {
                     print("")
-                    Output.table(["HOUR (UTC)", "COUNT"], recent.map { [$0.period, String($0.count)] })
+                    Output.table(["HOUR (UTC)"] + columns, recent.map(row))
                 }
             }
         }

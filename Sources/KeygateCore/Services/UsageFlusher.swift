@@ -37,6 +37,22 @@ public final class UsageFlusher: Service, Sendable {
             var hash: String
             var count: Int64
             var lastUsedMilliseconds: Int64
+            /// Absent in spill files written before refusals were counted.
+            var refused: RefusalCounts?
+
+            init(_ hash: KeyHash, _ delta: UsageRecorder.Delta) {
+                self.hash = hash.hex
+                count = delta.count
+                lastUsedMilliseconds = delta.lastUsedMilliseconds
+                refused = delta.refused.isZero ? nil : delta.refused
+            }
+
+            var delta: KeyStore.UsageDelta? {
+                KeyHash(hex: hash).map {
+                    KeyStore.UsageDelta(hash: $0, count: count, lastUsedAt: Date(milliseconds: lastUsedMilliseconds),
+                                        refused: refused ?? RefusalCounts())
+                }
+            }
         }
     }
 
@@ -106,16 +122,13 @@ public final class UsageFlusher: Service, Sendable {
         let drained = await recorder.drain()
         state.withLock { state in
             for (hash, delta) in drained {
-                state.accumulating[hash, default: UsageRecorder.Delta(count: 0, lastUsedMilliseconds: 0)].count += delta.count
-                state.accumulating[hash]!.lastUsedMilliseconds = max(state.accumulating[hash]!.lastUsedMilliseconds, delta.lastUsedMilliseconds)
+                state.accumulating[hash, default: UsageRecorder.Delta(count: 0, lastUsedMilliseconds: 0)].merge(delta)
             }
         }
         var failed = false
         while let batch = nextBatch() {
             do {
-                let deltas = batch.deltas.compactMap { entry in
-                    KeyHash(hex: entry.hash).map { KeyStore.UsageDelta(hash: $0, count: entry.count, lastUsedAt: Date(milliseconds: entry.lastUsedMilliseconds)) }
-                }
+                let deltas = batch.deltas.compactMap(\.delta)
                 let applied: Bool
                 do {
                     applied = try await store.applyUsage(batchID: batch.id, deltas)
@@ -177,7 +190,7 @@ public final class UsageFlusher: Service, Sendable {
             var entries: [Batch.Entry] = []
             entries.reserveCapacity(min(settings.maxBatchKeys, state.accumulating.count))
             for (hash, delta) in state.accumulating {
-                entries.append(Batch.Entry(hash: hash.hex, count: delta.count, lastUsedMilliseconds: delta.lastUsedMilliseconds))
+                entries.append(Batch.Entry(hash, delta))
                 if entries.count == settings.maxBatchKeys { break }
             }
             for entry in entries { state.accumulating.removeValue(forKey: KeyHash(hex: entry.hash)!) }
@@ -193,7 +206,7 @@ public final class UsageFlusher: Service, Sendable {
         let batch: Batch? = state.withLock { state in
             guard !state.accumulating.isEmpty else { return nil }
             state.spills += 1
-            let entries = state.accumulating.map { Batch.Entry(hash: $0.key.hex, count: $0.value.count, lastUsedMilliseconds: $0.value.lastUsedMilliseconds) }
+            let entries = state.accumulating.map { Batch.Entry($0.key, $0.value) }
             state.accumulating = [:]
             return Batch(id: "\(nodeID)-spill\(state.spills):1", deltas: entries)
         }
@@ -206,9 +219,7 @@ public final class UsageFlusher: Service, Sendable {
             if let frozen = state.frozen { batches.append(frozen) }
             if !state.accumulating.isEmpty {
                 state.sequence += 1
-                batches.append(Batch(id: "\(nodeID):\(state.sequence)", deltas: state.accumulating.map {
-                    Batch.Entry(hash: $0.key.hex, count: $0.value.count, lastUsedMilliseconds: $0.value.lastUsedMilliseconds)
-                }))
+                batches.append(Batch(id: "\(nodeID):\(state.sequence)", deltas: state.accumulating.map { Batch.Entry($0.key, $0.value) }))
             }
             state.frozen = nil
             state.accumulating = [:]
@@ -264,9 +275,7 @@ public final class UsageFlusher: Service, Sendable {
         let decoder = JSONDecoder()
         let batches = data.split(separator: UInt8(ascii: "\n")).compactMap { try? decoder.decode(Batch.self, from: Data($0)) }
         for batch in batches {
-            let deltas = batch.deltas.compactMap { entry in
-                KeyHash(hex: entry.hash).map { KeyStore.UsageDelta(hash: $0, count: entry.count, lastUsedAt: Date(milliseconds: entry.lastUsedMilliseconds)) }
-            }
+            let deltas = batch.deltas.compactMap(\.delta)
             do {
                 try await store.applyUsage(batchID: batch.id, deltas)
             } catch {

@@ -7,10 +7,11 @@ public import NIOCore
 /// A use is stamped with the monotonic reading the verification already took (no wall-clock read
 /// per request); `drain` turns the stamps into Unix milliseconds with one pair of clock readings.
 public final class UsageRecorder: Sendable {
-    /// Uses of one key since the last drain, as the flusher sees them.
+    /// Uses (admitted requests) and refusals of one key since the last drain, as the flusher sees them.
     struct Delta {
         var count: Int64
         var lastUsedMilliseconds: Int64
+        var refused = RefusalCounts()
     }
 
     /// One event loop's counts. Data-plane connections keep their loop's counter, so a use costs one
@@ -19,6 +20,7 @@ public final class UsageRecorder: Sendable {
         struct Uses {
             var count: Int64
             var lastUptimeNanoseconds: UInt64
+            var refused = RefusalCounts()
         }
 
         let eventLoop: any EventLoop
@@ -30,6 +32,12 @@ public final class UsageRecorder: Sendable {
         public func record(_ hash: KeyHash, uptimeNanoseconds: UInt64) {
             eventLoop.assertInEventLoop()
             uses[hash, default: Uses(count: 0, lastUptimeNanoseconds: 0)].record(at: uptimeNanoseconds) // one lookup
+        }
+
+        /// Counts one refused request of the valid key `hash` (not a use: its last-used time stays).
+        public func recordRefusal(_ hash: KeyHash, _ reason: RefusalCounts.Reason) {
+            eventLoop.assertInEventLoop()
+            uses[hash, default: Uses(count: 0, lastUptimeNanoseconds: 0)].refused.add(reason)
         }
     }
 
@@ -68,9 +76,10 @@ public final class UsageRecorder: Sendable {
                 return (uses, Int64((Date().timeIntervalSince1970 * 1000).rounded(.down)), NIODeadline.now().uptimeNanoseconds)
             }).get() else { continue }
             for (hash, use) in taken.uses {
-                let lastUsed = taken.nowMilliseconds - Int64((taken.nowUptime &- use.lastUptimeNanoseconds) / 1_000_000)
-                merged[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].count += use.count
-                merged[hash]!.lastUsedMilliseconds = max(merged[hash]!.lastUsedMilliseconds, lastUsed)
+                // A key only refused on this loop has no use time.
+                let lastUsed = use.count == 0 ? 0 : taken.nowMilliseconds - Int64((taken.nowUptime &- use.lastUptimeNanoseconds) / 1_000_000)
+                merged[hash, default: Delta(count: 0, lastUsedMilliseconds: 0)].merge(Delta(count: use.count, lastUsedMilliseconds: lastUsed,
+                                                                                           refused: use.refused))
             }
         }
         return merged
@@ -84,4 +93,10 @@ extension UsageRecorder.LoopCounter.Uses {
     }
 }
 
-extension UsageRecorder.Delta: Sendable {}
+extension UsageRecorder.Delta: Sendable {
+    mutating func merge(_ other: Self) {
+        count += other.count
+        lastUsedMilliseconds = max(lastUsedMilliseconds, other.lastUsedMilliseconds)
+        refused = refused + other.refused
+    }
+}

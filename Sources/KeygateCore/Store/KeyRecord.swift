@@ -124,12 +124,41 @@ public struct KeyEvent: Sendable, Equatable, Codable {
     }
 }
 
-/// A key's usage: lifetime total, per-day (90 days kept) and per-hour (48 h kept) counts.
+/// A key's usage: lifetime total, per-day (90 days kept) and per-hour (48 h kept) counts of uses
+/// and of refusals.
 public struct KeyUsage: Sendable, Equatable, Codable {
     public struct Bucket: Sendable, Equatable, Codable {
         /// `2026-12-01` for days, `2026-12-01T13` for hours (UTC).
         public var period: String
+        /// Uses: requests admitted.
         public var count: Int64
+        /// Requests of the key refused by its rate limits, credits or a route's scopes (not uses).
+        public var refused: RefusalCounts
+
+        public init(period: String, count: Int64, refused: RefusalCounts = RefusalCounts()) {
+            self.period = period; self.count = count; self.refused = refused
+        }
+
+        enum CodingKeys: String, CodingKey { case period, count, rateLimited = "rate_limited", usageExceeded = "usage_exceeded", forbidden }
+
+        /// Flat: `{"period", "count", "rate_limited", "usage_exceeded", "forbidden"}`.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(period, forKey: .period)
+            try container.encode(count, forKey: .count)
+            try container.encode(refused.rateLimited, forKey: .rateLimited)
+            try container.encode(refused.usageExceeded, forKey: .usageExceeded)
+            try container.encode(refused.forbidden, forKey: .forbidden)
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            period = try container.decode(String.self, forKey: .period)
+            count = try container.decode(Int64.self, forKey: .count)
+            refused = RefusalCounts(rateLimited: try container.decodeIfPresent(Int64.self, forKey: .rateLimited) ?? 0,
+                                    usageExceeded: try container.decodeIfPresent(Int64.self, forKey: .usageExceeded) ?? 0,
+                                    forbidden: try container.decodeIfPresent(Int64.self, forKey: .forbidden) ?? 0)
+        }
     }
     public var id: String
     public var total: Int64

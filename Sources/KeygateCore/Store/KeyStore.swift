@@ -434,7 +434,8 @@ public final class KeyStore: Sendable {
         }
     }
 
-    /// Usage of a key: total, the last `days` days (at most 90) and the last 48 hours.
+    /// Usage of a key: total, the last `days` days (at most 90) and the last 48 hours, each bucket
+    /// with the key's refused requests by reason.
     public func usage(id: String, days: Int = 7, now: Date = Date()) async throws(KeygateError) -> KeyUsage {
         guard (1...KeyStoreLayout.dailyRetentionDays).contains(days) else {
             throw KeygateError(.invalidArgument, "days must be 1-\(KeyStoreLayout.dailyRetentionDays)", field: "days")
@@ -442,14 +443,25 @@ public final class KeyStore: Sendable {
         let hash = try await hash(forID: id)
         let dayNames = UsageBuckets.days(endingAt: now, count: days)
         let hourNames = UsageBuckets.hours(endingAt: now, count: KeyStoreLayout.hourlyRetentionHours)
+        let refusalFields: [RedisArgument] = ["rate_limited", "usage_exceeded", "forbidden"]
         let replies = try await pipeline([
             RedisCommand("HMGET", [.string(layout.usage(hash)), "total", "last_used_at"]),
             RedisCommand("MGET", dayNames.map { .string(layout.dailyUsage(hash, day: $0.key)) }),
             RedisCommand("MGET", hourNames.map { .string(layout.hourlyUsage(hash, hour: $0.key)) }),
-        ])
+        ] + dayNames.map { RedisCommand("HMGET", [.string(layout.dailyRefusals(hash, day: $0.key))] + refusalFields) }
+          + hourNames.map { RedisCommand("HMGET", [.string(layout.hourlyRefusals(hash, hour: $0.key))] + refusalFields) })
         let totals = replies[0].array ?? []
-        let daily = zip(dayNames, replies[1].array ?? []).map { KeyUsage.Bucket(period: $0.label, count: $1.int ?? 0) }
-        let hourly = zip(hourNames, replies[2].array ?? []).map { KeyUsage.Bucket(period: $0.label, count: $1.int ?? 0) }
+        func refused(_ reply: RESPValue) -> RefusalCounts {
+            let values = reply.array ?? []
+            func value(_ index: Int) -> Int64 { index < values.count ? values[index].int ?? 0 : 0 }
+            return RefusalCounts(rateLimited: value(0), usageExceeded: value(1), forbidden: value(2))
+        }
+        let daily = zip(dayNames.indices, replies[1].array ?? []).map { index, count in
+            KeyUsage.Bucket(period: dayNames[index].label, count: count.int ?? 0, refused: refused(replies[3 + index]))
+        }
+        let hourly = zip(hourNames.indices, replies[2].array ?? []).map { index, count in
+            KeyUsage.Bucket(period: hourNames[index].label, count: count.int ?? 0, refused: refused(replies[3 + dayNames.count + index]))
+        }
         return KeyUsage(id: id, total: totals.first?.int ?? 0, daily: daily, hourly: hourly,
                         lastUsedAt: totals.count > 1 ? totals[1].int.map(Date.init(milliseconds:)) : nil)
     }
@@ -459,10 +471,12 @@ public final class KeyStore: Sendable {
     /// One key's uses in a batch.
     public struct UsageDelta: Sendable, Equatable {
         public var hash: KeyHash
+        /// Admitted requests (uses); `lastUsedAt` is that of the last one (ignored without uses).
         public var count: Int64
         public var lastUsedAt: Date
-        public init(hash: KeyHash, count: Int64, lastUsedAt: Date) {
-            self.hash = hash; self.count = count; self.lastUsedAt = lastUsedAt
+        public var refused: RefusalCounts
+        public init(hash: KeyHash, count: Int64, lastUsedAt: Date, refused: RefusalCounts = RefusalCounts()) {
+            self.hash = hash; self.count = count; self.lastUsedAt = lastUsedAt; self.refused = refused
         }
     }
 
@@ -484,12 +498,17 @@ public final class KeyStore: Sendable {
         var groups: [Int: [UsageDelta]] = [:]
         for delta in deltas { groups[redis.scriptGroup(forKey: layout.usage(delta.hash)), default: []].append(delta) }
         let calls = groups.sorted { $0.key < $1.key }.map { slot, deltas in
+            let used = deltas.filter { $0.count > 0 }
             var keys = [layout.usageApplied(slot: slot, run: run)]
-            var arguments = [String(sequence), "86400", String(91 * 86_400), String(49 * 3_600)]
-            for delta in deltas {
+            var arguments = [String(sequence), "86400", String(91 * 86_400), String(49 * 3_600), String(used.count)]
+            for delta in used {
                 keys += [layout.usage(delta.hash), layout.dailyUsage(delta.hash, day: bucket.day),
                          layout.hourlyUsage(delta.hash, hour: bucket.hour)]
                 arguments += [String(delta.count), String(delta.lastUsedAt.milliseconds)]
+            }
+            for delta in deltas where !delta.refused.isZero {
+                keys += [layout.dailyRefusals(delta.hash, day: bucket.day), layout.hourlyRefusals(delta.hash, hour: bucket.hour)]
+                arguments += [String(delta.refused.rateLimited), String(delta.refused.usageExceeded), String(delta.refused.forbidden)]
             }
             return ScriptCall(script: KeyStoreScripts.applyUsage, keys: keys, arguments: arguments)
         }

@@ -21,6 +21,8 @@ import KeygateRedis
 /// | `ns:usage:{<hash>}` | hash | `total`, `last_used_at` (ms) |
 /// | `ns:usage:{<hash>}:d:<yyyymmdd>` | string | per-day count, expires after 91 days |
 /// | `ns:usage:{<hash>}:h:<yyyymmddhh>` | string | per-hour count, expires after 49 hours |
+/// | `ns:usage:{<hash>}:rd:<yyyymmdd>` | hash | per-day refusals of the valid key: `rate_limited`, `usage_exceeded`, `forbidden`; expires after 91 days |
+/// | `ns:usage:{<hash>}:rh:<yyyymmddhh>` | hash | per-hour refusals, as above; expires after 49 hours |
 /// | `ns:usage-applied:{<slot tag>}:<node run>` | string | last usage batch of that node run applied to the slot's counters, expires after 24 h |
 /// | `ns:events` | stream | lifecycle events (audit log and invalidation replay), capped |
 /// | `{ns:events}:epoch` | string | incremented by every logged mutation |
@@ -47,6 +49,8 @@ public struct KeyStoreLayout: Sendable, Equatable {
     public func usage(_ hash: KeyHash) -> String { "\(namespace):usage:{\(hash.hex)}" }
     public func dailyUsage(_ hash: KeyHash, day: String) -> String { "\(namespace):usage:{\(hash.hex)}:d:\(day)" }
     public func hourlyUsage(_ hash: KeyHash, hour: String) -> String { "\(namespace):usage:{\(hash.hex)}:h:\(hour)" }
+    public func dailyRefusals(_ hash: KeyHash, day: String) -> String { "\(namespace):usage:{\(hash.hex)}:rd:\(day)" }
+    public func hourlyRefusals(_ hash: KeyHash, hour: String) -> String { "\(namespace):usage:{\(hash.hex)}:rh:\(hour)" }
     /// Tokens handed out in one window of a key's rate limit (`window`: the window's index).
     /// `subject`: a key id (the first of its rotation chain), safe inside a hash tag.
     public func rateLimitWindow(subject: String, name: String, window: Int64) -> String {

@@ -166,18 +166,21 @@ enum KeyStoreScripts {
     /// Applies one node's usage batch to the counters of one slot, exactly once. A node's batches
     /// carry increasing sequence numbers and a batch is resent unchanged until acknowledged, so a
     /// per-slot high-water mark per node run is enough: a retry after an ambiguous timeout (the reply
-    /// lost, the write done) changes nothing.
-    /// KEYS: applied mark, then per key: usage hash, daily bucket, hourly bucket.
-    /// ARGV: sequence, mark ttl s, daily ttl s, hourly ttl s, then per key: count, last-used ms.
+    /// lost, the write done) changes nothing. Keys with uses come first, then keys with refusals
+    /// (a key with both is in both lists), so a batch without refusals costs what it did before.
+    /// KEYS: applied mark, then per key with uses: usage hash, daily bucket, hourly bucket; then per
+    /// key with refusals: daily refusals hash, hourly refusals hash.
+    /// ARGV: sequence, mark ttl s, daily ttl s, hourly ttl s, keys with uses, then per key with uses:
+    /// count, last-used ms; then per key with refusals: rate limited, usage exceeded, forbidden.
     /// Returns 1 when applied, 0 when this batch (or a later one) was applied before.
     static let applyUsage = RedisScript("""
     local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
     if tonumber(ARGV[1]) <= applied then return 0 end
     redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-    local n = (#KEYS - 1) / 3
+    local n = tonumber(ARGV[5])
     for i = 0, n - 1 do
-      local count = tonumber(ARGV[5 + i * 2])
-      local last = tonumber(ARGV[6 + i * 2])
+      local count = tonumber(ARGV[6 + i * 2])
+      local last = tonumber(ARGV[7 + i * 2])
       local usage = KEYS[2 + i * 3]
       redis.call('HINCRBY', usage, 'total', count)
       local previous = tonumber(redis.call('HGET', usage, 'last_used_at') or '0')
@@ -185,6 +188,18 @@ enum KeyStoreScripts {
       -- A bucket's expiry is set when the bucket is created (its first increment), not every flush.
       if redis.call('INCRBY', KEYS[3 + i * 3], count) == count then redis.call('EXPIRE', KEYS[3 + i * 3], ARGV[3]) end
       if redis.call('INCRBY', KEYS[4 + i * 3], count) == count then redis.call('EXPIRE', KEYS[4 + i * 3], ARGV[4]) end
+    end
+    local names = {'rate_limited', 'usage_exceeded', 'forbidden'}
+    for j = 0, (#KEYS - 1 - n * 3) / 2 - 1 do
+      for k = 1, 2 do
+        local bucket = KEYS[1 + n * 3 + j * 2 + k]
+        local fresh = redis.call('EXISTS', bucket) == 0
+        for f = 1, 3 do
+          local value = tonumber(ARGV[5 + n * 2 + j * 3 + f])
+          if value > 0 then redis.call('HINCRBY', bucket, names[f], value) end
+        end
+        if fresh then redis.call('EXPIRE', bucket, ARGV[2 + k]) end
+      end
     end
     return 1
     """)
