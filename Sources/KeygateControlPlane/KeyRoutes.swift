@@ -36,6 +36,18 @@ struct KeyRoutes {
             let revoked = try await store.revokeAll(user: user, actor: caller.actor)
             return try JSONResponse.make(UserRevocation(user: user, revoked: revoked))
         }
+        route(.get, "users/:user/limits") { _, context in
+            try requireAdmin(context)
+            return try JSONResponse.make(try await store.userLimits(user: try Self.parameter("user", context)))
+        }
+        route(.put, "users/:user/limits") { request, context in
+            let caller = try requireAdmin(context)
+            let user = try Self.parameter("user", context)
+            let body = try await JSONBody.decode(UserLimitsBody.self, from: request, limit: settings.maxBodyBytes)
+            // PUT replaces the whole setting: an absent field means none.
+            return try JSONResponse.make(try await store.setUserLimits(user: user, rateLimits: body.rateLimits ?? [],
+                                                                       credits: .some(body.credits ?? nil), actor: caller.actor))
+        }
         route(.get, "events") { request, context in try await events(request, context) }
     }
 

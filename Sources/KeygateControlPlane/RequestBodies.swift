@@ -300,6 +300,24 @@ struct RateLimitItem: Decodable {
     }
 }
 
+/// `PUT /v1/users/{user}/limits`: the user's whole setting (an absent field: none).
+struct UserLimitsBody: Decodable {
+    var rateLimits: [RateLimit]?
+    var credits: Credits??
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case credits
+        case rateLimits = "rate_limits"
+    }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownFields(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        rateLimits = try container.decodeRateLimits(forKey: .rateLimits)
+        credits = try container.decodeCredits(forKey: .credits)
+    }
+}
+
 /// `credits` in a request body.
 struct CreditsItem: Decodable {
     var remaining: Int

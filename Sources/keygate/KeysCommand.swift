@@ -228,7 +228,48 @@ extension AsyncParsableCommand {
 }
 
 struct UsersCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "users", abstract: "Act on every key of a user.", subcommands: [Revoke.self])
+    static let configuration = CommandConfiguration(commandName: "users", abstract: "Act on every key of a user.", subcommands: [Revoke.self, Limits.self])
+
+    struct Limits: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show or set a user's own rate limits and credits, shared by all of the user's keys.",
+            discussion: """
+                Without options, shows them. Options given replace that part of the setting (--rate-limit replaces the whole \
+                list, --credits sets the balance anew); the rest stays. Every key of the user, present and future, draws on the \
+                user's windows and balance on top of its own limits (a key's own limit of the same name replaces the user's for \
+                that key); every node applies a change within the invalidation bound.
+                """)
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The user.") var user: String
+        @Option(name: .customLong("rate-limit"), help: ArgumentHelp(KeysCommand.rateLimitHelp, valueName: "[name=]limit/duration[:exact]"))
+        var rateLimits: [String] = []
+        @Flag(help: "Remove every rate limit of the user.") var noRateLimits = false
+        @Option(help: ArgumentHelp(KeysCommand.creditsHelp, valueName: "n")) var credits: Int?
+        @Option(help: ArgumentHelp(KeysCommand.refillHelp, valueName: "amount/day|amount/month[:day]")) var refill: String?
+        @Flag(help: "Remove the user's credits.") var noCredits = false
+
+        func validate() throws {
+            if noRateLimits && !rateLimits.isEmpty { throw ValidationError("--no-rate-limits and --rate-limit contradict each other") }
+            if noCredits && (credits != nil || refill != nil) { throw ValidationError("--no-credits and --credits contradict each other") }
+            if refill != nil && credits == nil { throw ValidationError("--refill needs --credits (credits are set as a whole)") }
+        }
+
+        func run() async throws {
+            try await reportingFailures {
+                let limits: [RateLimit]? = noRateLimits ? [] : rateLimits.isEmpty ? nil : try KeysCommand.parseRateLimits(rateLimits)
+                let newCredits: Credits?? = noCredits ? .some(nil) : credits == nil ? nil : .some(try KeysCommand.parseCredits(credits, refill: refill))
+                let result = try await options.withStore { store throws(KeygateError) in
+                    if limits == nil && newCredits == nil { return try await store.userLimits(user: user) }
+                    return try await store.setUserLimits(user: user, rateLimits: limits, credits: newCredits, actor: GlobalOptions.actor)
+                }
+                if options.json { try Output.json(result); return }
+                print("user          \(DisplayText.escaped(result.user))")
+                print("rate_limits   \(result.rateLimits.isEmpty ? "-" : result.rateLimits.map(\.text).joined(separator: " "))")
+                print("credits       \(Output.credits(result.credits))")
+                if let updated = result.keysUpdated { print("keys_updated  \(updated)") }
+            }
+        }
+    }
 
     struct Revoke: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

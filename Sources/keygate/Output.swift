@@ -52,12 +52,17 @@ enum Output {
             ("rotated_from", record.rotatedFrom ?? "-"), ("rotated_to", record.rotatedTo ?? "-"),
             ("metadata", record.metadata.isEmpty ? "-" : record.metadata.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: " ")),
             ("rate_limits", record.rateLimits.isEmpty ? "-" : record.rateLimits.map(\.text).joined(separator: " ")),
-            ("credits", record.credits.map { "\($0.remaining) left" + ($0.refill.map { ", refilled to \($0.text)" } ?? "") } ?? "-"),
+            ("credits", credits(record.credits)),
         ]
         for (label, value) in rows { print(label.padding(toLength: 13, withPad: " ", startingAt: 0) + DisplayText.escaped(value)) }
     }
 
     /// The plaintext key, shown once, with the reminder that nothing can show it again.
+    /// `1000 left, refilled to 1000/month`, or `-` without credits.
+    static func credits(_ credits: Credits?) -> String {
+        credits.map { "\($0.remaining) left" + ($0.refill.map { ", refilled to \($0.text)" } ?? "") } ?? "-"
+    }
+
     static func issued(_ issued: IssuedKey) {
         details(issued.record)
         print("")

@@ -103,6 +103,26 @@ import Testing
         #expect(fields == ["rate_limits,credits", "credits"], "\(fields)")
     }
 
+    @Test func userLimitsFromTheCommandLine() async throws {
+        let created = try await keygate("keys", "create", "--user", "gina", "--json")
+        #expect(created.exitCode == 0, "\(created.stderr)")
+        let set = try await keygate("users", "limits", "gina", "--rate-limit", "plan=100/1m", "--credits", "500", "--refill", "500/month")
+        #expect(set.exitCode == 0, "\(set.stderr)")
+        #expect(set.stdout.contains("100/1m"), "\(set.stdout)")
+        #expect(set.stdout.contains("500 left, refilled to 500/month") && set.stdout.contains("keys_updated  1"), "\(set.stdout)")
+        // Options given replace their part only.
+        let lifted = try await keygate("users", "limits", "gina", "--no-rate-limits", "--json")
+        let shown = try #require(try json(lifted) as? [String: Any])
+        #expect((shown["rate_limits"] as? [Any])?.isEmpty == true)
+        #expect((shown["credits"] as? [String: Any])?["remaining"] as? Int == 500)
+        let read = try await keygate("users", "limits", "gina", "--json")
+        #expect((try json(read) as? [String: Any])?["keys_updated"] == nil)
+        for bad in [["--credits", "-1"], ["--rate-limit", "0/1m"], ["--no-credits", "--credits", "5"], ["--refill", "5/day"]] {
+            let result = try await runCommand(binary, ["users", "limits", "gina"] + bad, environment: environment)
+            #expect(result.exitCode != 0, "\(bad)")
+        }
+    }
+
     @Test func serveAnswersThenStopsGracefullyOnSIGTERMWithCountsFlushed() async throws {
         let created = try await keygate("keys", "create", "--user", "carol", "--json")
         let key = try #require((try json(created) as? [String: Any])?["key"] as? String)

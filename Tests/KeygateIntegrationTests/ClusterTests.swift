@@ -40,8 +40,8 @@ import Testing
             #expect(try await store.list(user: "spread").count == issued.count)
 
             let first = issued[0]
-            if case .active(let id, _, _, _, _, _, _) = try await store.lookup(first.record.hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
-                #expect(id == first.record.id)
+            if case .active(let active) = try await store.lookup(first.record.hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
+                #expect(active.id == first.record.id)
             } else {
                 Issue.record("a lookup routed to the key's primary finds it")
             }
@@ -56,6 +56,13 @@ import Testing
             #expect(try await store.applyUsage(batchID: "cluster-run:1", deltas, at: now))
             #expect(try await store.applyUsage(batchID: "cluster-run:1", deltas, at: now) == false, "a retry counts nothing")
             for key in issued { #expect(try await store.usage(id: key.record.id, now: now).total == 3) }
+
+            // A user's limits: stored once, copied to the keys on every primary (the revoked one keeps none).
+            let plan = try await store.setUserLimits(user: "spread", rateLimits: [try RateLimit(parsing: "plan=100/1m")],
+                                                     credits: .some(try Credits(remaining: 50)), actor: "test")
+            #expect(plan.keysUpdated == issued.count, "the keys + 1 successor, minus the one revoked before")
+            #expect(try await store.list(user: "spread").filter { $0.status != .revoked }.allSatisfy { $0.userRateLimits == plan.rateLimits })
+            #expect(try await store.userLimits(user: "spread").credits?.remaining == 50)
 
             // users revoke: keys in different slots, each step routed to its key's primary.
             #expect(try await store.revokeAll(user: "spread", actor: "test") == issued.count, "the keys + 1 successor, minus the one revoked before")
@@ -122,8 +129,8 @@ import Testing
                 let loop = MultiThreadedEventLoopGroup.singleton.any()
                 for (index, key) in issued.enumerated() {
                     switch try await target.lookup(key.record.hash, on: loop).get() {
-                    case .active(let id, _, let scopes, _, _, _, _):
-                        #expect(index != 0 && id == key.record.id && scopes == "orders:read")
+                    case .active(let active):
+                        #expect(index != 0 && active.id == key.record.id && active.scopes == "orders:read")
                     case .refused(let reason):
                         #expect(index == 0 && reason == .revoked, "key \(index) refused: \(reason)")
                     case .malformed:

@@ -253,6 +253,45 @@ import Testing
         }
     }
 
+    @Test func userLimitsThroughTheAPI() async throws {
+        try await Self.withAPI { node, api, admin in
+            let created = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"frank","scopes":["keygate:self"]}"#)
+            let selfKey = try #require(created.json["key"] as? String)
+            #expect(try await api.call(.get, "/v1/users/frank/limits", key: admin).json["rate_limits"] as? [Any] != nil)
+            let put = try await api.call(.put, "/v1/users/frank/limits", key: admin, json: #"""
+                {"rate_limits":[{"name":"plan","limit":600,"duration_ms":60000}],"credits":{"remaining":100,"refill":{"amount":100,"interval":"daily"}}}
+                """#)
+            #expect(put.status == .ok, "\(put.text)")
+            #expect(put.json["keys_updated"] as? Int == 1)
+            #expect((put.json["rate_limits"] as? [[String: Any]])?.first?["name"] as? String == "plan")
+            #expect((put.json["credits"] as? [String: Any])?["remaining"] as? Int == 100)
+            let read = try await api.call(.get, "/v1/users/frank/limits", key: admin)
+            #expect(read.status == .ok && read.json["keys_updated"] == nil)
+            #expect((read.json["credits"] as? [String: Any])?["remaining"] as? Int == 100, "\(read.text)")
+            // The user's credits are spent by the user's keys.
+            #expect(try await NodeIntegrationTests.auth(selfKey, port: node.port).status == 200)
+            await node.node.credits.returnUnused(idleMilliseconds: 0)
+            let spent = try await api.call(.get, "/v1/users/frank/limits", key: admin)
+            #expect((spent.json["credits"] as? [String: Any])?["remaining"] as? Int == 99, "\(spent.text)")
+
+            // Bad settings are 422 and change nothing; only an admin may read or set them.
+            for bad in [#"{"rate_limits":[{"limit":0,"duration_ms":1000}]}"#, #"{"credits":{"remaining":-1}}"#, #"{"plan":"gold"}"#, "[]"] {
+                let reply = try await api.call(.put, "/v1/users/frank/limits", key: admin, json: bad)
+                #expect(reply.status.code == 422 || reply.status.code == 400, "\(bad): \(reply.status)")
+            }
+            #expect(try await node.node.store.userLimits(user: "frank").rateLimits.map(\.text) == ["plan=600/1m"])
+            #expect(try await api.call(.get, "/v1/users/frank/limits", key: selfKey).status == .forbidden)
+            #expect(try await api.call(.put, "/v1/users/frank/limits", key: selfKey, json: "{}").status == .forbidden)
+
+            // PUT replaces the whole setting: an empty object removes both.
+            let cleared = try await api.call(.put, "/v1/users/frank/limits", key: admin, json: "{}")
+            #expect((cleared.json["rate_limits"] as? [Any])?.isEmpty == true && cleared.json["credits"] is NSNull, "\(cleared.text)")
+            let events = try await api.call(.get, "/v1/events", key: admin)
+            let copies = (events.json["events"] as? [[String: Any]])?.filter { $0["fields"] as? String == "user_limits" }
+            #expect(copies?.count == 2)
+        }
+    }
+
     @Test func creditsThroughTheAPI() async throws {
         try await Self.withAPI { node, api, admin in
             let created = try await api.call(.post, "/v1/keys", key: admin, json: #"""

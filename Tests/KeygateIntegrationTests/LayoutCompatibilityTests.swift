@@ -46,8 +46,8 @@ import Testing
         #expect(try await store.usage(id: id, days: 1).total == 41)
         #expect(try await store.usage(id: id, days: 1).daily.last?.count == 41)
         #expect(try await store.events().map(\.type) == ["created"])
-        if case .active(let foundID, _, _, _, _, _, _) = try await store.lookup(hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
-            #expect(foundID == id)
+        if case .active(let active) = try await store.lookup(hash, on: MultiThreadedEventLoopGroup.singleton.any()).get() {
+            #expect(active.id == id)
         } else {
             Issue.record("the old record is found by the lookup")
         }

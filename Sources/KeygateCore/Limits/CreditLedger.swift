@@ -286,6 +286,19 @@ public final class CreditLedger: Sendable {
         return returned
     }
 
+    /// Gives `cost` credits back to this node's holding for `subject` (a request they admitted was
+    /// refused by a later limit). Redis still counts them as leased: this node spends them next,
+    /// or gives them back to the balance when the key goes idle; never granted twice.
+    func refund(_ subject: String, _ setting: CreditSetting, cost: Int) {
+        let key = PoolKey(subject: subject, setting: setting)
+        let period = setting.refill?.period(at: clock()) ?? setting.period
+        pools.withLock { pools in
+            guard var pool = pools[key], pool.period == period else { return }
+            pool.tokens += cost
+            pools[key] = pool
+        }
+    }
+
     /// Credits this node holds for `subject` now (tests and diagnostics).
     public func held(_ subject: String) -> Int {
         pools.withLock { pools in pools.filter { $0.key.subject == subject }.reduce(0) { $0 + $1.value.tokens } }

@@ -28,6 +28,11 @@ public struct KeyRecord: Sendable, Equatable, Codable {
     /// Whose rate-limit windows the key draws on: the first key of its rotation chain (copied to
     /// each successor, and to keys a self-service key creates). Not shown.
     public internal(set) var limitID: String
+    /// The user's limits (`KeyStore.setUserLimits`), copied into each of the user's keys so a lookup
+    /// reads them with the record; they draw on the user's windows and balance. Not shown (the
+    /// user's limits are read with `KeyStore.userLimits`).
+    public internal(set) var userRateLimits: [RateLimit] = []
+    public internal(set) var userCreditSetting: CreditSetting?
     /// Rotation links: the key this one replaced, and the key that replaced it.
     public var rotatedFrom: String?
     public var rotatedTo: String?

@@ -117,6 +117,8 @@ public final class KeyStore: Sendable {
         let operation = PendingOperation(op: PendingOperation.newID(), kind: .create, hash: hash.hex, keyID: id, user: request.user,
                                          event: ["type", "created", "key_id", id, "user", request.user, "actor", actor,
                                                  "time", String(now.milliseconds), "hash", hash.hex])
+        // The user's own limits go into the record; a change to them while this runs is caught below.
+        let userLimits = try await storedUserLimits(request.user)
         let create = { () async throws(KeygateError) -> Void in
             let results = try await self.perform([operation], calls: { issued in
                 [ScriptCall(script: KeyStoreScripts.applyCreate, keys: [self.layout.record(hash), self.layout.unlogged(hash)],
@@ -125,7 +127,8 @@ public final class KeyStore: Sendable {
                                         request.expiresAt.map { String($0.milliseconds) } ?? "", metadata, String(now.milliseconds),
                                         RateLimit.storageText(request.rateLimits), request.limitID ?? "",
                                         request.sharedCreditSetting?.storageText
-                                            ?? request.credits.map { CreditSetting($0, setAt: issued).storageText } ?? ""])]
+                                            ?? request.credits.map { CreditSetting($0, setAt: issued).storageText } ?? "",
+                                        userLimits.rateLimits, userLimits.credits])]
             }, afterApply: { applied throws(KeygateError) in
                 for (operation, _) in applied { try await self.finishSideEffects(operation) }
             })
@@ -142,10 +145,16 @@ public final class KeyStore: Sendable {
         } else {
             try await create()
         }
-        let record = KeyRecord(hash: hash, id: id, user: request.user, name: request.name, scopes: request.scopes,
+        if try await storedUserLimits(request.user) != userLimits {
+            try await copyUserLimits(user: request.user, to: [id], actor: actor, now: now)
+            return IssuedKey(record: try await self.record(id: id), key: plaintext)
+        }
+        var record = KeyRecord(hash: hash, id: id, user: request.user, name: request.name, scopes: request.scopes,
                                status: .active, createdAt: now, expiresAt: request.expiresAt?.truncatedToMilliseconds,
                                revokedAt: nil, lastUsedAt: nil, version: 1, metadata: request.metadata,
                                rateLimits: request.rateLimits, limitID: request.limitID, rotatedFrom: nil, rotatedTo: nil)
+        record.userRateLimits = RateLimit.fromStorage(Substring(userLimits.rateLimits)) ?? []
+        record.userCreditSetting = CreditSetting(storage: Substring(userLimits.credits))
         // Credits are stamped with the log server's clock: read back what was stored.
         if request.credits != nil || request.sharedCreditSetting != nil {
             return IssuedKey(record: try await self.record(id: id), key: plaintext)
@@ -241,7 +250,8 @@ public final class KeyStore: Sendable {
                 hash: newHash.hex, id: newID, name: old.name, scopes: old.scopes.joined(separator: " "),
                 expiresAt: old.expiresAt.map { String($0.milliseconds) } ?? "",
                 metadata: try KeyValidation.encodeMetadata(old.metadata), createdAt: String(now.milliseconds),
-                rateLimits: RateLimit.storageText(old.rateLimits), limitID: old.limitID, credits: old.creditSetting?.storageText)
+                rateLimits: RateLimit.storageText(old.rateLimits), limitID: old.limitID, credits: old.creditSetting?.storageText,
+                userRateLimits: RateLimit.storageText(old.userRateLimits), userCredits: old.userCreditSetting?.storageText)
             let operation = PendingOperation(op: PendingOperation.newID(), kind: .rotate, hash: old.hash.hex, keyID: id, user: old.user,
                                              event: ["type", "rotated", "key_id", id, "user", old.user, "actor", actor,
                                                      "time", String(now.milliseconds), "successor_id", newID, "hash", old.hash.hex],
@@ -255,6 +265,10 @@ public final class KeyStore: Sendable {
             })
             switch results[0] {
             case .success:
+                // A change of the user's limits that listed the keys before the successor existed.
+                if try await storedUserLimits(old.user).version > 0 {
+                    try await copyUserLimits(user: old.user, to: [newID], actor: actor, now: now)
+                }
                 return IssuedKey(record: try await record(id: newID), key: plaintext)
             case .failure(let error) where error.code == .conflict && error.message.hasPrefix("the key changed") && attempt < 3:
                 continue
@@ -402,14 +416,27 @@ public final class KeyStore: Sendable {
 
     /// What the node's verifier learns from one lookup (`KeyStoreScripts.lookup`).
     public enum Lookup: Sendable {
-        /// `rateLimits`: the record's `rate_limits` field (empty without limits); `limitSubject` its
-        /// `limit_id` (empty for a key that is not a successor: then its own id); `credits` its
-        /// `credits` field (`CreditSetting.storageText`, empty without credits).
-        case active(id: String, user: String, scopes: String, expiresAt: RESPValue, rateLimits: Substring, limitSubject: String,
-                    credits: Substring)
+        case active(ActiveRecord)
         case refused(InvalidReason)
         /// Not a reply the lookup script gives: a record or server Keygate did not write.
         case malformed
+    }
+
+    /// The fields of an active record a verdict needs, as stored (limits fields empty without limits).
+    public struct ActiveRecord: Sendable {
+        public var id: String
+        public var user: String
+        public var scopes: String
+        public var expiresAt: RESPValue
+        /// `rate_limits` (`RateLimit.storageText`).
+        public var rateLimits: Substring
+        /// `limit_id`: empty for a key that is not a successor (then its own id).
+        public var limitSubject: String
+        /// `credits` (`CreditSetting.storageText`).
+        public var credits: Substring
+        /// The user's limits copied into the record (`setUserLimits`).
+        public var userRateLimits: Substring
+        public var userCredits: Substring
     }
 
     /// Looks a key up by hash on `eventLoop`'s connection, for the verifier: one `HMGET` of the few
@@ -419,18 +446,19 @@ public final class KeyStore: Sendable {
     /// travel back; B5 in the README).
     public func lookup(_ hash: KeyHash, on eventLoop: any EventLoop) -> EventLoopFuture<Lookup> {
         let command = RedisCommand("HMGET", [.string(layout.record(hash)), "status", "id", "user", "scopes", "expires_at",
-                                             "rate_limits", "limit_id", "credits"])
+                                             "rate_limits", "limit_id", "credits", "user_rate_limits", "user_credits"])
         return redis.send(command, on: eventLoop).map { reply in
-            guard case .array(let fields) = reply, fields.count == 8 else { return .malformed }
+            guard case .array(let fields) = reply, fields.count == 10 else { return .malformed }
             guard case .bulkString(let status) = fields[0] else { return fields[0].isNull ? .refused(.notFound) : .malformed }
             if status.readableBytesView.elementsEqual("revoked".utf8) { return .refused(.revoked) }
             if status.readableBytesView.elementsEqual("disabled".utf8) { return .refused(.disabled) }
             guard status.readableBytesView.elementsEqual("active".utf8), let id = fields[1].string, let user = fields[2].string else {
                 return .malformed
             }
-            return .active(id: id, user: user, scopes: fields[3].string ?? "", expiresAt: fields[4],
-                           rateLimits: Substring(fields[5].string ?? ""), limitSubject: fields[6].string ?? "",
-                           credits: Substring(fields[7].string ?? ""))
+            return .active(ActiveRecord(id: id, user: user, scopes: fields[3].string ?? "", expiresAt: fields[4],
+                                        rateLimits: Substring(fields[5].string ?? ""), limitSubject: fields[6].string ?? "",
+                                        credits: Substring(fields[7].string ?? ""), userRateLimits: Substring(fields[8].string ?? ""),
+                                        userCredits: Substring(fields[9].string ?? "")))
         }
     }
 
@@ -569,7 +597,7 @@ public final class KeyStore: Sendable {
 
     /// What the balance of `record`'s credits is now, as the next lease would see it (credits nodes
     /// hold count as spent).
-    private func liveCredits(_ setting: CreditSetting, balance: RESPValue, now: Date) -> Credits? {
+    func liveCredits(_ setting: CreditSetting, balance: RESPValue, now: Date) -> Credits? {
         let fields = balance.array ?? []
         var remaining = setting.remaining, period = setting.period
         if fields.count == 3, let stored = fields[0].int, let set = fields[1].int, let storedPeriod = fields[2].int, set >= setting.setAt {

@@ -28,6 +28,7 @@ import KeygateRedis
 /// | `{ns:events}:epoch` | string | incremented by every logged mutation |
 /// | `{ns:events}:pending` | hash | registered operations not yet logged: op id -> "<registered ms> <payload JSON>" |
 /// | `ns:create-lock:<user>` | string | held while a limited create counts the user's keys |
+/// | `ns:user-limits:<user>` | hash | the user's limits: `rate_limits`, `credits` (as in a record), `version` (bumped by every change) |
 /// | `ns:replication-mark:{<slot tag>}` | string | written before each `WAIT`, so a retried no-op change is confirmed too |
 /// | channel `ns:invalidations` | pub/sub | the hash hex of every changed key |
 public struct KeyStoreLayout: Sendable, Equatable {
@@ -66,6 +67,8 @@ public struct KeyStoreLayout: Sendable, Equatable {
     public var epoch: String { "{\(events)}:epoch" }
     public var pending: String { "{\(events)}:pending" }
     public func createLock(_ user: String) -> String { "\(namespace):create-lock:\(user)" }
+    /// The user's own limits (shared by all of the user's keys); copied into each key's record.
+    public func userLimits(_ user: String) -> String { "\(namespace):user-limits:\(user)" }
     /// One per slot, so the mark is written on the server (and connection) that ran the change.
     public func replicationMark(slotOf key: String) -> String {
         "\(namespace):replication-mark:{\(HashSlot.tag(forSlot: HashSlot.of(key)))}"

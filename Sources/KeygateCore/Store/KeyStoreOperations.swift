@@ -33,6 +33,9 @@ struct PendingOperation: Codable, Sendable, Equatable {
         var limitID: String?
         /// The credit setting (`CreditSetting.storageText`), shared with the predecessor's balance.
         var credits: String?
+        /// The user's limits as the predecessor carried them (nil in operations registered before them).
+        var userRateLimits: String?
+        var userCredits: String?
     }
 
     static func newID() -> String {
@@ -214,7 +217,8 @@ extension KeyStore {
                                                  arguments: [layout.invalidationChannel, successor.hash, successor.id, operation.user,
                                                              successor.name, successor.scopes, successor.expiresAt, successor.metadata,
                                                              successor.createdAt, operation.keyID, successor.rateLimits ?? "",
-                                                             successor.limitID ?? operation.keyID, successor.credits ?? ""])],
+                                                             successor.limitID ?? operation.keyID, successor.credits ?? "",
+                                                             successor.userRateLimits ?? "", successor.userCredits ?? ""])],
                                      throwingErrors: true)
             try await index(id: successor.id, hash: successor.hash, user: operation.user)
         case .status, .update:

@@ -76,7 +76,8 @@ enum KeyStoreScripts {
     /// Step 2 of create. KEYS: record, unlogged.
     /// ARGV: op id, issued ms, window ms, channel, hash, id, user, name, scopes, expires_at ms or "",
     /// metadata JSON, now ms, rate limits (`RateLimit.storageText`), limit id or "", credits
-    /// (`CreditSetting.storageText`) or "". Returns {1, version, other unlogged ops...}.
+    /// (`CreditSetting.storageText`) or "", the user's rate limits and credits or "".
+    /// Returns {1, version, other unlogged ops...}.
     static let applyCreate = RedisScript(deadline + """
     if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('DUPLICATE a key with this hash exists') end
     redis.call('HSET', KEYS[1], 'id', ARGV[6], 'user', ARGV[7], 'name', ARGV[8], 'scopes', ARGV[9],
@@ -84,6 +85,8 @@ enum KeyStoreScripts {
     if ARGV[13] and ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'rate_limits', ARGV[13]) end
     if ARGV[14] and ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'limit_id', ARGV[14]) end
     if ARGV[15] and ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'credits', ARGV[15]) end
+    if ARGV[16] and ARGV[16] ~= '' then redis.call('HSET', KEYS[1], 'user_rate_limits', ARGV[16]) end
+    if ARGV[17] and ARGV[17] ~= '' then redis.call('HSET', KEYS[1], 'user_credits', ARGV[17]) end
     redis.call('HSET', KEYS[2], ARGV[1], 1)
     redis.call('PUBLISH', ARGV[4], ARGV[5])
     return {1, 1, unpack(others)}
@@ -142,7 +145,8 @@ enum KeyStoreScripts {
     /// The successor of a rotation (after `applyRotate`, or from a repair), in its own slot. Idempotent:
     /// a successor already written with this id is success.
     /// KEYS: record. ARGV: channel, hash, id, user, name, scopes, expires_at, metadata, now ms, predecessor id,
-    /// rate limits, limit id (the chain's first key), credits. Returns 1 when written now, 0 when it existed.
+    /// rate limits, limit id (the chain's first key), credits, the user's rate limits and credits.
+    /// Returns 1 when written now, 0 when it existed.
     static let writeSuccessor = RedisScript("""
     if redis.call('EXISTS', KEYS[1]) == 1 then
       if redis.call('HGET', KEYS[1], 'id') == ARGV[3] then return 0 end
@@ -153,6 +157,8 @@ enum KeyStoreScripts {
     if ARGV[11] and ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'rate_limits', ARGV[11]) end
     if ARGV[12] and ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'limit_id', ARGV[12]) end
     if ARGV[13] and ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'credits', ARGV[13]) end
+    if ARGV[14] and ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'user_rate_limits', ARGV[14]) end
+    if ARGV[15] and ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'user_credits', ARGV[15]) end
     redis.call('PUBLISH', ARGV[1], ARGV[2])
     return 1
     """)
@@ -256,5 +262,14 @@ enum KeyStoreScripts {
     if b[1] ~= ARGV[1] or b[2] ~= ARGV[2] then return 0 end
     redis.call('HINCRBY', KEYS[1], 'remaining', ARGV[3])
     return 1
+    """)
+
+    /// Sets a user's own limits (the record every key of the user copies). KEYS: the user's limits.
+    /// ARGV: rate limits text, credits text (each "" for none; "-" leaves the field as it is).
+    /// Returns the new version.
+    static let setUserLimits = RedisScript("""
+    if ARGV[1] ~= '-' then redis.call('HSET', KEYS[1], 'rate_limits', ARGV[1]) end
+    if ARGV[2] ~= '-' then redis.call('HSET', KEYS[1], 'credits', ARGV[2]) end
+    return redis.call('HINCRBY', KEYS[1], 'version', 1)
     """)
 }

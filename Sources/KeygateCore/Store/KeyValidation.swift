@@ -93,7 +93,7 @@ enum KeyStoreDecoding {
         let metadata = fields["metadata"].flatMap { text in
             try? JSONDecoder().decode([String: String].self, from: Data(text.utf8))
         } ?? [:]
-        return KeyRecord(
+        var record = KeyRecord(
             hash: hash, id: id, user: user, name: fields["name"] ?? "",
             scopes: (fields["scopes"] ?? "").split(separator: " ").map(String.init),
             status: status, createdAt: Date(milliseconds: created),
@@ -105,6 +105,9 @@ enum KeyStoreDecoding {
             limitID: fields["limit_id"].flatMap { $0.isEmpty ? nil : $0 },
             rotatedFrom: fields["rotated_from"].flatMap { $0.isEmpty ? nil : $0 },
             rotatedTo: fields["rotated_to"].flatMap { $0.isEmpty ? nil : $0 })
+        record.userRateLimits = fields["user_rate_limits"].flatMap { RateLimit.fromStorage(Substring($0)) } ?? []
+        record.userCreditSetting = fields["user_credits"].flatMap { $0.isEmpty ? nil : CreditSetting(storage: Substring($0)) }
+        return record
     }
 
     /// One XRANGE entry `[id, [field, value, ...]]`.

@@ -84,25 +84,43 @@ public struct Verdict: Sendable {
 }
 
 /// A key's rate limits and credits as the data plane applies them, built once per lookup and
-/// shared by the cache entry.
+/// shared by the cache entry: the key's own, then its user's (shared by all of the user's keys).
 public final class KeyLimits: Sendable {
-    /// Whose windows and balance these are: the id of the first key of a rotation chain, so a key
-    /// and its successor draw on the same ones during the grace period instead of doubling them.
+    /// Whose windows and balance the key's own limits use: the id of the first key of a rotation
+    /// chain, so a key and its successor draw on the same ones during the grace period instead of
+    /// doubling them.
     public let subject: String
     public let rateLimits: [RateLimit]
     public let credits: CreditSetting?
+    /// Whose windows and balance the user's limits use (`KeyLimits.userSubject(_:)`).
+    public let userSubject: String
+    /// The user's rate limits, less those named like one of the key's own (the key's wins, as in Unkey).
+    public let userRateLimits: [RateLimit]
+    public let userCredits: CreditSetting?
     /// The `RateLimit-Policy` field value (draft-ietf-httpapi-ratelimit-headers), encoded once:
     /// `"default";q=100;w=60, "hourly";q=5000;w=3600`.
     public let policyHeader: String
 
-    public init(subject: String, rateLimits: [RateLimit], credits: CreditSetting? = nil) {
+    public init(subject: String, rateLimits: [RateLimit], credits: CreditSetting? = nil, user: String = "",
+                userRateLimits: [RateLimit] = [], userCredits: CreditSetting? = nil) {
         self.subject = subject
         self.rateLimits = rateLimits
         self.credits = credits
-        self.policyHeader = rateLimits.map { limit in
+        self.userSubject = Self.userSubject(user)
+        let ownNames = Set(rateLimits.map(\.name))
+        self.userRateLimits = userRateLimits.filter { !ownNames.contains($0.name) }
+        self.userCredits = userCredits
+        self.policyHeader = (rateLimits + self.userRateLimits).map { limit in
             "\"\(limit.name)\";q=\(limit.limit);w=\(max(1, (limit.durationMilliseconds + 999) / 1_000))"
         }.joined(separator: ", ")
     }
+
+    /// The subject of a user's windows and balance: `user:<name>` (a key's is its chain's key id,
+    /// `key_...`, so the two never meet).
+    public static func userSubject(_ user: String) -> String { "user:" + user }
+
+    /// Nothing to enforce.
+    public var isEmpty: Bool { rateLimits.isEmpty && credits == nil && userRateLimits.isEmpty && userCredits == nil }
 }
 
 /// Why a key was refused. Clients of `/auth` see one generic 401 for all of them (no oracle);

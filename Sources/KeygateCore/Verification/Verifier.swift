@@ -121,22 +121,24 @@ public final class Verifier: Sendable {
         case .malformed:
             metrics.malformedRecords.add(1, ordering: .relaxed)
             return .failed
-        case .active(let id, let user, let scopesText, let expiresAt, let rateLimitsText, let limitSubject, let creditsText):
-            let scopes = scopesText.split(separator: " ").map(String.init)
+        case .active(let record):
+            let scopes = record.scopes.split(separator: " ").map(String.init)
             // What goes into response headers must be what the store would have accepted: a record
             // edited by hand (a user with a line break, say) is refused, not echoed.
-            guard KeyValidation.isKeyID(id), let keyID = InlineKeyID(id), (try? KeyValidation.existingUser(user)) != nil,
-                  (try? KeyValidation.scopes(scopes)) != nil, let rateLimits = RateLimit.fromStorage(rateLimitsText) else {
+            guard KeyValidation.isKeyID(record.id), let keyID = InlineKeyID(record.id), (try? KeyValidation.existingUser(record.user)) != nil,
+                  (try? KeyValidation.scopes(scopes)) != nil, let rateLimits = RateLimit.fromStorage(record.rateLimits),
+                  let userRateLimits = RateLimit.fromStorage(record.userRateLimits) else {
                 metrics.malformedRecords.add(1, ordering: .relaxed)
                 return .failed
             }
-            let credits = creditsText.isEmpty ? nil : CreditSetting(storage: creditsText)
-            guard creditsText.isEmpty || credits != nil else {
+            let credits = record.credits.isEmpty ? nil : CreditSetting(storage: record.credits)
+            let userCredits = record.userCredits.isEmpty ? nil : CreditSetting(storage: record.userCredits)
+            guard record.credits.isEmpty || credits != nil, record.userCredits.isEmpty || userCredits != nil else {
                 metrics.malformedRecords.add(1, ordering: .relaxed)
                 return .failed
             }
             let expires: Int64
-            switch expiresAt {
+            switch record.expiresAt {
             case .null: expires = .max
             case let value: expires = value.int ?? (value.string?.isEmpty == true ? .max : .min)
             }
@@ -144,9 +146,10 @@ public final class Verifier: Sendable {
                 metrics.malformedRecords.add(1, ordering: .relaxed)
                 return .failed
             }
-            let principal = cache.principal(user: user, scopes: scopes, for: hash)
-            let limits = rateLimits.isEmpty && credits == nil ? nil
-                : KeyLimits(subject: limitSubject.isEmpty ? id : limitSubject, rateLimits: rateLimits, credits: credits)
+            let principal = cache.principal(user: record.user, scopes: scopes, for: hash)
+            let limits = rateLimits.isEmpty && credits == nil && userRateLimits.isEmpty && userCredits == nil ? nil
+                : KeyLimits(subject: record.limitSubject.isEmpty ? record.id : record.limitSubject, rateLimits: rateLimits, credits: credits,
+                            user: record.user, userRateLimits: userRateLimits, userCredits: userCredits)
             return .active(Verdict(keyID: keyID, principal: principal, expiresAtMilliseconds: expires, limits: limits))
         }
     }
