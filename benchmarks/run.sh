@@ -6,8 +6,9 @@
 #   benchmarks/run.sh --quick             # every scenario for a few seconds (scripts/test.sh runs it;
 #                                         # with KEYGATE_BIN set, on that binary and debug tools)
 #   benchmarks/run.sh --scenario hit      # only the named scenario(s); repeat the flag for several
+#                                         # (report: results/scenarios-hit.md; latest.md is a full run)
 #
-# Scenarios: hit, hit10k, miss, badkey, revocation, memory, openloop. Servers (Redis, nginx, the
+# Scenarios: hit, limits, hit10k, miss, badkey, revocation, memory, openloop. Servers (Redis, nginx, the
 # Lua peer, Keygate with one event loop) run on core 0, load generators on core 1. --quick writes
 # its report to a temporary folder and only checks that every scenario still produces its figures.
 set -euo pipefail
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=true ;;
         --scenario) scenarios+=("$2"); shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -237,6 +238,36 @@ if wants limits; then
     record limits keygate-limited redis_commands_per_request \
         "$(python3 -c "print(f'{($after - $before) / ($requests_keygate_limited + $requests_keygate_credits):.5f}')")" commands
     stop_node "$node_pid"
+
+    # Across three nodes: a key limited to 2,000 per 2 s window (leased in blocks of 100) under an
+    # open load three times its rate, spread over the nodes; the 200s counted per window (by when
+    # each request left; a request in flight at a window's edge can land in the neighbour) against
+    # the limit. The bound: never more than the limit in a window.
+    echo "scenario limits: admitted per window against the limit, three nodes"
+    shared=$("$keygate" keys create --user bench-three-nodes --rate-limit 2000/2s --redis-url "$redis_url" \
+        --namespace "$namespace" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+    echo "$shared" > "$work/shared.txt"
+    three_ports=(); three_pids=()
+    for _ in 1 2 3; do start_node; three_ports+=("$node_port"); three_pids+=("$node_pid"); done
+    accuracy_seconds=12; $quick && accuracy_seconds=5
+    run_logged taskset -c 1 "$bin/keygate-loadgen" --ports "$(IFS=,; echo "${three_ports[*]}")" --rate 6000 \
+        --duration "$accuracy_seconds" --warmup 1 --connections 48 --keys-file "$work/shared.txt" --window-ms 2000 --spin false \
+        > "$work/limits-accuracy.txt"
+    for pid in "${three_pids[@]}"; do stop_node "$pid"; done
+    # Whole windows only (the first and last are cut by the run's start and end).
+    read -r windows worst mean < <(python3 - "$work/limits-accuracy.txt" 2000 <<'EOF'
+import sys
+fields = dict(item.split("=", 1) for item in open(sys.argv[1]).read().split())
+counts = [int(pair.split(":")[1]) for pair in fields.get("windows_200", "").split(",") if pair][1:-1]
+limit = int(sys.argv[2])
+if not counts:
+    sys.exit("no whole window in the run")
+print(len(counts), f"{max(counts) / limit:.4f}", f"{sum(counts) / len(counts) / limit:.4f}")
+EOF
+)
+    record limits keygate-3-nodes admitted_per_window_max_vs_limit "$worst" ratio
+    record limits keygate-3-nodes admitted_per_window_mean_vs_limit "$mean" ratio
+    record limits keygate-3-nodes whole_windows "$windows" windows
 fi
 
 if wants hit10k; then
@@ -384,14 +415,18 @@ fi
 
 # --- report --------------------------------------------------------------------------------------
 
+# A full run of every scenario is latest.md; a run of some scenarios gets its own name
+# (scenarios-limits.md), so it never replaces the last full run's report.
 if $quick; then out_dir="$work/report"; else out_dir="$bench_dir/results"; fi
+report_name=latest
+[ ${#scenarios[@]} -lt ${#all_scenarios[@]} ] && report_name="scenarios-$(IFS=-; echo "${scenarios[*]}")"
 mkdir -p "$out_dir"
 python3 scripts/report.py --csv "$csv" --commands "$commands" --duration "$duration" --rounds "$rounds" \
-    --round-seconds "$round_seconds" --quick "$quick" --scenarios "${scenarios[*]}" --out "$out_dir/latest.md"
-cp "$csv" "$out_dir/latest.csv"
+    --round-seconds "$round_seconds" --quick "$quick" --scenarios "${scenarios[*]}" --out "$out_dir/$report_name.md"
+cp "$csv" "$out_dir/$report_name.csv"
 if $quick; then
-    cat "$out_dir/latest.md"
+    cat "$out_dir/$report_name.md"
     python3 scripts/report.py --check --csv "$csv" --scenarios "${scenarios[*]}"
 else
-    echo "wrote benchmarks/results/latest.md and latest.csv"
+    echo "wrote benchmarks/results/$report_name.md and $report_name.csv"
 fi

@@ -53,12 +53,48 @@ enum Responses {
 
     /// 200 for forward auth, with the identity headers the proxy copies upstream (the user's and
     /// scopes' part pre-encoded per principal): four copies into the buffer.
-    static func authorized(_ verdict: Verdict, extraHeaders: String = "", close: Bool, into buffer: inout ByteBuffer) {
+    static func authorized(_ verdict: Verdict, close: Bool, into buffer: inout ByteBuffer) {
+        authorizedHead(verdict, into: &buffer)
+        endHead(close: close, into: &buffer)
+    }
+
+    /// The 200's status line and identity fields; more fields may follow, then `endHead`.
+    static func authorizedHead(_ verdict: Verdict, into buffer: inout ByteBuffer) {
         buffer.writeStaticString("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Keygate-Key-Id: ")
         verdict.keyID.write(into: &buffer)
         buffer.writeBytes(verdict.principal.identityHeaders)
-        if !extraHeaders.isEmpty { buffer.writeString(extraHeaders) }
+    }
+
+    static func endHead(close: Bool, into buffer: inout ByteBuffer) {
         buffer.writeStaticString(close ? "Connection: close\r\n\r\n" : "\r\n")
+    }
+
+    /// `RateLimit-Policy` (the key's, encoded once per lookup) and `RateLimit: "<name>";r=<n>;t=<s>`
+    /// (draft-ietf-httpapi-ratelimit-headers), without building a String.
+    static func writeRateLimitFields(policy: [UInt8], name: String, remaining: Int, reset: Int, into buffer: inout ByteBuffer) {
+        buffer.writeBytes(policy)
+        buffer.writeStaticString("RateLimit: \"")
+        buffer.writeString(name)
+        buffer.writeStaticString("\";r=")
+        writeDecimal(remaining, into: &buffer)
+        buffer.writeStaticString(";t=")
+        writeDecimal(reset, into: &buffer)
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// A non-negative integer in ASCII digits (negative values are written as 0).
+    static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
+        var value = max(0, value)
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0) // room for 24 digits, more than Int.max has
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var index = scratch.count
+            repeat {
+                index -= 1
+                scratch[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            } while value > 0
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[index...]))
+        }
     }
 
     /// The 429 of a key over its own limit (names are `[a-z0-9_-]`: no escaping needed).

@@ -120,7 +120,13 @@ public final class CreditLedger: Sendable {
         self.giveBack = giveBack
     }
 
-    public var snapshot: Counters { counters.withLock { $0 } }
+    public var snapshot: Counters {
+        var snapshot = counters.withLock { $0 }
+        snapshot.admitted += admittedFromHeld.load(ordering: .relaxed)
+        return snapshot
+    }
+    /// Requests admitted from credits already held: the hit path's counter, an atomic rather than a lock.
+    private let admittedFromHeld = Atomic<UInt64>(0)
 
     /// Spends `cost` credits of `subject`'s balance: decided now from the credits held, or after a lease.
     public func spend(_ subject: String, _ setting: CreditSetting, cost: Int = 1, on eventLoop: any EventLoop) -> Step {
@@ -161,7 +167,7 @@ public final class CreditLedger: Sendable {
         }
         switch next {
         case .admitted(let remaining, let lease):
-            count { $0.admitted += 1 }
+            admittedFromHeld.add(1, ordering: .relaxed)
             if lease { self.lease(key, period: period, refillsAt: refillsAt, on: eventLoop) }
             return .decided(.admitted(Quota(remaining: remaining, refillsAt: refillsAt, now: now)))
         case .exhausted(let remaining):

@@ -114,7 +114,13 @@ public final class RateLimiter: Sendable {
         self.lease = lease
     }
 
-    public var snapshot: Counters { counters.withLock { $0 } }
+    public var snapshot: Counters {
+        var snapshot = counters.withLock { $0 }
+        snapshot.admitted += admittedFromHeld.load(ordering: .relaxed)
+        return snapshot
+    }
+    /// Requests admitted from tokens already held: the hit path's counter, an atomic rather than a lock.
+    private let admittedFromHeld = Atomic<UInt64>(0)
 
     static func block(for limit: RateLimit) -> Int { limit.exact ? 1 : min(1_000, max(1, limit.limit / 20)) }
 
@@ -190,28 +196,20 @@ public final class RateLimiter: Sendable {
         let now = clock()
         let (window, resetsAt) = limit.window(at: now)
         let block = Self.block(for: limit)
-        enum Next { case admitted(Int, lease: Bool), refused, wait(EventLoopFuture<Admission>, lease: Bool) }
         let next = pools.withLock { pools -> Next in
-            var pool = pools[key] ?? Self.pool(inserting: key, window: window, now: now, into: &pools, capacity: capacity)
-            Self.roll(&pool, to: window)
-            defer { pools[key] = pool }
-            if pool.tokens >= cost && pool.waiters.isEmpty {
-                pool.tokens -= cost
-                // The next block is asked for before this one runs out.
-                let ahead = !limit.exact && !pool.exhausted && !pool.leasing && pool.tokens < block / 2
-                if ahead { pool.leasing = true }
-                return .admitted(max(0, limit.limit - pool.handedOut + pool.tokens), lease: ahead)
+            // One hash of the key per request: the pool is changed in place through its index.
+            let index: Dictionary<PoolKey, Pool>.Index
+            if let found = pools.index(forKey: key) {
+                index = found
+            } else {
+                pools[key] = Self.pool(inserting: key, window: window, now: now, into: &pools, capacity: capacity)
+                index = pools.index(forKey: key)!
             }
-            if pool.exhausted { return .refused }
-            let promise = eventLoop.makePromise(of: Admission.self)
-            pool.waiters.append(Waiter(cost: cost, promise: promise))
-            let start = !pool.leasing
-            pool.leasing = true
-            return .wait(promise.futureResult, lease: start)
+            return Self.take(&pools.values[index], cost: cost, window: window, limit: limit, block: block, on: eventLoop)
         }
         switch next {
         case .admitted(let remaining, let lease):
-            count { $0.admitted += 1 }
+            admittedFromHeld.add(1, ordering: .relaxed)
             if lease { self.lease(key, window: window, resetsAt: resetsAt, on: eventLoop) }
             return .decided(.admitted(remaining: remaining, resetsAt: resetsAt))
         case .refused:
@@ -221,6 +219,27 @@ public final class RateLimiter: Sendable {
             if lease { self.lease(key, window: window, resetsAt: resetsAt, on: eventLoop) }
             return .pending(future)
         }
+    }
+
+    private enum Next { case admitted(Int, lease: Bool), refused, wait(EventLoopFuture<Admission>, lease: Bool) }
+
+    /// One request against a pool, under the lock: admitted from the tokens held (asking for the
+    /// next block before this one runs out), refused (the window is exhausted), or queued for a lease.
+    private static func take(_ pool: inout Pool, cost: Int, window: Int64, limit: RateLimit, block: Int,
+                             on eventLoop: any EventLoop) -> Next {
+        roll(&pool, to: window)
+        if pool.tokens >= cost && pool.waiters.isEmpty {
+            pool.tokens -= cost
+            let ahead = !limit.exact && !pool.exhausted && !pool.leasing && pool.tokens < block / 2
+            if ahead { pool.leasing = true }
+            return .admitted(max(0, limit.limit - pool.handedOut + pool.tokens), lease: ahead)
+        }
+        if pool.exhausted { return .refused }
+        let promise = eventLoop.makePromise(of: Admission.self)
+        pool.waiters.append(Waiter(cost: cost, promise: promise))
+        let start = !pool.leasing
+        pool.leasing = true
+        return .wait(promise.futureResult, lease: start)
     }
 
     /// A new window: the tokens held for the old one are gone, its lease total becomes the share.

@@ -100,6 +100,8 @@ public final class KeyLimits: Sendable {
     /// The `RateLimit-Policy` field value (draft-ietf-httpapi-ratelimit-headers), encoded once:
     /// `"default";q=100;w=60, "hourly";q=5000;w=3600`.
     public let policyHeader: String
+    /// `RateLimit-Policy: <policyHeader>\r\n` as bytes, written as is into every answer.
+    public let policyHeaderField: [UInt8]
 
     public init(subject: String, rateLimits: [RateLimit], credits: CreditSetting? = nil, user: String = "",
                 userRateLimits: [RateLimit] = [], userCredits: CreditSetting? = nil) {
@@ -113,6 +115,7 @@ public final class KeyLimits: Sendable {
         self.policyHeader = (rateLimits + self.userRateLimits).map { limit in
             "\"\(limit.name)\";q=\(limit.limit);w=\(max(1, (limit.durationMilliseconds + 999) / 1_000))"
         }.joined(separator: ", ")
+        self.policyHeaderField = Array("RateLimit-Policy: \(policyHeader)\r\n".utf8)
     }
 
     /// The subject of a user's windows and balance: `user:<name>` (a key's is its chain's key id,

@@ -1,7 +1,7 @@
 // An open-loop HTTP/1.1 load generator, free of coordinated omission (the wrk2 method):
 //
 //   keygate-loadgen --port 8080 --rate 20000 --duration 10 [--connections 64] [--path /auth]
-//                   [--keys-file keys.txt] [--warmup 1] [--spin false]
+//                   [--keys-file keys.txt] [--warmup 1] [--spin false] [--ports 8080,8090] [--window-ms 2000]
 //
 // Every connection has a fixed schedule of intended send times (rate / connections per second,
 // staggered across connections). A request is sent at its intended time, or as soon as the
@@ -18,6 +18,11 @@
 // `--spin false` sleeps up to 1 ms between polls instead: for background load whose latency is
 // not measured, so several generators can share a core with a measuring client.
 //
+// `--ports` spreads the connections round robin over several servers (nodes sharing a rate limit).
+// `--window-ms W` also counts the 200s per fixed window of the wall clock (Unix ms / W, as Keygate's
+// rate-limit windows are cut), by the time each request was sent, and prints them as
+// `windows_200=<window>:<count>,...`, for the admitted-count error of a limit across nodes.
+//
 // Prints one line of key=value pairs: sent, completed, status counts, errors, achieved rate,
 // p50/p90/p99/p99.9/max in microseconds (after the warm-up) and the send lag.
 import Foundation
@@ -28,11 +33,12 @@ import Glibc
 #endif
 
 struct Options {
-    var host = "127.0.0.1", port = 8080, path = "/auth"
+    var host = "127.0.0.1", ports = [8080], path = "/auth"
     var rate = 1_000.0, duration = 10.0, warmup = 1.0
     var connections = 64
     var keysFile: String?
     var spin = true
+    var windowMilliseconds: Int64 = 0
 
     init(_ arguments: [String]) {
         var iterator = arguments.makeIterator()
@@ -40,7 +46,9 @@ struct Options {
             guard let value = iterator.next() else { fatalError("\(flag) needs a value") }
             switch flag {
             case "--host": host = value
-            case "--port": port = Int(value)!
+            case "--port": ports = [Int(value)!]
+            case "--ports": ports = value.split(separator: ",").map { Int($0)! }
+            case "--window-ms": windowMilliseconds = Int64(value)!
             case "--path": path = value
             case "--rate": rate = Double(value)!
             case "--duration": duration = Double(value)!
@@ -55,6 +63,12 @@ struct Options {
     }
 }
 
+func wallMilliseconds() -> Int64 {
+    var time = timespec()
+    clock_gettime(CLOCK_REALTIME, &time)
+    return Int64(time.tv_sec) * 1_000 + Int64(time.tv_nsec) / 1_000_000
+}
+
 func monotonicNanoseconds() -> UInt64 {
     var time = timespec()
     clock_gettime(CLOCK_MONOTONIC, &time)
@@ -66,6 +80,8 @@ final class Connection {
     let fd: Int32
     var nextIntended: UInt64
     var inFlight: UInt64?
+    /// When the request in flight left (Unix ms), with --window-ms.
+    var sentAtWall: Int64 = 0
     var received: [UInt8] = []
     var open = true
 
@@ -150,6 +166,9 @@ final class Generator {
     var sendLag = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .two)
     var sent = 0, completed = 0, errors = 0, nextRequest = 0
     var statuses: [Int: Int] = [:]
+    /// 200s per rate-limit window (--window-ms).
+    var admittedPerWindow: [Int64: Int] = [:]
+    let windowMilliseconds: Int64
     let requests: [[UInt8]]
     let epoll = cepoll_create()
     var connections: [Connection] = []
@@ -158,11 +177,12 @@ final class Generator {
 
     init(options: Options, requests: [[UInt8]]) {
         self.requests = requests
+        windowMilliseconds = options.windowMilliseconds
         pollTimeoutMilliseconds = options.spin ? 0 : 1
         interval = UInt64(Double(options.connections) / options.rate * 1e9)
         let start = monotonicNanoseconds() + 100_000_000
         for index in 0..<options.connections {
-            let fd = Connection.connect(host: options.host, port: options.port)
+            let fd = Connection.connect(host: options.host, port: options.ports[index % options.ports.count])
             cepoll_add(epoll, fd, UInt32(index))
             connections.append(Connection(fd: fd, firstIntended: start + interval * UInt64(index) / UInt64(options.connections)))
         }
@@ -182,6 +202,7 @@ final class Generator {
             return
         }
         connection.inFlight = connection.nextIntended
+        if windowMilliseconds > 0 { connection.sentAtWall = wallMilliseconds() }
         connection.nextIntended += interval
         sent += 1
     }
@@ -223,6 +244,9 @@ final class Generator {
                 histogram.record(arrived &- intended)
                 completed += 1
                 statuses[response.status, default: 0] += 1
+                if windowMilliseconds > 0 && response.status == 200 {
+                    admittedPerWindow[connection.sentAtWall / windowMilliseconds, default: 0] += 1
+                }
             }
             connection.inFlight = nil
             pump(connection, now: arrived)
@@ -234,7 +258,7 @@ let generator = Generator(options: options, requests: requests)
 generator.run()
 
 func micros(_ value: UInt64) -> String { String(format: "%.1f", Double(value) / 1_000) }
-print([
+print(([
     "target_rate=\(Int(options.rate))",
     "achieved_rate=\(Int(Double(generator.completed) / options.duration))",
     "sent=\(generator.sent) completed=\(generator.completed) errors=\(generator.errors)",
@@ -245,4 +269,6 @@ print([
     "p999_us=\(micros(generator.histogram.valueAtPercentile(99.9)))",
     "max_us=\(micros(generator.histogram.max))",
     "send_lag_p50_us=\(micros(generator.sendLag.valueAtPercentile(50))) send_lag_p99_us=\(micros(generator.sendLag.valueAtPercentile(99)))",
-].joined(separator: " "))
+] + (options.windowMilliseconds > 0
+    ? ["windows_200=" + generator.admittedPerWindow.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")] : [])
+).joined(separator: " "))
