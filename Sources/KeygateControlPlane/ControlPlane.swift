@@ -78,6 +78,12 @@ public final class ControlPlane: Service, Sendable {
             Response(status: .ok, headers: [.contentType: "application/yaml"],
                      body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_yaml)))
         }
+        // A console link's secret is its own credential: exchanged here, without a key, for a
+        // short-lived key of the link's user (single use; sent in the body, never in a URL).
+        router.on("console/session", .post, recordIn: table) { [store, settings] request, _ in
+            let body = try await JSONBody.decode(RedeemConsoleSessionBody.self, from: request, limit: settings.maxBodyBytes)
+            return try JSONResponse.make(try await store.redeemConsoleSession(body.session), status: .created)
+        }
         let v1 = router.group("v1").add(middleware: CallerAuthentication(verifier: verifier, eventLoopGroup: eventLoopGroup, metrics: metrics))
         KeyRoutes(store: store, settings: settings).register(on: v1, table: table)
         return router

@@ -36,6 +36,23 @@ struct KeyRoutes {
             let revoked = try await store.revokeAll(user: user, actor: caller.actor)
             return try JSONResponse.make(UserRevocation(user: user, revoked: revoked))
         }
+        route(.get, "users") { request, context in
+            try requireAdmin(context)
+            let query = request.uri.queryParameters
+            let limit = try Self.integer(request, "limit", default: 100, range: 1...1_000)
+            return try JSONResponse.make(try await store.users(prefix: query.get("prefix") ?? "", after: query.get("after"), limit: limit))
+        }
+        route(.get, "users/:user/usage") { request, context in
+            try requireAdmin(context)
+            let days = try Self.integer(request, "days", default: 7, range: 1...KeyStoreLayout.dailyRetentionDays)
+            return try JSONResponse.make(try await store.usage(user: try Self.parameter("user", context), days: days))
+        }
+        route(.post, "users/:user/console-sessions") { request, context in
+            try requireAdmin(context)
+            let body = try await JSONBody.decode(ConsoleSessionBody.self, from: request, limit: settings.maxBodyBytes, allowEmpty: true)
+            let session = try await store.createConsoleSession(user: try Self.parameter("user", context), ttlSeconds: body.ttlSeconds ?? 900)
+            return try JSONResponse.make(session, status: .created)
+        }
         route(.get, "users/:user/limits") { _, context in
             try requireAdmin(context)
             return try JSONResponse.make(try await store.userLimits(user: try Self.parameter("user", context)))

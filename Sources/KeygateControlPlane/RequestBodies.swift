@@ -300,6 +300,33 @@ struct RateLimitItem: Decodable {
     }
 }
 
+/// `POST /v1/users/{user}/console-sessions` (the body may be empty).
+struct ConsoleSessionBody: Decodable {
+    var ttlSeconds: Int?
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case ttlSeconds = "ttl_seconds" }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownFields(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
+        ttlSeconds = try decoder.container(keyedBy: CodingKeys.self).decodeField(Int.self, forKey: .ttlSeconds)
+    }
+}
+
+/// `POST /console/session`: a console link's secret, exchanged once for a short-lived key.
+struct RedeemConsoleSessionBody: Decodable {
+    var session: String
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case session }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownFields(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
+        guard let session = try decoder.container(keyedBy: CodingKeys.self).decodeField(String.self, forKey: .session) else {
+            throw Problem(.invalidField, "session is required", field: "session")
+        }
+        self.session = session
+    }
+}
+
 /// `PUT /v1/users/{user}/limits`: the user's whole setting (an absent field: none).
 struct UserLimitsBody: Decodable {
     var rateLimits: [RateLimit]?

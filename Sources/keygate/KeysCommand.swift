@@ -201,17 +201,7 @@ struct KeysCommand: AsyncParsableCommand {
                 print("id            \(usage.id)")
                 print("total         \(usage.total)")
                 print("last_used_at  \(Output.date(usage.lastUsedAt))\n")
-                let columns = ["COUNT", "RATE_LIMITED", "USAGE_EXCEEDED", "FORBIDDEN"]
-                func row(_ bucket: KeyUsage.Bucket) -> [String] {
-                    [bucket.period, String(bucket.count), String(bucket.refused.rateLimited), String(bucket.refused.usageExceeded),
-                     String(bucket.refused.forbidden)]
-                }
-                Output.table(["DAY"] + columns, usage.daily.map(row))
-                let recent = usage.hourly.suffix(24).filter { $0.count > 0 || !$0.refused.isZero }
-                if !recent.isEmpty {
-                    print("")
-                    Output.table(["HOUR (UTC)"] + columns, recent.map(row))
-                }
+                Output.usageTables(daily: usage.daily, hourly: usage.hourly)
             }
         }
     }
@@ -228,7 +218,46 @@ extension AsyncParsableCommand {
 }
 
 struct UsersCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "users", abstract: "Act on every key of a user.", subcommands: [Revoke.self, Limits.self])
+    static let configuration = CommandConfiguration(commandName: "users", abstract: "Act on every key of a user.", subcommands: [List.self, Usage.self, Revoke.self, Limits.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List users who hold or held keys, by name.",
+            discussion: "Names in byte order; --prefix narrows them, --after pages (pass the last name shown).")
+        @OptionGroup var options: GlobalOptions
+        @Option(help: "Only names starting with this (byte for byte).") var prefix: String = ""
+        @Option(help: "Only names after this one (the last name of the previous page).") var after: String?
+        @Option(help: "At most this many (1-1000).") var limit: Int = 100
+
+        func run() async throws {
+            try await reportingFailures {
+                let page = try await options.withStore { try await $0.users(prefix: prefix, after: after, limit: limit) }
+                if options.json { try Output.json(page); return }
+                for user in page.users { print(DisplayText.escaped(user)) }
+                if let next = page.nextAfter { print("(more: --after \(DisplayText.escaped(next)))") }
+            }
+        }
+    }
+
+    struct Usage: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a user's usage: every key's counts added up, per day and per hour.")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The user.") var user: String
+        @Option(help: "Days of daily counts to show (1-90).") var days: Int = 7
+
+        func run() async throws {
+            try await reportingFailures {
+                let usage = try await options.withStore { try await $0.usage(user: user, days: days) }
+                if options.json { try Output.json(usage); return }
+                print("user          \(DisplayText.escaped(usage.user))")
+                print("total         \(usage.total)")
+                print("last_used_at  \(Output.date(usage.lastUsedAt))\n")
+                Output.usageTables(daily: usage.daily, hourly: usage.hourly)
+                print("")
+                Output.table(["KEY", "TOTAL"], usage.keys.map { [$0.id, String($0.total)] })
+            }
+        }
+    }
 
     struct Limits: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -313,7 +342,8 @@ struct RepairCommand: AsyncParsableCommand {
         or lost Redis between them leaves the change registered; every node finishes such changes \
         by itself within about a minute. This runs one pass now: an applied change gets its audit \
         event (and its invalidation, published again); one that never reached the record is dropped. \
-        Changes registered less than --older-than ago are left to their writer.
+        Changes registered less than --older-than ago are left to their writer. The first pass on a \
+        deployment made before the users index also adds the users of older keys to it.
         """)
     @OptionGroup var options: GlobalOptions
     @Option(help: "Only changes registered at least this long ago (\(HumanDuration.formatHelp)).")
@@ -323,7 +353,8 @@ struct RepairCommand: AsyncParsableCommand {
         try await reportingFailures {
             let report = try await options.withStore { try await $0.repair(olderThan: olderThan.duration) }
             if options.json { try Output.json(report); return }
-            print("completed \(report.completed), dropped \(report.dropped), left in flight \(report.inFlight)")
+            print("completed \(report.completed), dropped \(report.dropped), left in flight \(report.inFlight)"
+                  + (report.usersIndexed > 0 ? "; \(report.usersIndexed) user(s) of older keys added to the users index" : ""))
         }
     }
 }

@@ -58,6 +58,21 @@ enum Output {
     }
 
     /// The plaintext key, shown once, with the reminder that nothing can show it again.
+    /// The daily buckets, then the last 24 hours that saw any request, with refusals by reason.
+    static func usageTables(daily: [KeyUsage.Bucket], hourly: [KeyUsage.Bucket]) {
+        let columns = ["COUNT", "RATE_LIMITED", "USAGE_EXCEEDED", "FORBIDDEN"]
+        func row(_ bucket: KeyUsage.Bucket) -> [String] {
+            [bucket.period, String(bucket.count), String(bucket.refused.rateLimited), String(bucket.refused.usageExceeded),
+             String(bucket.refused.forbidden)]
+        }
+        table(["DAY"] + columns, daily.map(row))
+        let recent = hourly.suffix(24).filter { $0.count > 0 || !$0.refused.isZero }
+        if !recent.isEmpty {
+            print("")
+            table(["HOUR (UTC)"] + columns, recent.map(row))
+        }
+    }
+
     /// `1000 left, refilled to 1000/month`, or `-` without credits.
     static func credits(_ credits: Credits?) -> String {
         credits.map { "\($0.remaining) left" + ($0.refill.map { ", refilled to \($0.text)" } ?? "") } ?? "-"

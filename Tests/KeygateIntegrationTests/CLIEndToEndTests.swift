@@ -103,6 +103,20 @@ import Testing
         #expect(fields == ["rate_limits,credits", "credits"], "\(fields)")
     }
 
+    @Test func usersListAndUsageFromTheCommandLine() async throws {
+        for user in ["hank", "hanna", "ida"] {
+            let created = try await keygate("keys", "create", "--user", user)
+            #expect(created.exitCode == 0, "\(created.stderr)")
+        }
+        let listed = try await keygate("users", "list", "--prefix", "han", "--json")
+        #expect((try json(listed) as? [String: Any])?["users"] as? [String] == ["hank", "hanna"], "\(listed.stdout)")
+        let paged = try await keygate("users", "list", "--prefix", "han", "--limit", "1")
+        #expect(paged.stdout.contains("hank") && paged.stdout.contains("--after hank") && !paged.stdout.contains("hanna"), "\(paged.stdout)")
+        let usage = try await keygate("users", "usage", "ida", "--days", "2")
+        #expect(usage.exitCode == 0 && usage.stdout.contains("total         0") && usage.stdout.contains("RATE_LIMITED"), "\(usage.stdout)")
+        #expect(try await keygate("users", "usage", "nobody").exitCode == 3)
+    }
+
     @Test func userLimitsFromTheCommandLine() async throws {
         let created = try await keygate("keys", "create", "--user", "gina", "--json")
         #expect(created.exitCode == 0, "\(created.stderr)")

@@ -93,7 +93,7 @@ import Testing
             #expect(repaired.exitCode == 0 && repaired.stdout.contains("completed 0, dropped 0"), "\(repaired.stdout)")
             let report = try await runCommand(binary, ["repair", "--json"], environment: environment)
             let fields = try JSONSerialization.jsonObject(with: Data(report.stdout.utf8)) as? [String: Int]
-            #expect(fields == ["completed": 0, "dropped": 0, "in_flight": 0], "\(report.stdout)")
+            #expect(fields == ["completed": 0, "dropped": 0, "in_flight": 0, "users_indexed": 0], "\(report.stdout)")
         }
     }
 

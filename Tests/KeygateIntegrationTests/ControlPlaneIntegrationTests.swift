@@ -253,6 +253,76 @@ import Testing
         }
     }
 
+    @Test func consoleLinksOpenOneUsersKeysOnceThroughTheAPI() async throws {
+        try await Self.withAPI { node, api, admin in
+            _ = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"gwen"}"#)
+            _ = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"other"}"#)
+            let created = try await api.call(.post, "/v1/users/gwen/console-sessions", key: admin, json: #"{"ttl_seconds":600}"#)
+            #expect(created.status == .created, "\(created.text)")
+            let secret = try #require(created.json["session"] as? String)
+            #expect(secret.hasPrefix("kgs_") && created.json["url"] as? String == "/console/#session=\(secret)")
+            #expect(created.json["expires_at"] is String && created.json["user"] as? String == "gwen")
+            // Redis holds the secret's hash, never the secret.
+            let stored = try await node.node.store.redis.send(RedisCommand("KEYS", [.string("\(node.node.store.layout.namespace):console-session:*")]))
+            #expect(stored.array?.count == 1 && stored.array?.first?.string?.contains(secret) == false)
+
+            // Exchanged once, without a key, for a short-lived keygate:self key of that user only.
+            let redeemed = try await api.call(.post, "/console/session", key: nil, json: #"{"session":"\#(secret)"}"#)
+            #expect(redeemed.status == .created, "\(redeemed.text)")
+            let key = try #require(redeemed.json["key"] as? String)
+            #expect(redeemed.json["user"] as? String == "gwen" && redeemed.json["scopes"] as? [String] == ["keygate:self"])
+            let expires = try #require(redeemed.json["expires_at"] as? String)
+            #expect(expires > ISO8601DateFormatter().string(from: Date().addingTimeInterval(3_500)))
+            let mine = try await api.call(.get, "/v1/keys", key: key)
+            #expect(mine.status == .ok && (mine.json["keys"] as? [[String: Any]])?.allSatisfy { $0["user"] as? String == "gwen" } == true)
+            #expect(try await api.call(.get, "/v1/keys?user=other", key: key).status == .forbidden)
+            #expect(try await api.call(.post, "/console/session", key: nil, json: #"{"session":"\#(secret)"}"#).status == .notFound, "single use")
+            for bad in [#"{"session":"kgs_nope"}"#, #"{"session":""}"#, #"{}"#, #"{"session":"kgs_000000000000000000000000000000000"}"#] {
+                let reply = try await api.call(.post, "/console/session", key: nil, json: bad)
+                #expect(reply.status == .notFound || reply.status == .unprocessableContent, "\(bad): \(reply.status)")
+            }
+            // An expired link is refused like a used one.
+            let late = try await node.node.store.createConsoleSession(user: "gwen", ttlSeconds: 60)
+            _ = try await node.node.store.redis.send(RedisCommand("PEXPIRE", [.string(node.node.store.layout.consoleSession(node.node.store.hasher.hash(late.session).hex)), 1]))
+            try await Task.sleep(for: .milliseconds(20))
+            #expect(try await api.call(.post, "/console/session", key: nil, json: #"{"session":"\#(late.session)"}"#).status == .notFound)
+            // Admins only create links; the lifetime is bounded.
+            #expect(try await api.call(.post, "/v1/users/gwen/console-sessions", key: key, json: "{}").status == .forbidden)
+            #expect(try await api.call(.post, "/v1/users/gwen/console-sessions", key: admin, json: #"{"ttl_seconds":5}"#).status == .unprocessableContent)
+            #expect(try await api.call(.post, "/v1/users/gwen/console-sessions", key: admin).status == .created, "an empty body: the default lifetime")
+        }
+    }
+
+    @Test func usersAndTheirUsageThroughTheAPI() async throws {
+        try await Self.withAPI { node, api, admin in
+            for user in ["anna", "andrew", "ben"] {
+                #expect(try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"\#(user)"}"#).status == .created)
+            }
+            let all = try await api.call(.get, "/v1/users", key: admin)
+            #expect(all.status == .ok && all.json["users"] as? [String] == ["andrew", "anna", "ben", "ops"], "\(all.text)")
+            #expect(all.json["next_after"] is NSNull)
+            let page = try await api.call(.get, "/v1/users?prefix=an&limit=1", key: admin)
+            #expect(page.json["users"] as? [String] == ["andrew"] && page.json["next_after"] as? String == "andrew")
+            let next = try await api.call(.get, "/v1/users?prefix=an&limit=1&after=andrew", key: admin)
+            #expect(next.json["users"] as? [String] == ["anna"])
+            #expect(try await api.call(.get, "/v1/users?limit=0", key: admin).status == .unprocessableContent)
+
+            // A user's usage: their keys' counts added up.
+            let created = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"anna","scopes":["keygate:self"]}"#)
+            let key = try #require(created.json["key"] as? String)
+            for _ in 0..<3 { #expect(try await NodeIntegrationTests.auth(key, port: node.port).status == 200) }
+            await node.node.flusher.flush()
+            let usage = try await api.call(.get, "/v1/users/anna/usage?days=2", key: admin)
+            #expect(usage.status == .ok && usage.json["total"] as? Int == 3, "\(usage.text)")
+            #expect((usage.json["keys"] as? [[String: Any]])?.count == 2)
+            #expect((usage.json["daily"] as? [[String: Any]])?.count == 2)
+            #expect(try await api.call(.get, "/v1/users/nobody/usage", key: admin).status == .notFound)
+            // Admin only.
+            #expect(try await api.call(.get, "/v1/users", key: key).status == .forbidden)
+            #expect(try await api.call(.get, "/v1/users/anna/usage", key: key).status == .forbidden)
+        }
+    }
+
     @Test func userLimitsThroughTheAPI() async throws {
         try await Self.withAPI { node, api, admin in
             let created = try await api.call(.post, "/v1/keys", key: admin, json: #"{"user":"frank","scopes":["keygate:self"]}"#)

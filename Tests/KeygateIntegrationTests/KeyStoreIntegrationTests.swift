@@ -127,6 +127,7 @@ import Testing
                 case "hash": dump += (try await store.redis.send(RedisCommand("HGETALL", [.string(name)])).array ?? []).compactMap(\.string)
                 case "string": dump.append(try await store.redis.send(RedisCommand("GET", [.string(name)])).string ?? "")
                 case "set": dump += (try await store.redis.send(RedisCommand("SMEMBERS", [.string(name)])).array ?? []).compactMap(\.string)
+                case "zset": dump += (try await store.redis.send(RedisCommand("ZRANGE", [.string(name), 0, -1])).array ?? []).compactMap(\.string)
                 case "stream":
                     let entries = try await store.redis.send(RedisCommand("XRANGE", [.string(name), "-", "+"])).array ?? []
                     for entry in entries { dump += (entry.array?.last?.array ?? []).compactMap(\.string) }

@@ -18,6 +18,9 @@ import KeygateRedis
 /// | `ns:unlogged:{<hash>}` | hash | operations applied to the record whose event is not logged yet: op id -> version |
 /// | `ns:id:<key id>` | string | the key's hash hex: id -> record |
 /// | `ns:user:<user>` | set | the user's key ids |
+/// | `ns:console-session:{<secret hash>}` | string | a console link's user, until it is used or expires (15 minutes by default) |
+/// | `ns:users` | sorted set | every user that ever held a key (score 0: byte order, for prefix search and paging) |
+/// | `ns:users-indexed` | string | set once `ns:users` also holds the users of keys created before it existed |
 /// | `ns:usage:{<hash>}` | hash | `total`, `last_used_at` (ms) |
 /// | `ns:usage:{<hash>}:d:<yyyymmdd>` | string | per-day count, expires after 91 days |
 /// | `ns:usage:{<hash>}:h:<yyyymmddhh>` | string | per-hour count, expires after 49 hours |
@@ -47,6 +50,12 @@ public struct KeyStoreLayout: Sendable, Equatable {
     public func record(_ hash: KeyHash) -> String { "\(namespace):key:{\(hash.hex)}" }
     public func idIndex(_ id: String) -> String { "\(namespace):id:\(id)" }
     public func userKeys(_ user: String) -> String { "\(namespace):user:\(user)" }
+    /// A console link's secret (by its hash): the user it opens; expires with the link.
+    public func consoleSession(_ secretHash: String) -> String { "\(namespace):console-session:{\(secretHash)}" }
+    /// Every user that ever held a key, in byte order (sorted set, score 0), for listing users.
+    public var users: String { "\(namespace):users" }
+    /// Set once `users` holds the users of keys created before it existed (`KeyStore.indexUsers`).
+    public var usersIndexed: String { "\(namespace):users-indexed" }
     public func usage(_ hash: KeyHash) -> String { "\(namespace):usage:{\(hash.hex)}" }
     public func dailyUsage(_ hash: KeyHash, day: String) -> String { "\(namespace):usage:{\(hash.hex)}:d:\(day)" }
     public func hourlyUsage(_ hash: KeyHash, hour: String) -> String { "\(namespace):usage:{\(hash.hex)}:h:\(hour)" }

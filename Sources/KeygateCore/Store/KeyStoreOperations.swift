@@ -81,13 +81,15 @@ public struct RepairReport: Sendable, Equatable, Encodable {
     public var dropped = 0
     /// Operations younger than the repair age, left to their writer.
     public var inFlight = 0
+    /// Users of keys created before the users index existed, added to it now (once per deployment).
+    public var usersIndexed = 0
     public init(completed: Int = 0, dropped: Int = 0, inFlight: Int = 0) {
         self.completed = completed; self.dropped = dropped; self.inFlight = inFlight
     }
     /// The JSON names follow the rest of the CLI's output (snake case).
     private enum CodingKeys: String, CodingKey {
         case completed, dropped
-        case inFlight = "in_flight"
+        case inFlight = "in_flight", usersIndexed = "users_indexed"
     }
 }
 
@@ -157,7 +159,9 @@ extension KeyStore {
         guard age >= Self.minimumRepairAge else {
             throw KeygateError(.invalidArgument, "the repair age must be at least \(Self.minimumRepairAge) (changes younger than that may still be applied)", field: "older_than")
         }
-        return try await repairPending(olderThan: age)
+        var report = try await repairPending(olderThan: age)
+        report.usersIndexed = try await indexUsers()
+        return report
     }
 
     /// The apply window plus 5 s for clock differences between two Redis servers.
@@ -228,7 +232,8 @@ extension KeyStore {
 
     private func index(id: String, hash: String, user: String) async throws(KeygateError) {
         _ = try await pipeline([RedisCommand("SET", [.string(layout.idIndex(id)), .string(hash)]),
-                                RedisCommand("SADD", [.string(layout.userKeys(user)), .string(id)])])
+                                RedisCommand("SADD", [.string(layout.userKeys(user)), .string(id)]),
+                                RedisCommand("ZADD", [.string(layout.users), 0, .string(user)])])
     }
 
     // MARK: steps

@@ -272,4 +272,11 @@ enum KeyStoreScripts {
     if ARGV[2] ~= '-' then redis.call('HSET', KEYS[1], 'credits', ARGV[2]) end
     return redis.call('HINCRBY', KEYS[1], 'version', 1)
     """)
+
+    /// A value with an expiry, through the script path (so `WAIT` confirms it like every change).
+    /// KEYS: the key. ARGV: value, ttl ms.
+    static let setWithExpiry = RedisScript("""
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+    """)
 }

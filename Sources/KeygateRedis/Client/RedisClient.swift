@@ -133,6 +133,32 @@ public final class RedisClient: Sendable {
         }
     }
 
+    /// Every key matching `pattern` (a `SCAN MATCH` walk): on the server, or on each primary of a
+    /// Cluster in turn. For rare administrative passes (an index backfill), never a request path.
+    public func scanKeys(matching pattern: String) async throws -> [String] {
+        guard let router else { return try await Self.scan(pattern) { try await self.send($0) } }
+        let loop = routerLoop()
+        var keys: [String] = []
+        for primary in try await router.primaries(on: loop).get() {
+            keys += try await Self.scan(pattern) { try await router.send($0, toPrimary: primary, on: loop).get() }
+        }
+        return keys
+    }
+
+    private static func scan(_ pattern: String, _ send: (RedisCommand) async throws -> RESPValue) async throws -> [String] {
+        var cursor = "0"
+        var keys: [String] = []
+        repeat {
+            let reply = try await send(RedisCommand("SCAN", [.string(cursor), "MATCH", .string(pattern), "COUNT", 1000]))
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string, let found = parts[1].array else {
+                throw RedisError(.protocolError, "unexpected reply to SCAN")
+            }
+            keys += found.compactMap(\.string)
+            cursor = next
+        } while cursor != "0"
+        return keys
+    }
+
     /// Loads a script where `EVALSHA` will look for it: the server, or every primary of a Cluster.
     private func load(_ script: RedisScript) async throws {
         let command = RedisCommand("SCRIPT", ["LOAD", .string(script.source)])

@@ -109,7 +109,7 @@ enum CommandKeys {
                      "DECR", "DECRBY", "EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "TTL", "PTTL", "PERSIST", "TYPE", "DUMP",
                      "RESTORE", "HGET", "HSET", "HSETNX", "HMSET", "HDEL", "HMGET", "HGETALL", "HINCRBY", "HLEN", "HKEYS", "HVALS",
                      "HEXISTS", "HSCAN", "SADD", "SREM", "SMEMBERS", "SISMEMBER", "SCARD", "SSCAN", "XADD", "XRANGE", "XREVRANGE",
-                     "XLEN", "XTRIM", "XDEL", "ZADD", "ZRANGE", "ZRANGEBYSCORE", "ZREM", "ZCARD", "ZSCORE", "LPUSH", "RPUSH",
+                     "XLEN", "XTRIM", "XDEL", "ZADD", "ZRANGE", "ZRANGEBYSCORE", "ZRANGEBYLEX", "ZREM", "ZCARD", "ZSCORE", "LPUSH", "RPUSH",
                      "LRANGE", "LLEN", "LPOP", "RPOP", "LTRIM", "SPUBLISH", "SSUBSCRIBE", "SUNSUBSCRIBE"] {
             table[name] = .first
         }

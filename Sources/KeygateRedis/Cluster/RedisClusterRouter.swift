@@ -171,6 +171,17 @@ final class RedisClusterRouter: Sendable {
         return representatives.isEmpty ? Array(keys.prefix(1)) : representatives
     }
 
+    /// The primaries of the current map (fetched first if there is none yet).
+    func primaries(on eventLoop: any EventLoop) -> EventLoopFuture<[ClusterSlotMap.Primary]> {
+        currentMap(on: eventLoop).map(\.primaries)
+    }
+
+    /// Sends `command` to one primary as it is, without routing or retries (a `SCAN` cursor walk,
+    /// whose cursor only means something to the server that gave it).
+    func send(_ command: RedisCommand, toPrimary primary: ClusterSlotMap.Primary, on eventLoop: any EventLoop) -> EventLoopFuture<RESPValue> {
+        Self.send(command, on: connection(on: eventLoop, to: primary))
+    }
+
     /// Sends `command` to every primary (`SCRIPT LOAD`, so `EVALSHA` finds it wherever it runs).
     func broadcast(_ command: RedisCommand, on eventLoop: any EventLoop) -> EventLoopFuture<[RESPValue]> {
         currentMap(on: eventLoop).flatMap { map in
