@@ -46,9 +46,11 @@ let package = Package(
         .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", "KeygateMetrics", nio, nioPosix, nioSSL, logging]),
         .target(name: "KeygateCore", dependencies: ["KeygateRedis", "KeygateMetrics", "CCrypto", nio, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", "KeygateMetrics", nio, nioPosix, logging, serviceLifecycle]),
-        // The admin API, /metrics and /openapi.yaml (port 8081). The OpenAPI document is compiled in.
+        // The admin API, /metrics, /openapi.yaml and the console (port 8081). The OpenAPI document and
+        // the console's files are compiled in.
         .target(name: "KeygateControlPlane", dependencies: ["KeygateCore", "KeygateMetrics", hummingbird, hummingbirdCore, httpTypes, nioHTTPTypes, nio, logging, serviceLifecycle],
-                resources: [.embedInCode("openapi.yaml")]),
+                resources: [.embedInCode("openapi.yaml"), .embedInCode("Console/index.html"), .embedInCode("Console/console.js"),
+                            .embedInCode("Console/console.css")]),
         .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateMetrics", "KeygateRedis", "KeygateDataPlane", "KeygateControlPlane", nio, nioPosix, logging, serviceLifecycle]),
         .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
         .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", "KeygateNode", nio, nioPosix, logging, serviceLifecycle]),

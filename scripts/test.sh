@@ -6,7 +6,8 @@
 #   scripts/test.sh --filter Redis   # extra arguments go to `swift test` (and skip the live checks)
 #
 # After `swift test`: scripts/check-control-plane.sh runs a real node for promtool, the OpenAPI
-# validator and schemathesis (Python tools from PyPI, installed in .venv/); check-local-cluster.sh
+# validator and schemathesis (Python tools from PyPI, installed in .venv/); check-console.sh drives
+# the console in Debian's headless Chromium (Selenium from PyPI); check-local-cluster.sh
 # runs deploy/local/up.sh end to end with nginx and Prometheus; check-deploy.sh validates the
 # deployment files offline; fuzz/run.sh runs the libFuzzer targets for 20 s each;
 # benchmarks/run.sh --quick runs every benchmark scenario for a few seconds so the harness cannot rot,
@@ -16,7 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
 
-ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 python3-venv curl prometheus nginx-light shellcheck
+ensure_packages libhiredis-dev libssl-dev pkg-config redis-server redis-tools openssl python3 python3-venv curl prometheus nginx-light shellcheck \
+    chromium chromium-driver
 command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6.2 or newer is required)" >&2; exit 1; }
 
 workdir=$(mktemp -d -t keygate-test.XXXXXX)
@@ -77,6 +79,7 @@ export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM
 stage "swift test" swift test --skip-build "$@"
 if [ $# -eq 0 ]; then
     stage "control plane" bash scripts/check-control-plane.sh "$KEYGATE_BIN" "$REDIS_URL"
+    stage "console (Chromium)" bash scripts/check-console.sh "$KEYGATE_BIN" "$REDIS_URL"
     stage "local cluster" bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
     stage "deployment files" bash scripts/check-deploy.sh "$KEYGATE_BIN"
     stage "fuzz (20 s a target)" bash fuzz/run.sh 20

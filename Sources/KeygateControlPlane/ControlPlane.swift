@@ -78,6 +78,7 @@ public final class ControlPlane: Service, Sendable {
             Response(status: .ok, headers: [.contentType: "application/yaml"],
                      body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_yaml)))
         }
+        ConsoleFiles.register(on: router, table: table)
         // A console link's secret is its own credential: exchanged here, without a key, for a
         // short-lived key of the link's user (single use; sent in the body, never in a URL).
         router.on("console/session", .post, recordIn: table) { [store, settings] request, _ in

@@ -36,6 +36,10 @@ struct KeyRoutes {
             let revoked = try await store.revokeAll(user: user, actor: caller.actor)
             return try JSONResponse.make(UserRevocation(user: user, revoked: revoked))
         }
+        route(.get, "me") { _, context in
+            let caller = try context.requireCaller()
+            return try JSONResponse.make(CallerInfo(user: caller.user, keyID: caller.keyID, scopes: caller.scopes, admin: caller.isAdmin))
+        }
         route(.get, "users") { request, context in
             try requireAdmin(context)
             let query = request.uri.queryParameters
@@ -162,8 +166,13 @@ struct KeyRoutes {
     }
 
     private func usage(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
-        try requireAdmin(context)
+        let caller = try context.requireCaller()
         let id = try Self.parameter("id", context)
+        if !caller.isAdmin {
+            // A user's own keys only (their "API keys" page charts them); another user's key does not exist.
+            let record = try await store.record(id: id)
+            guard caller.owns(user: record.user) else { throw Problem(.notFound, "no key with id '\(id)'") }
+        }
         let days = try Self.integer(request, "days", default: 7, range: 1...KeyStoreLayout.dailyRetentionDays)
         return try JSONResponse.make(try await store.usage(id: id, days: days))
     }
@@ -199,6 +208,15 @@ struct KeyRoutes {
 struct KeyList: Encodable { var keys: [KeyRecord] }
 
 struct UserRevocation: Encodable { var user: String; var revoked: Int }
+
+/// `GET /v1/me`: who the calling key belongs to (the console's first call).
+struct CallerInfo: Encodable {
+    var user: String
+    var keyID: String
+    var scopes: [String]
+    var admin: Bool
+    enum CodingKeys: String, CodingKey { case user, scopes, admin, keyID = "key_id" }
+}
 
 struct EventPage: Encodable {
     var events: [KeyEvent]

@@ -193,10 +193,12 @@ import Testing
 
             // Admin-only endpoints.
             for (method, path) in [(HTTPRequest.Method.get, "/v1/keys/\(createdID)"), (.get, "/v1/events"),
-                                   (.post, "/v1/keys/\(createdID)/rotate"), (.get, "/v1/keys/\(createdID)/usage"),
-                                   (.post, "/v1/users/bob/revoke")] {
+                                   (.post, "/v1/keys/\(createdID)/rotate"), (.post, "/v1/users/bob/revoke")] {
                 #expect(try await api.call(method, path, key: mine.key).status == .forbidden, "\(method) \(path)")
             }
+            // Usage: of the user's own keys only (the console charts it); another user's key looks absent.
+            #expect(try await api.call(.get, "/v1/keys/\(createdID)/usage", key: mine.key).status == .ok)
+            #expect(try await api.call(.get, "/v1/keys/\(theirs.record.id)/usage", key: mine.key).status == .notFound)
 
             // The limit counts active keys: alice holds 1 (the caller); two more fit, the fourth does not.
             #expect(try await api.call(.post, "/v1/keys", key: mine.key, json: "{}").status == .created)
@@ -250,6 +252,33 @@ import Testing
             let childRecord = try await node.node.store.record(id: childID)
             #expect(childRecord.rateLimits == (try await node.node.store.record(id: id)).rateLimits)
             #expect(childRecord.limitID == id)
+        }
+    }
+
+    @Test func theConsoleIsServedWithAStrictPolicyAndTheCallerCanAskWhoItIs() async throws {
+        try await Self.withAPI { node, api, admin in
+            for path in ["/console/", "/console", "/console/console.js", "/console/console.css"] {
+                let page = try await api.call(.get, path, key: nil)
+                #expect(page.status == .ok, "\(path)")
+                let policy = page.headers[HTTPField.Name("Content-Security-Policy")!] ?? ""
+                #expect(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'") && !policy.contains("unsafe-inline"), "\(path)")
+                #expect(page.headers[HTTPField.Name("X-Frame-Options")!] == "DENY")
+                #expect(page.headers[HTTPField.Name("X-Content-Type-Options")!] == "nosniff")
+            }
+            let html = try await api.call(.get, "/console/", key: nil)
+            #expect(html.headers[.contentType]?.hasPrefix("text/html") == true)
+            #expect(!html.text.contains("<script>") && html.text.contains(#"<script src="/console/console.js" defer></script>"#), "no inline script")
+            #expect(try await api.call(.get, "/console/console.js", key: nil).headers[.contentType]?.hasPrefix("text/javascript") == true)
+
+            let me = try await api.call(.get, "/v1/me", key: admin)
+            #expect(me.json["user"] as? String == "ops" && me.json["admin"] as? Bool == true)
+            let own = try await node.node.store.create(.init(user: "hal", scopes: ["keygate:self"]), actor: "test")
+            let other = try await node.node.store.create(.init(user: "ivy"), actor: "test")
+            let mine = try await api.call(.get, "/v1/me", key: own.key)
+            #expect(mine.json["user"] as? String == "hal" && mine.json["admin"] as? Bool == false && mine.json["key_id"] as? String == own.record.id)
+            // A user reads the usage of their own keys (their page charts it), never another user's.
+            #expect(try await api.call(.get, "/v1/keys/\(own.record.id)/usage", key: own.key).status == .ok)
+            #expect(try await api.call(.get, "/v1/keys/\(other.record.id)/usage", key: own.key).status == .notFound)
         }
     }
 

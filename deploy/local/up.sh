@@ -239,6 +239,9 @@ Through the load balancer (nginx asks Keygate, then calls the demo API, which ec
 
   python3 -c 'import requests; r = requests.get("http://127.0.0.1:$lb_port/hello", headers={"X-API-Key": "$DEMO_KEY"}); print(r.status_code, r.json())'
 
+The console (paste the admin key to sign in; a user's own page opens from a console link):
+  http://127.0.0.1:$(control_port 1)/console/
+
 Manage keys (admin API on any node's control port, or the CLI with KEYGATE_REDIS_URL=$KEYGATE_REDIS_URL):
   curl -s -H "X-API-Key: $ADMIN_KEY" -H 'Content-Type: application/json' \\
        -d '{"user":"alice","scopes":["orders:read"]}' http://127.0.0.1:$(control_port 1)/v1/keys

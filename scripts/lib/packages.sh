@@ -60,7 +60,7 @@ for _ in range(200):
 
 # ensure_python_tools: the pinned PyPI tools the checks use, in .venv/ at the repository root (kept
 # out of git). Prints nothing when they are already there.
-python_tools=("schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "kubernetes-validate==1.37.0")
+python_tools=("schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "kubernetes-validate==1.37.0" "selenium==4.45.0")
 ensure_python_tools() {
     local venv="$1"
     if [ -f "$venv/.tools" ] && [ "$(cat "$venv/.tools")" = "${python_tools[*]}" ]; then return 0; fi
