@@ -114,6 +114,13 @@ def main():
         page.wait.until(lambda _: any(HOSTILE in row.text for row in page.rows()))
         assert not driver.find_elements(By.CSS_SELECTOR, "#key-rows img"), "a key name became HTML"
         page.shot("operator-user-keys")
+        # The node's health and the audit log, filtered to alice's events.
+        page.wait.until(lambda _: "ready" in page.text("node-status") and "Redis reachable" in page.text("node-status"))
+        page.driver.find_element(By.ID, "audit-user").send_keys("alice")
+        page.driver.find_element(By.CSS_SELECTOR, "#audit-form button").click()
+        page.wait.until(lambda _: page.driver.find_elements(By.CSS_SELECTOR, "#audit-rows tr"))
+        audit = page.driver.find_elements(By.CSS_SELECTOR, "#audit-rows tr")
+        assert audit and all(" alice " in f" {row.text} " for row in audit), [row.text for row in audit]
 
         key = page.create("laptop")
         page.shot("operator-created-key")
@@ -153,6 +160,13 @@ def main():
         phone = key_id_for(args.control, args.admin_key, "alice", "phone")
         assert status_of(f"{args.data}/auth", own) == 200
         page.shot("user-api-keys")
+        # Rotate with a grace period: the successor is shown once and works; so does the old key, for now.
+        page.row(phone).find_element(By.XPATH, ".//button[text()='Rotate']").click()
+        page.wait.until(conditions.alert_is_present()).accept()  # the prompt's default: 24 hours
+        page.wait.until(lambda _: page.text("created-title").startswith("The successor of phone"))
+        successor = page.text("created-key")
+        assert successor.startswith("kg_") and successor != own
+        assert status_of(f"{args.data}/auth", successor) == 200 and status_of(f"{args.data}/auth", own) == 200
         page.revoke(phone)
         assert args.other_key_id not in driver.page_source, "another user's key is visible"
         assert not driver.find_element(By.ID, "users").is_displayed(), "a user sees the operator's users list"

@@ -35,16 +35,20 @@ public final class ControlPlane: Service, Sendable {
     private let isReady: @Sendable () -> Bool
     private let notReadyReason: @Sendable () -> String?
     private let metricsText: @Sendable () -> String
+    private let nodeStatus: @Sendable () -> NodeStatus
     private let boundPort = Atomic<Int>(0)
 
     /// - Parameters:
     ///   - notReadyReason: why the node is not ready (Redis's last error, say), for `/health/ready`.
     ///   - metricsText: the node's metrics in Prometheus text format, built per scrape.
+    ///   - nodeStatus: what `GET /v1/node` reports (the console's health panel).
     public init(settings: ControlPlaneSettings, store: KeyStore, verifier: Verifier, eventLoopGroup: any EventLoopGroup,
                 logger: Logger, isReady: @escaping @Sendable () -> Bool,
                 notReadyReason: @escaping @Sendable () -> String? = { nil },
-                metricsText: @escaping @Sendable () -> String) {
+                metricsText: @escaping @Sendable () -> String,
+                nodeStatus: @escaping @Sendable () -> NodeStatus = { NodeStatus() }) {
         self.notReadyReason = notReadyReason
+        self.nodeStatus = nodeStatus
         self.settings = settings
         self.store = store
         self.verifier = verifier
@@ -87,6 +91,13 @@ public final class ControlPlane: Service, Sendable {
         }
         let v1 = router.group("v1").add(middleware: CallerAuthentication(verifier: verifier, eventLoopGroup: eventLoopGroup, metrics: metrics))
         KeyRoutes(store: store, settings: settings).register(on: v1, table: table)
+        v1.on("node", .get, recordIn: table, prefix: "/v1") { [nodeStatus, isReady, notReadyReason] _, context in
+            guard try context.requireCaller().isAdmin else { throw Problem(.forbidden, "this endpoint needs scope keygate:admin") }
+            var status = nodeStatus()
+            status.ready = isReady()
+            status.reason = status.ready ? nil : notReadyReason()
+            return try JSONResponse.make(status)
+        }
         return router
     }
 
@@ -110,5 +121,39 @@ public final class ControlPlane: Service, Sendable {
     static func text(_ body: String, contentType: String, status: HTTPResponse.Status = .ok) -> Response {
         Response(status: status, headers: [.contentType: contentType, .cacheControl: "no-store"],
                  body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+}
+
+/// `GET /v1/node`: the health of the node that answers (the console's health panel).
+public struct NodeStatus: Sendable, Encodable {
+    public var version = ""
+    public var nodeID = ""
+    public var ready = false
+    /// Why the node is not ready; nil when it is.
+    public var reason: String?
+    public var redisConnected = false
+    /// The invalidation channel is confirmed: cached verdicts may be served.
+    public var invalidationTrusted = false
+    public var cachedKeys = 0
+
+    public init(version: String = "", nodeID: String = "", redisConnected: Bool = false, invalidationTrusted: Bool = false, cachedKeys: Int = 0) {
+        self.version = version; self.nodeID = nodeID; self.redisConnected = redisConnected
+        self.invalidationTrusted = invalidationTrusted; self.cachedKeys = cachedKeys
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case version, ready, reason
+        case nodeID = "node_id", redisConnected = "redis_connected", invalidationTrusted = "invalidation_trusted", cachedKeys = "cached_keys"
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(version, forKey: .version)
+        try container.encode(nodeID, forKey: .nodeID)
+        try container.encode(ready, forKey: .ready)
+        try container.encode(reason, forKey: .reason)
+        try container.encode(redisConnected, forKey: .redisConnected)
+        try container.encode(invalidationTrusted, forKey: .invalidationTrusted)
+        try container.encode(cachedKeys, forKey: .cachedKeys)
     }
 }

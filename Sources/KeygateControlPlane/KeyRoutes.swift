@@ -157,9 +157,14 @@ struct KeyRoutes {
     }
 
     private func rotate(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
-        let caller = try requireAdmin(context)
+        let caller = try context.requireCaller()
         let id = try Self.parameter("id", context)
         try rejectSelf(id, caller)
+        if !caller.isAdmin {
+            // A user rotates their own keys (their "API keys" page); another user's key does not exist.
+            let record = try await store.record(id: id)
+            guard caller.owns(user: record.user) else { throw Problem(.notFound, "no key with id '\(id)'") }
+        }
         let body = try await JSONBody.decode(RotateKeyBody.self, from: request, limit: settings.maxBodyBytes, allowEmpty: true)
         let issued = try await store.rotate(id: id, grace: .seconds(body.graceSeconds), actor: caller.actor)
         return try JSONResponse.make(issued, status: .created, location: "/v1/keys/\(issued.record.id)")
@@ -179,10 +184,47 @@ struct KeyRoutes {
 
     private func events(_ request: Request, _ context: ControlPlaneContext) async throws -> Response {
         try requireAdmin(context)
-        let after = request.uri.queryParameters.get("after")
+        let query = request.uri.queryParameters
+        let after = query.get("after")
         let limit = try Self.integer(request, "limit", default: 100, range: 1...1_000)
-        let events = try await store.events(after: after, count: limit)
-        return try JSONResponse.make(EventPage(events: events, nextAfter: events.count == limit ? events.last?.id : nil))
+        let filter = EventFilter(user: query.get("user"), keyID: query.get("key_id"), type: query.get("type"))
+        if let type = filter.type, !EventFilter.types.contains(type) {
+            throw Problem(.invalidField, "type is one of \(EventFilter.types.sorted().joined(separator: ", "))", field: "type")
+        }
+        guard !filter.isEmpty else {
+            let events = try await store.events(after: after, count: limit)
+            return try JSONResponse.make(EventPage(events: events, nextAfter: events.count == limit ? events.last?.id : nil))
+        }
+        // Filtered: read on in pages until `limit` match or 10,000 events were read; `next_after`
+        // then continues from the last event read (null only once the log is exhausted).
+        var matched: [KeyEvent] = []
+        var cursor = after
+        var read = 0
+        var exhausted = false
+        scan: while matched.count < limit && read < 10_000 {
+            let page = try await store.events(after: cursor, count: 1_000)
+            for event in page {
+                read += 1
+                cursor = event.id
+                if filter.matches(event) {
+                    matched.append(event)
+                    if matched.count == limit { break scan }
+                }
+            }
+            if page.count < 1_000 { exhausted = true; break }
+        }
+        return try JSONResponse.make(EventPage(events: matched, nextAfter: exhausted ? nil : cursor))
+    }
+
+    /// `GET /v1/events` filters, each compared byte for byte.
+    struct EventFilter {
+        var user: String?, keyID: String?, type: String?
+        static let types: Set<String> = ["created", "revoked", "disabled", "enabled", "updated", "rotated"]
+        var isEmpty: Bool { user == nil && keyID == nil && type == nil }
+        func matches(_ event: KeyEvent) -> Bool {
+            (user.map { event.user.hasSameBytes(as: $0) } ?? true) && (keyID.map { event.keyID.hasSameBytes(as: $0) } ?? true)
+                && (type.map { event.type.hasSameBytes(as: $0) } ?? true)
+        }
     }
 
     /// A path parameter, percent-decoded: Hummingbird hands them over as sent, so `caf%C3%A9` would

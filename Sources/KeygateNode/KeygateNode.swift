@@ -88,7 +88,11 @@ public final class KeygateNode: Sendable {
                                          eventLoopGroup: group, logger: logger,
                                          isReady: { redis.isConnected && cache.isTrusted },
                                          notReadyReason: { Self.notReadyReason(redis: redis, cache: cache) },
-                                         metricsText: { metricsSource.node.map(NodeMetrics.render) ?? "" })
+                                         metricsText: { metricsSource.node.map(NodeMetrics.render) ?? "" },
+                                         nodeStatus: { [nodeID = configuration.nodeID] in
+                                             NodeStatus(version: Self.version, nodeID: nodeID, redisConnected: redis.isConnected,
+                                                        invalidationTrusted: cache.isTrusted, cachedKeys: cache.count)
+                                         })
         metricsSource.node = self
     }
 

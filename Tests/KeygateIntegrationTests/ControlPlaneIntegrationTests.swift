@@ -193,7 +193,7 @@ import Testing
 
             // Admin-only endpoints.
             for (method, path) in [(HTTPRequest.Method.get, "/v1/keys/\(createdID)"), (.get, "/v1/events"),
-                                   (.post, "/v1/keys/\(createdID)/rotate"), (.post, "/v1/users/bob/revoke")] {
+                                   (.post, "/v1/users/bob/revoke")] {
                 #expect(try await api.call(method, path, key: mine.key).status == .forbidden, "\(method) \(path)")
             }
             // Usage: of the user's own keys only (the console charts it); another user's key looks absent.
@@ -279,6 +279,36 @@ import Testing
             // A user reads the usage of their own keys (their page charts it), never another user's.
             #expect(try await api.call(.get, "/v1/keys/\(own.record.id)/usage", key: own.key).status == .ok)
             #expect(try await api.call(.get, "/v1/keys/\(other.record.id)/usage", key: own.key).status == .notFound)
+        }
+    }
+
+    @Test func usersRotateTheirOwnKeysAndOperatorsFilterTheAuditLogAndReadTheNodesHealth() async throws {
+        try await Self.withAPI { node, api, admin in
+            let mine = try await node.node.store.create(.init(user: "jo", scopes: ["keygate:self"]), actor: "test")
+            let spare = try await node.node.store.create(.init(user: "jo", name: "spare"), actor: "test")
+            let theirs = try await node.node.store.create(.init(user: "kim"), actor: "test")
+            let rotated = try await api.call(.post, "/v1/keys/\(spare.record.id)/rotate", key: mine.key, json: #"{"grace_seconds":60}"#)
+            #expect(rotated.status == .created && rotated.json["user"] as? String == "jo", "\(rotated.text)")
+            #expect(try await api.call(.post, "/v1/keys/\(theirs.record.id)/rotate", key: mine.key, json: "{}").status == .notFound)
+            #expect(try await api.call(.post, "/v1/keys/\(mine.record.id)/rotate", key: mine.key, json: "{}").status == .conflict)
+
+            // The audit log by user, by key and by kind.
+            let byUser = try await api.call(.get, "/v1/events?user=jo", key: admin)
+            let events = try #require(byUser.json["events"] as? [[String: Any]])
+            #expect(events.count == 3 && events.allSatisfy { $0["user"] as? String == "jo" }, "\(byUser.text)")
+            #expect(byUser.json["next_after"] is NSNull)
+            let rotations = try await api.call(.get, "/v1/events?type=rotated", key: admin)
+            #expect((rotations.json["events"] as? [[String: Any]])?.map { $0["key_id"] as? String } == [spare.record.id])
+            let byKey = try await api.call(.get, "/v1/events?key_id=\(theirs.record.id)&limit=1", key: admin)
+            #expect((byKey.json["events"] as? [[String: Any]])?.count == 1 && byKey.json["next_after"] as? String != nil)
+            #expect(try await api.call(.get, "/v1/events?user=jo", key: mine.key).status == .forbidden)
+            #expect(try await api.call(.get, "/v1/events?type=deleted", key: admin).status == .unprocessableContent)
+
+            // The node's health, for operators.
+            let status = try await api.call(.get, "/v1/node", key: admin)
+            #expect(status.status == .ok && status.json["ready"] as? Bool == true && status.json["redis_connected"] as? Bool == true, "\(status.text)")
+            #expect(status.json["version"] as? String == KeygateNode.version && status.json["reason"] is NSNull)
+            #expect(try await api.call(.get, "/v1/node", key: mine.key).status == .forbidden)
         }
     }
 

@@ -3,7 +3,7 @@
 // sessionStorage only. Every string from the API is set as text (textContent), never as HTML.
 "use strict";
 
-const state = { key: null, admin: false, user: null, usersAfter: null, usersPrefix: "" };
+const state = { key: null, admin: false, user: null, usersAfter: null, usersPrefix: "", auditQuery: null, auditAfter: null };
 const $ = (id) => document.getElementById(id);
 
 /** An error already shown to the person; callers stop quietly. */
@@ -70,7 +70,7 @@ function when(value) {
 function signOut(message) {
   state.key = null;
   sessionStorage.removeItem("keygate.key");
-  for (const id of ["users", "keys", "sign-out"]) $(id).hidden = true;
+  for (const id of ["users", "keys", "node", "audit", "sign-out"]) $(id).hidden = true;
   $("who").textContent = "";
   $("sign-in").hidden = false;
   if (message) show(message);
@@ -86,7 +86,9 @@ async function signIn(key) {
   if (state.admin) {
     $("who").textContent = `Operator (${me.user})`;
     $("users").hidden = false;
-    await searchUsers(false);
+    $("node").hidden = false;
+    $("audit").hidden = false;
+    await Promise.all([searchUsers(false), nodeStatus(), searchEvents(false)]);
   } else {
     state.user = me.user;
     $("who").textContent = `Signed in as ${me.user}`;
@@ -129,6 +131,40 @@ async function searchUsers(append) {
   renderUsers(reply.data, append);
 }
 
+// --- the operator's node health and audit log ---------------------------------------------------
+
+async function nodeStatus() {
+  const node = (await api("GET", "/v1/node")).data;
+  const parts = [`Keygate ${node.version} on node ${node.node_id}:`, node.ready ? "ready" : `not ready (${node.reason || "unknown"})`,
+                 `Redis ${node.redis_connected ? "reachable" : "unreachable"}`,
+                 `invalidation channel ${node.invalidation_trusted ? "confirmed" : "not confirmed"}`,
+                 `${node.cached_keys} cached keys`];
+  $("node-status").textContent = parts.join(", ").replace(":,", ":");
+}
+
+async function searchEvents(append) {
+  if (!append) {
+    const query = new URLSearchParams({ limit: "50" });
+    for (const [name, id] of [["user", "audit-user"], ["key_id", "audit-key"], ["type", "audit-type"]]) {
+      if ($(id).value) query.set(name, $(id).value);
+    }
+    state.auditQuery = query;
+    $("audit-rows").replaceChildren();
+  }
+  const query = new URLSearchParams(state.auditQuery);
+  if (append && state.auditAfter) query.set("after", state.auditAfter);
+  const page = (await api("GET", `/v1/events?${query}`)).data;
+  for (const event of page.events) {
+    const details = [event.successor_id ? `successor ${event.successor_id}` : "", event.fields ? `changed ${event.fields}` : ""];
+    const row = element("tr");
+    row.append(element("td", when(event.time)), element("td", event.type), element("td", event.key_id), element("td", event.user),
+               element("td", event.actor), element("td", details.filter(Boolean).join("; ") || "-"));
+    $("audit-rows").append(row);
+  }
+  state.auditAfter = page.next_after;
+  $("more-events").hidden = !page.next_after;
+}
+
 // --- one user's keys -----------------------------------------------------------------------------
 
 async function openUser(user, keys) {
@@ -156,6 +192,12 @@ function keyRow(key) {
   row.append(chart);
   usageChart(key.id).then((svg) => chart.append(svg)).catch(ignoreShown);
   const actions = element("td");
+  if (key.status === "active" && !key.rotated_to) {
+    const rotate = element("button", "Rotate");
+    rotate.type = "button";
+    rotate.addEventListener("click", () => rotateKey(key).catch(ignoreShown));
+    actions.append(rotate, " ");
+  }
   if (key.status === "active" || key.status === "disabled") {
     const revoke = element("button", "Revoke", "danger");
     revoke.type = "button";
@@ -215,15 +257,9 @@ async function revokeKey(key) {
   await openUser(state.user);
 }
 
-async function createKey(event) {
-  event.preventDefault();
-  const body = { name: $("create-name").value };
-  const scopes = $("create-scopes").value.split(/\s+/).filter(Boolean);
-  if (scopes.length) body.scopes = scopes;
-  const days = $("create-days").value;
-  if (days) body.expires_at = new Date(Date.now() + Number(days) * 86400000).toISOString();
-  if (state.admin) body.user = state.user;
-  const issued = (await api("POST", "/v1/keys", body)).data;
+/** Shows a key that was just issued (created or rotated): once, with the seed's examples. */
+function showIssued(issued, title) {
+  $("created-title").textContent = title;
   $("created-key").textContent = issued.key;
   $("example-curl").textContent = `curl -X GET "https://api.example.com/resource" -H "X-API-Key: ${issued.key}"`;
   $("example-python").textContent = [
@@ -234,9 +270,32 @@ async function createKey(event) {
     "headers = {'X-API-Key': api_key}",
     "response = requests.get(api_url, headers=headers)",
   ].join("\n");
+  $("created").hidden = false;
+}
+
+async function rotateKey(key) {
+  const answer = prompt(`Rotate "${key.name || key.id}": a new key replaces it, and the old one keeps working for how many hours?`, "24");
+  if (answer === null) return;
+  const hours = Number(answer);
+  if (!Number.isFinite(hours) || hours < 0) { show("The grace period is a number of hours, 0 or more."); return; }
+  const issued = (await api("POST", `/v1/keys/${encodeURIComponent(key.id)}/rotate`, { grace_seconds: Math.round(hours * 3600) })).data;
+  await openUser(state.user);
+  showIssued(issued, `The successor of ${key.name || key.id}`);
+  show(`Rotated ${key.id} to ${issued.id}; the old key stops working in ${hours} h.`, true);
+}
+
+async function createKey(event) {
+  event.preventDefault();
+  const body = { name: $("create-name").value };
+  const scopes = $("create-scopes").value.split(/\s+/).filter(Boolean);
+  if (scopes.length) body.scopes = scopes;
+  const days = $("create-days").value;
+  if (days) body.expires_at = new Date(Date.now() + Number(days) * 86400000).toISOString();
+  if (state.admin) body.user = state.user;
+  const issued = (await api("POST", "/v1/keys", body)).data;
   $("create-form").reset();
   await openUser(state.user);
-  $("created").hidden = false;
+  showIssued(issued, "Your new key");
   show(`Created ${issued.id}.`, true);
 }
 
@@ -272,6 +331,11 @@ document.addEventListener("DOMContentLoaded", () => {
     navigator.clipboard.writeText($("created-key").textContent).then(() => show("Copied.", true), () => show("Select the key and copy it."));
   });
   $("console-link").addEventListener("click", () => makeConsoleLink().catch(ignoreShown));
+  $("audit-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    searchEvents(false).catch(ignoreShown);
+  });
+  $("more-events").addEventListener("click", () => searchEvents(true).catch(ignoreShown));
 
   (async () => {
     const match = location.hash.match(/^#session=(kgs_[0-9A-Za-z]+)$/);
