@@ -121,9 +121,6 @@ public final class KeyLimits: Sendable {
     /// The subject of a user's windows and balance: `user:<name>` (a key's is its chain's key id,
     /// `key_...`, so the two never meet).
     public static func userSubject(_ user: String) -> String { "user:" + user }
-
-    /// Nothing to enforce.
-    public var isEmpty: Bool { rateLimits.isEmpty && credits == nil && userRateLimits.isEmpty && userCredits == nil }
 }
 
 /// Why a key was refused. Clients of `/auth` see one generic 401 for all of them (no oracle);
