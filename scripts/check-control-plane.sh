@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/packages.sh
+source scripts/lib/check-node.sh
 bin=$1 redis_url=$2 examples=${3:-25}
 repo=$(pwd)
 
@@ -20,25 +21,7 @@ ensure_python_tools "$venv"
 echo "== openapi-spec-validator openapi.yaml"
 "$venv/bin/openapi-spec-validator" openapi.yaml
 
-workdir=$(mktemp -d -t keygate-check.XXXXXX)
-node_pid=""
-cleanup() {
-    [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null && wait "$node_pid" 2>/dev/null
-    rm -rf "$workdir"
-}
-trap cleanup EXIT INT TERM
-
-data_port=$(free_port) control_port=$(free_port)
-while [ "$control_port" = "$data_port" ]; do control_port=$(free_port); done
-export KEYGATE_REDIS_URL=$redis_url KEYGATE_NAMESPACE="check-$$-$RANDOM"
-"$bin" serve --data-port "$data_port" --control-port "$control_port" --usage-spill-path "$workdir/spill.jsonl" \
-    > "$workdir/node.log" 2>&1 &
-node_pid=$!
-for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$control_port/health/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$control_port/health/ready" >/dev/null || { echo "error: the node did not become ready; log:" >&2; cat "$workdir/node.log" >&2; exit 1; }
+start_check_node "$bin" "$redis_url" check
 
 key_of() { python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])'; }
 admin=$("$bin" keys create --user "check-admin-$RANDOM" --scope keygate:admin --json | key_of)
