@@ -22,9 +22,11 @@ field_of() { python3 -c "import json, sys; print(json.load(sys.stdin)[\"$1\"])";
 admin=$("$bin" keys create --user ops --scope keygate:admin --json | field_of key)
 "$bin" keys create --user alice --name '<img src=x onerror=alert(1)>' --scope keygate:self >/dev/null
 other=$("$bin" keys create --user bob --name bobs-key --json | field_of id)
+carol=$("$bin" keys create --user carol --name one --json | field_of key)
+"$bin" keys create --user carol --name two >/dev/null
 
 shots=${KEYGATE_CONSOLE_SCREENSHOTS:-$repo/.build/console-screenshots}
 "$venv/bin/python" scripts/check-console.py --control "http://127.0.0.1:$control_port" --data "http://127.0.0.1:$data_port" \
-    --admin-key "$admin" --other-key-id "$other" --screenshots "$shots" \
+    --admin-key "$admin" --other-key-id "$other" --carol-key "$carol" --screenshots "$shots" \
     || { echo "node log:" >&2; tail -50 "$workdir/node.log" >&2; exit 1; }
 echo "screenshots: $shots"

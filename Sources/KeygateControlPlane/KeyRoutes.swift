@@ -54,7 +54,8 @@ struct KeyRoutes {
         route(.post, "users/:user/console-sessions") { request, context in
             try requireAdmin(context)
             let body = try await JSONBody.decode(ConsoleSessionBody.self, from: request, limit: settings.maxBodyBytes, allowEmpty: true)
-            let session = try await store.createConsoleSession(user: try Self.parameter("user", context), ttlSeconds: body.ttlSeconds ?? 900)
+            let session = try await store.createConsoleSession(user: try Self.parameter("user", context), scopes: body.scopes ?? [],
+                                                               ttlSeconds: body.ttlSeconds ?? 900)
             return try JSONResponse.make(session, status: .created)
         }
         route(.get, "users/:user/limits") { _, context in

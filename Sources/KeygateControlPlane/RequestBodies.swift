@@ -303,12 +303,15 @@ struct RateLimitItem: Decodable {
 /// `POST /v1/users/{user}/console-sessions` (the body may be empty).
 struct ConsoleSessionBody: Decodable {
     var ttlSeconds: Int?
+    var scopes: [String]?
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case ttlSeconds = "ttl_seconds" }
+    enum CodingKeys: String, CodingKey, CaseIterable { case ttlSeconds = "ttl_seconds", scopes }
 
     init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownFields(allowed: Set(CodingKeys.allCases.map(\.rawValue)))
-        ttlSeconds = try decoder.container(keyedBy: CodingKeys.self).decodeField(Int.self, forKey: .ttlSeconds)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        ttlSeconds = try container.decodeField(Int.self, forKey: .ttlSeconds)
+        scopes = try container.decodeField([String].self, forKey: .scopes)
     }
 }
 

@@ -349,6 +349,20 @@ import Testing
             #expect(try await api.call(.post, "/v1/users/gwen/console-sessions", key: key, json: "{}").status == .forbidden)
             #expect(try await api.call(.post, "/v1/users/gwen/console-sessions", key: admin, json: #"{"ttl_seconds":5}"#).status == .unprocessableContent)
             #expect(try await api.call(.post, "/v1/users/gwen/console-sessions", key: admin).status == .created, "an empty body: the default lifetime")
+
+            // A link may let the user grant some scopes (its key holds them), never keygate:admin.
+            let scoped = try await api.call(.post, "/v1/users/gwen/console-sessions", key: admin,
+                                            json: #"{"scopes":["orders:read","orders:write"]}"#)
+            #expect(scoped.json["scopes"] as? [String] == ["orders:read", "orders:write"])
+            let scopedKey = try await api.call(.post, "/console/session", key: nil, json: #"{"session":"\#(scoped.json["session"] as? String ?? "")"}"#)
+            #expect(scopedKey.json["scopes"] as? [String] == ["keygate:self", "orders:read", "orders:write"], "\(scopedKey.text)")
+            let userKey = try #require(scopedKey.json["key"] as? String)
+            #expect(try await api.call(.post, "/v1/keys", key: userKey, json: #"{"scopes":["orders:read"]}"#).status == .created)
+            #expect(try await api.call(.post, "/v1/keys", key: userKey, json: #"{"scopes":["billing:read"]}"#).status == .forbidden)
+            for bad in [#"{"scopes":["keygate:admin"]}"#, #"{"scopes":["a b"]}"#, #"{"scopes":"orders:read"}"#] {
+                let reply = try await api.call(.post, "/v1/users/gwen/console-sessions", key: admin, json: bad)
+                #expect(reply.status == .unprocessableContent, "\(bad): \(reply.status)")
+            }
         }
     }
 

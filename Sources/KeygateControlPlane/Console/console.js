@@ -3,7 +3,8 @@
 // sessionStorage only. Every string from the API is set as text (textContent), never as HTML.
 "use strict";
 
-const state = { key: null, admin: false, user: null, usersAfter: null, usersPrefix: "", auditQuery: null, auditAfter: null };
+const state = { key: null, keyID: null, admin: false, scopes: [], user: null, keys: [], record: null,
+                usersAfter: null, usersPrefix: "", auditQuery: null, auditAfter: null };
 const $ = (id) => document.getElementById(id);
 
 /** An error already shown to the person; callers stop quietly. */
@@ -70,7 +71,7 @@ function when(value) {
 function signOut(message) {
   state.key = null;
   sessionStorage.removeItem("keygate.key");
-  for (const id of ["users", "keys", "node", "audit", "sign-out"]) $(id).hidden = true;
+  for (const id of ["users", "keys", "key-page", "node", "audit", "sign-out"]) $(id).hidden = true;
   $("who").textContent = "";
   $("sign-in").hidden = false;
   if (message) show(message);
@@ -83,6 +84,9 @@ async function signIn(key) {
   $("sign-out").hidden = false;
   const me = (await api("GET", "/v1/me")).data;
   state.admin = me.admin;
+  state.scopes = me.scopes;
+  state.keyID = me.key_id;
+  scopeChoices();
   if (state.admin) {
     $("who").textContent = `Operator (${me.user})`;
     $("users").hidden = false;
@@ -170,91 +174,327 @@ async function searchEvents(append) {
 async function openUser(user, keys) {
   state.user = user;
   $("keys").hidden = false;
+  $("key-page").hidden = true;
   $("created").hidden = true;
   $("keys-title").textContent = state.admin ? `Keys of ${user}` : "Your API keys";
-  $("user-actions").hidden = !state.admin;
+  $("user-admin").hidden = !state.admin;
   $("console-link-out").textContent = "";
   if (!keys) {
     const path = state.admin ? `/v1/keys?user=${encodeURIComponent(user)}` : "/v1/keys";
     keys = (await api("GET", path)).data.keys;
   }
+  state.keys = keys;
   const rows = $("key-rows");
   rows.replaceChildren();
   for (const key of keys) rows.append(keyRow(key));
+  if (state.admin) await Promise.all([userUsage(user), userLimits(user)]);
+}
+
+/** The create form offers a self-service user the scopes their key may grant, as checkboxes. */
+function scopeChoices() {
+  const choices = $("create-scope-choices");
+  choices.replaceChildren(element("legend", "Scopes"));
+  const grantable = state.scopes.filter((scope) => scope !== "keygate:self");
+  for (const scope of grantable) {
+    const label = element("label");
+    const box = element("input");
+    box.type = "checkbox";
+    box.value = scope;
+    label.append(box, " ", scope);
+    choices.append(label);
+  }
+  choices.hidden = state.admin || grantable.length === 0;
+  $("create-scopes-label").hidden = !state.admin;
+}
+
+async function userUsage(user) {
+  const usage = (await api("GET", `/v1/users/${encodeURIComponent(user)}/usage?days=7`)).data;
+  const plural = (count, one, many) => `${count} ${count === 1 ? one : many}`;
+  const text = `${plural(usage.total, "use", "uses")} in the last 7 days over ${plural(usage.keys.length, "key", "keys")}; last used ${when(usage.last_used_at)}. `;
+  $("user-usage").replaceChildren(text, barChart(usage.hourly, { barWidth: 2, height: 24, label: "in the last 48 hours" }));
+}
+
+async function userLimits(user) {
+  const limits = (await api("GET", `/v1/users/${encodeURIComponent(user)}/limits`)).data;
+  $("user-rate-limits").value = rateLimitsText(limits.rate_limits);
+  $("user-credits").value = limits.credits ? String(limits.credits.remaining) : "";
+  $("user-refill").value = limits.credits && limits.credits.refill ? refillText(limits.credits.refill) : "";
+}
+
+async function saveUserLimits(event) {
+  event.preventDefault();
+  const body = { rate_limits: parseRateLimits($("user-rate-limits").value), credits: parseCredits($("user-credits").value, $("user-refill").value) };
+  const reply = (await api("PUT", `/v1/users/${encodeURIComponent(state.user)}/limits`, body)).data;
+  show(`Saved the limits of ${state.user}; ${reply.keys_updated} keys took them.`, true);
+  await userLimits(state.user);
+}
+
+async function revokeUser() {
+  const user = state.user;
+  if (!confirm(`Revoke every key of "${user}"? Every request with them is refused from now on; this cannot be undone.`)) return;
+  const reply = (await api("POST", `/v1/users/${encodeURIComponent(user)}/revoke`)).data;
+  show(`Revoked ${reply.revoked} keys of ${user}.`, true);
+  await openUser(user);
 }
 
 function keyRow(key) {
   const row = element("tr", null, `status-${key.status}`);
   row.dataset.keyId = key.id;
-  row.append(element("td", key.name || "(no name)"), element("td", key.id), element("td", key.status),
+  const name = element("button", key.name || "(no name)", "link");
+  name.type = "button";
+  name.title = "Open this key's page";
+  name.addEventListener("click", () => openKey(key).catch(ignoreShown));
+  const nameCell = element("td");
+  nameCell.append(name);
+  row.append(nameCell, element("td", key.id), element("td", key.status),
              element("td", key.scopes.join(" ") || "-"), element("td", when(key.last_used_at)));
   const chart = element("td");
   row.append(chart);
-  usageChart(key.id).then((svg) => chart.append(svg)).catch(ignoreShown);
-  const actions = element("td");
-  if (key.status === "active" && !key.rotated_to) {
-    const rotate = element("button", "Rotate");
-    rotate.type = "button";
-    rotate.addEventListener("click", () => rotateKey(key).catch(ignoreShown));
-    actions.append(rotate, " ");
-  }
-  if (key.status === "active" || key.status === "disabled") {
-    const revoke = element("button", "Revoke", "danger");
-    revoke.type = "button";
-    revoke.addEventListener("click", () => revokeKey(key).catch(ignoreShown));
-    actions.append(revoke);
-  }
-  row.append(actions);
+  api("GET", `/v1/keys/${encodeURIComponent(key.id)}/usage?days=2`)
+    .then((reply) => chart.append(barChart(reply.data.hourly, { barWidth: 2, height: 24, label: "in the last 48 hours" })))
+    .catch(ignoreShown);
+  row.append(keyActions(key, element("td")));
   return row;
 }
 
-/** Uses per hour over the last 48 hours (refusals stacked in red), as a small SVG bar chart. */
-async function usageChart(id) {
-  const usage = (await api("GET", `/v1/keys/${encodeURIComponent(id)}/usage?days=2`)).data;
-  const hours = usage.hourly;
+/** The buttons for what may be done to a key now, into `container`. */
+function keyActions(key, container) {
+  const button = (text, handler, className) => {
+    const node = element("button", text, className);
+    node.type = "button";
+    node.addEventListener("click", () => handler(key).catch(ignoreShown));
+    container.append(node, " ");
+  };
+  if (key.id === state.keyID) {
+    // The API refuses to let a key change itself (409): say so instead of offering buttons.
+    container.append(element("span", "the key you are signed in with"));
+    return container;
+  }
+  if (key.status === "active" && !key.rotated_to) button("Rotate", rotateKey);
+  if (state.admin && key.status === "active") button("Disable", (k) => setEnabled(k, false));
+  if (state.admin && key.status === "disabled") button("Enable", (k) => setEnabled(k, true));
+  if (key.status === "active" || key.status === "disabled") button("Revoke", revokeKey, "danger");
+  return container;
+}
+
+/**
+ * Uses per period as an SVG bar chart, refusals stacked in red on top. `buckets` come from the
+ * usage API (oldest first); a wide chart labels its first and last period and its peak.
+ */
+function barChart(buckets, { barWidth, height, label, axisLabels = false }) {
   const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  const width = 2 * hours.length, height = 24;
-  svg.setAttribute("class", "spark");
-  svg.setAttribute("width", String(width));
-  svg.setAttribute("height", String(height));
-  svg.setAttribute("role", "img");
-  const total = hours.reduce((sum, hour) => sum + hour.count, 0);
-  svg.setAttribute("aria-label", `${total} uses in the last 48 hours`);
-  const title = document.createElementNS(ns, "title");
-  title.textContent = `${total} uses in the last 48 hours`;
-  svg.append(title);
-  const baseline = document.createElementNS(ns, "rect"); // an axis, so a quiet key shows an empty chart
-  baseline.setAttribute("class", "axis");
-  baseline.setAttribute("y", String(height - 1));
-  baseline.setAttribute("width", String(width));
-  baseline.setAttribute("height", "1");
-  svg.append(baseline);
-  const refused = (hour) => hour.rate_limited + hour.usage_exceeded + hour.forbidden;
-  const peak = Math.max(1, ...hours.map((hour) => hour.count + refused(hour)));
-  hours.forEach((hour, index) => {
-    let y = height;
-    for (const [value, className] of [[hour.count, ""], [refused(hour), "refused"]]) {
+  const svgElement = (tag, attributes) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+    return node;
+  };
+  const refused = (bucket) => bucket.rate_limited + bucket.usage_exceeded + bucket.forbidden;
+  const uses = buckets.reduce((sum, bucket) => sum + bucket.count, 0);
+  const refusals = buckets.reduce((sum, bucket) => sum + refused(bucket), 0);
+  const caption = `${uses} ${uses === 1 ? "use" : "uses"} ${label}` + (refusals ? `, ${refusals} refused` : "");
+  const top = axisLabels ? 12 : 0, bottom = axisLabels ? 14 : 0;
+  const width = barWidth * buckets.length;
+  const svg = svgElement("svg", { width, height: height + top + bottom, role: "img", "aria-label": caption });
+  if (!axisLabels) svg.setAttribute("class", "spark");
+  const title = svgElement("title", {});
+  title.textContent = caption;
+  svg.append(title, svgElement("rect", { class: "axis", y: top + height - 1, width, height: 1 })); // a quiet key shows an empty chart
+  const peak = Math.max(1, ...buckets.map((bucket) => bucket.count + refused(bucket)));
+  buckets.forEach((bucket, index) => {
+    let y = top + height;
+    const group = svgElement("g", {});
+    const tip = svgElement("title", {});
+    tip.textContent = `${bucket.period}: ${bucket.count} ${bucket.count === 1 ? "use" : "uses"}` + (refused(bucket) ? `, ${refused(bucket)} refused` : "");
+    group.append(tip);
+    for (const [value, className] of [[bucket.count, "used"], [refused(bucket), "refused"]]) {
       if (value <= 0) continue;
       const barHeight = Math.max(1, Math.round((value / peak) * height));
       y -= barHeight;
-      const bar = document.createElementNS(ns, "rect");
-      bar.setAttribute("x", String(index * 2));
-      bar.setAttribute("y", String(y));
-      bar.setAttribute("width", "1.5");
-      bar.setAttribute("height", String(barHeight));
-      if (className) bar.setAttribute("class", className);
-      svg.append(bar);
+      group.append(svgElement("rect", { class: className, x: index * barWidth, y, width: Math.max(1, barWidth - 0.5), height: barHeight }));
     }
+    svg.append(group);
   });
+  if (axisLabels && buckets.length) {
+    const text = (value, attributes) => { const node = svgElement("text", attributes); node.textContent = value; svg.append(node); };
+    text(`peak ${peak}`, { x: 0, y: 9 });
+    text(buckets[0].period, { x: 0, y: top + height + 11 });
+    text(buckets[buckets.length - 1].period, { x: width, y: top + height + 11, "text-anchor": "end" });
+  }
   return svg;
+}
+
+// --- one key's page --------------------------------------------------------------------------------
+
+async function openKey(key) {
+  state.record = key;
+  $("keys").hidden = true;
+  $("key-page").hidden = false;
+  $("key-page").scrollIntoView();
+  $("key-title").textContent = `${key.name || "(no name)"} (${key.id})`;
+  const details = $("key-details");
+  details.replaceChildren();
+  const item = (term, value) => details.append(element("dt", term), typeof value === "object" && value ? value : element("dd", value));
+  item("User", key.user);
+  item("Status", key.status);
+  item("Scopes", key.scopes.join(" ") || "none");
+  item("Created", when(key.created_at));
+  item("Expires", key.expires_at ? when(key.expires_at) : "never");
+  item("Last used", when(key.last_used_at));
+  if (key.revoked_at) item("Revoked", when(key.revoked_at));
+  for (const [term, id] of [["Rotated from", key.rotated_from], ["Rotated to", key.rotated_to]]) {
+    if (!id) continue;
+    const link = element("button", id, "link");
+    link.type = "button";
+    link.addEventListener("click", () => openKeyById(id).catch(ignoreShown));
+    const value = element("dd");
+    value.append(link);
+    item(term, value);
+  }
+  const metadata = Object.entries(key.metadata || {}).map(([name, value]) => `${name}=${value}`).join(", ");
+  item("Metadata", metadata || "none");
+  item("Rate limits", rateLimitsText(key.rate_limits) || "none");
+  item("Credits", key.credits ? `${key.credits.remaining} left` + (key.credits.refill ? `, refilled to ${refillText(key.credits.refill)}` : "") : "unlimited");
+  $("key-actions").replaceChildren();
+  keyActions(key, $("key-actions"));
+  $("edit-form").hidden = !state.admin || key.status === "revoked";
+  if (state.admin) fillEditForm(key);
+  const usage = (await api("GET", `/v1/keys/${encodeURIComponent(key.id)}/usage?days=90`)).data;
+  $("chart-hourly").replaceChildren(barChart(usage.hourly, { barWidth: 12, height: 100, label: "in the last 48 hours", axisLabels: true }));
+  $("chart-daily").replaceChildren(barChart(usage.daily, { barWidth: 7, height: 100, label: "in the last 90 days", axisLabels: true }));
+}
+
+async function openKeyById(id) {
+  const known = state.keys.find((key) => key.id === id);
+  if (known && !state.admin) return openKey(known);
+  if (!state.admin) { show("That key is not one of yours."); return; }
+  await openKey((await api("GET", `/v1/keys/${encodeURIComponent(id)}`)).data);
+}
+
+/** Reloads the open key's page after a change (`record`: the key as the API answered). */
+async function refreshKey(record) {
+  if (!$("key-page").hidden && state.record && state.record.id === record.id) {
+    await openKey(record);
+  } else {
+    await openUser(state.user);
+  }
+}
+
+function localInputTime(value) {
+  if (!value) return "";
+  const date = new Date(value);
+  const pad = (number) => String(number).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+function metadataText(metadata) {
+  return Object.entries(metadata || {}).map(([name, value]) => `${name}=${value}`).join("\n");
+}
+
+function fillEditForm(key) {
+  $("edit-name").value = key.name;
+  $("edit-scopes").value = key.scopes.join(" ");
+  $("edit-expires").value = localInputTime(key.expires_at);
+  $("edit-metadata").value = metadataText(key.metadata);
+  $("edit-rate-limits").value = rateLimitsText(key.rate_limits);
+  $("edit-credits").value = key.credits ? String(key.credits.remaining) : "";
+  $("edit-refill").value = key.credits && key.credits.refill ? refillText(key.credits.refill) : "";
+}
+
+/** PATCH with the fields the person changed only (credits set the balance anew, so they go only when edited). */
+async function saveKey(event) {
+  event.preventDefault();
+  const key = state.record;
+  const body = {};
+  if ($("edit-name").value !== key.name) body.name = $("edit-name").value;
+  const scopes = $("edit-scopes").value.split(/\s+/).filter(Boolean);
+  if (scopes.join(" ") !== key.scopes.join(" ")) body.scopes = scopes;
+  if ($("edit-expires").value !== localInputTime(key.expires_at)) {
+    body.expires_at = $("edit-expires").value ? new Date($("edit-expires").value).toISOString() : null;
+  }
+  if ($("edit-metadata").value.trim() !== metadataText(key.metadata)) body.metadata = parseMetadata($("edit-metadata").value);
+  if ($("edit-rate-limits").value.trim() !== rateLimitsText(key.rate_limits)) body.rate_limits = parseRateLimits($("edit-rate-limits").value);
+  const creditsBefore = [key.credits ? String(key.credits.remaining) : "", key.credits && key.credits.refill ? refillText(key.credits.refill) : ""];
+  if ($("edit-credits").value !== creditsBefore[0] || $("edit-refill").value.trim() !== creditsBefore[1]) {
+    body.credits = parseCredits($("edit-credits").value, $("edit-refill").value);
+  }
+  if (Object.keys(body).length === 0) { show("Nothing changed."); return; }
+  const record = (await api("PATCH", `/v1/keys/${encodeURIComponent(key.id)}`, body)).data;
+  show(`Saved ${Object.keys(body).join(", ").replace("_", " ")} of ${key.id}.`, true);
+  await refreshKey(record);
+}
+
+async function setEnabled(key, enabled) {
+  const record = (await api("PATCH", `/v1/keys/${encodeURIComponent(key.id)}`, { enabled })).data;
+  show(`${enabled ? "Enabled" : "Disabled"} ${key.id}.`, true);
+  await refreshKey(record);
+}
+
+// --- the text forms of limits, credits and metadata (the CLI's syntax) -------------------------------
+
+const durationUnits = [["d", 86400000], ["h", 3600000], ["m", 60000], ["s", 1000], ["ms", 1]];
+
+function rateLimitsText(limits) {
+  return (limits || []).map((limit) => {
+    const [unit, factor] = durationUnits.find(([, factor]) => limit.duration_ms % factor === 0);
+    return `${limit.name}=${limit.limit}/${limit.duration_ms / factor}${unit}${limit.exact ? ":exact" : ""}`;
+  }).join(" ");
+}
+
+/** `[name=]limit/duration[:exact]`, space separated; the API checks the ranges and says which field. */
+function parseRateLimits(text) {
+  const items = text.split(/\s+/).filter(Boolean);
+  return items.map((item) => {
+    const match = item.match(/^(?:([a-z0-9_-]+)=)?(\d+)\/(\d*)(ms|s|m|h|d)(:exact)?$/);
+    if (!match) {
+      show(`A rate limit is [name=]limit/duration[:exact], such as 100/1m or hourly=5000/1h; got "${item}".`);
+      throw new Shown();
+    }
+    const factor = durationUnits.find(([unit]) => unit === match[4])[1];
+    const duration = Number(match[3] || "1") * factor;
+    const name = match[1] || (items.length > 1 ? `${match[3] || "1"}${match[4]}` : "default");
+    return { name, limit: Number(match[2]), duration_ms: duration, exact: Boolean(match[5]) };
+  });
+}
+
+function refillText(refill) {
+  return refill.interval === "daily" ? `${refill.amount}/day` : `${refill.amount}/month` + (refill.day ? `:${refill.day}` : "");
+}
+
+/** Credits from the balance and refill fields: null (unlimited) when the balance is empty. */
+function parseCredits(remaining, refill) {
+  refill = refill.trim();
+  if (remaining === "") {
+    if (refill) { show("A refill needs a balance: fill in the credits too."); throw new Shown(); }
+    return null;
+  }
+  const credits = { remaining: Number(remaining) };
+  if (refill) {
+    const match = refill.match(/^(\d+)\/(day|month)(?::(\d+))?$/);
+    if (!match || (match[2] === "day" && match[3])) {
+      show(`A refill is amount/day or amount/month[:day], such as 1000/month; got "${refill}".`);
+      throw new Shown();
+    }
+    credits.refill = { amount: Number(match[1]), interval: match[2] === "day" ? "daily" : "monthly" };
+    if (match[3]) credits.refill.day = Number(match[3]);
+  }
+  return credits;
+}
+
+function parseMetadata(text) {
+  const metadata = {};
+  for (const line of text.split("\n").map((line) => line.trim()).filter(Boolean)) {
+    const equals = line.indexOf("=");
+    if (equals <= 0) { show(`Metadata is one name=value a line; got "${line}".`); throw new Shown(); }
+    metadata[line.slice(0, equals)] = line.slice(equals + 1);
+  }
+  return metadata;
 }
 
 async function revokeKey(key) {
   if (!confirm(`Revoke "${key.name || key.id}"? Every request with it is refused from now on; this cannot be undone.`)) return;
-  await api("POST", `/v1/keys/${encodeURIComponent(key.id)}/revoke`);
+  const record = (await api("POST", `/v1/keys/${encodeURIComponent(key.id)}/revoke`)).data;
   show(`Revoked ${key.id}.`, true);
-  await openUser(state.user);
+  await refreshKey(record);
 }
 
 /** Shows a key that was just issued (created or rotated): once, with the seed's examples. */
@@ -279,7 +519,7 @@ async function rotateKey(key) {
   const hours = Number(answer);
   if (!Number.isFinite(hours) || hours < 0) { show("The grace period is a number of hours, 0 or more."); return; }
   const issued = (await api("POST", `/v1/keys/${encodeURIComponent(key.id)}/rotate`, { grace_seconds: Math.round(hours * 3600) })).data;
-  await openUser(state.user);
+  await openUser(state.user); // the list shows the successor, and the key was shown above it
   showIssued(issued, `The successor of ${key.name || key.id}`);
   show(`Rotated ${key.id} to ${issued.id}; the old key stops working in ${hours} h.`, true);
 }
@@ -287,7 +527,8 @@ async function rotateKey(key) {
 async function createKey(event) {
   event.preventDefault();
   const body = { name: $("create-name").value };
-  const scopes = $("create-scopes").value.split(/\s+/).filter(Boolean);
+  const scopes = state.admin ? $("create-scopes").value.split(/\s+/).filter(Boolean)
+    : [...$("create-scope-choices").querySelectorAll("input:checked")].map((box) => box.value);
   if (scopes.length) body.scopes = scopes;
   const days = $("create-days").value;
   if (days) body.expires_at = new Date(Date.now() + Number(days) * 86400000).toISOString();
@@ -299,8 +540,10 @@ async function createKey(event) {
   show(`Created ${issued.id}.`, true);
 }
 
-async function makeConsoleLink() {
-  const session = (await api("POST", `/v1/users/${encodeURIComponent(state.user)}/console-sessions`, {})).data;
+async function makeConsoleLink(event) {
+  event.preventDefault();
+  const scopes = $("link-scopes").value.split(/\s+/).filter(Boolean);
+  const session = (await api("POST", `/v1/users/${encodeURIComponent(state.user)}/console-sessions`, { scopes })).data;
   const url = new URL(session.url, location.origin).toString();
   $("console-link-out").textContent = `${url} (single use, until ${when(session.expires_at)})`;
 }
@@ -330,7 +573,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("copy-key").addEventListener("click", () => {
     navigator.clipboard.writeText($("created-key").textContent).then(() => show("Copied.", true), () => show("Select the key and copy it."));
   });
-  $("console-link").addEventListener("click", () => makeConsoleLink().catch(ignoreShown));
+  $("console-link-form").addEventListener("submit", (event) => makeConsoleLink(event).catch(ignoreShown));
+  $("user-limits-form").addEventListener("submit", (event) => saveUserLimits(event).catch(ignoreShown));
+  $("revoke-user").addEventListener("click", () => revokeUser().catch(ignoreShown));
+  $("edit-form").addEventListener("submit", (event) => saveKey(event).catch(ignoreShown));
+  $("key-back").addEventListener("click", () => openUser(state.user).catch(ignoreShown));
   $("audit-form").addEventListener("submit", (event) => {
     event.preventDefault();
     searchEvents(false).catch(ignoreShown);
