@@ -295,6 +295,16 @@ def main():
         page.revoke(phone)
         assert args.other_key_id not in driver.page_source, "another user's key is visible"
         assert not driver.find_element(By.ID, "users").is_displayed(), "a user sees the operator's users list"
+        # The operator revokes the page's own key: the page's next call gets 401 and signs out.
+        session_key = key_id_for(args.control, args.admin_key, "alice", "console session")
+        request = urllib.request.Request(f"{args.control}/v1/keys/{session_key}/revoke", method="POST", headers={"X-API-Key": args.admin_key})
+        urllib.request.urlopen(request, timeout=5).close()
+        time.sleep(0.2)  # within the invalidation bound
+        page.row(phone).find_element(By.CSS_SELECTOR, "button.link").click()
+        page.wait.until(lambda _: "Your key was refused" in page.text("notice"))
+        page.visible("sign-in")
+        assert not driver.execute_script("return sessionStorage.getItem('keygate.key')"), "a refused key stays in the tab"
+        page.errors()  # the 401 the page was asked to meet
         # The link was single use: opening it again signs nobody in.
         driver.execute_script("sessionStorage.clear()")
         driver.get("about:blank")
