@@ -5,6 +5,7 @@ import PackageDescription
 // build machines (see README, "Building").
 let nio = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
 let nioEmbedded = Target.Dependency.product(name: "NIOEmbedded", package: "swift-nio")
 let nioConcurrency = Target.Dependency.product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
@@ -45,7 +46,7 @@ let package = Package(
         .target(name: "KeygateMetrics"),
         .target(name: "KeygateRedis", dependencies: ["CHiredis", "CCrypto", "KeygateMetrics", nio, nioPosix, nioSSL, logging]),
         .target(name: "KeygateCore", dependencies: ["KeygateRedis", "KeygateMetrics", "CCrypto", nio, nioPosix, logging, serviceLifecycle]),
-        .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", "KeygateMetrics", nio, nioPosix, logging, serviceLifecycle]),
+        .target(name: "KeygateDataPlane", dependencies: ["KeygateCore", "KeygateMetrics", nio, nioPosix, nioHTTP1, logging, serviceLifecycle]),
         // The admin API, /metrics, /openapi.yaml and the console (port 8081). The OpenAPI document and
         // the console's files are compiled in.
         .target(name: "KeygateControlPlane", dependencies: ["KeygateCore", "KeygateMetrics", hummingbird, hummingbirdCore, httpTypes, nioHTTPTypes, nio, logging, serviceLifecycle],
@@ -53,7 +54,7 @@ let package = Package(
                             .embedInCode("Console/console.css")]),
         .target(name: "KeygateNode", dependencies: ["KeygateCore", "KeygateMetrics", "KeygateRedis", "KeygateDataPlane", "KeygateControlPlane", nio, nioPosix, logging, serviceLifecycle]),
         .executableTarget(name: "keygate", dependencies: ["KeygateCore", "KeygateRedis", "KeygateNode", "KeygateDataPlane", argumentParser, nioPosix, logging, serviceLifecycle]),
-        .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", "KeygateNode", nio, nioPosix, logging, serviceLifecycle]),
+        .target(name: "KeygateTestSupport", dependencies: ["KeygateRedis", "KeygateNode", nio, nioPosix, nioHTTP1, logging, serviceLifecycle]),
 
         .testTarget(name: "KeygateRedisTests", dependencies: ["KeygateRedis", nio, nioEmbedded, nioPosix, nioConcurrency]),
         .testTarget(name: "KeygateCoreTests", dependencies: ["KeygateCore", "CCrypto", nio, nioEmbedded, nioPosix, nioConcurrency]),

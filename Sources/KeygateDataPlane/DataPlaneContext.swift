@@ -33,7 +33,11 @@ final class DataPlaneContext: Sendable {
         self.isReady = isReady
         self.limiter = FailureLimiter(limit: settings.failureLimit, window: settings.failureWindow,
                                       trustedProxies: settings.trustedProxies)
+        self.gatewayPools = settings.gateway.isEnabled ? GatewayPools(settings: settings.gateway, metrics: metrics) : nil
     }
+
+    /// Gateway mode's upstream connections (nil when no upstream is configured).
+    let gatewayPools: GatewayPools?
 
     var isDraining: Bool { draining.load(ordering: .relaxed) }
     func startDraining() { draining.store(true, ordering: .relaxed) }
@@ -328,6 +332,14 @@ public final class DataPlaneMetrics: Sendable {
     public let refusedConnections = Atomic<Int>(0)
     /// Connections closed with 408 because a request did not arrive within the request timeout.
     public let requestTimeouts = Atomic<Int>(0)
+    /// Gateway mode: time from choosing an upstream to the response's end.
+    public let upstreamLatency = LatencyHistogram()
+    /// Gateway mode: upstream responses by status class (index 1-5), 502/504 of the gateway included.
+    private let upstreamStatus = (0..<6).map { _ in AtomicCounter() }
+    /// Gateway mode: exchanges that ended in 502/504 or a truncated response.
+    public let gatewayErrors = Atomic<Int>(0)
+    /// Gateway mode: connections to an upstream server that failed (the server is then skipped a while).
+    public let gatewayConnectFailures = Atomic<Int>(0)
 
     public init() {
         counters = Outcome.allCases.map { _ in AtomicCounter() }
@@ -339,5 +351,14 @@ public final class DataPlaneMetrics: Sendable {
 
     public func value(_ outcome: Outcome) -> UInt64 {
         counters[outcome.rawValue].load()
+    }
+
+    func countUpstreamStatus(_ code: UInt) {
+        upstreamStatus[Int(min(code / 100, 5))].add()
+    }
+
+    /// Upstream responses of one status class (`2` for 2xx).
+    public func upstreamResponses(statusClass: Int) -> UInt64 {
+        upstreamStatus[statusClass].load()
     }
 }

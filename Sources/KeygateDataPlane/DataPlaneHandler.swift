@@ -54,10 +54,16 @@ final class DataPlaneHandler: ChannelInboundHandler {
     private var requestDeadline: Scheduled<Void>?
     /// This loop's usage counter, looked up once per connection.
     private let usage: UsageRecorder.LoopCounter
+    /// Gateway mode: this loop's upstream connections, and the request being proxied.
+    private let gateway: UpstreamPool?
+    private var exchange: GatewayExchange?
+    /// A `100 Continue` was sent for the request whose body is arriving.
+    private var continueSent = false
 
     init(node: DataPlaneContext, eventLoop: any EventLoop) {
         self.node = node
         self.usage = node.usage.counter(for: eventLoop)
+        self.gateway = node.gatewayPools?.pool(for: eventLoop)
         self.scanner = HTTPRequestScanner(keyHeaders: node.settings.keyHeaders, acceptBearer: node.settings.acceptBearer,
                                           keyFormat: node.verifier.store.format,
                                           maxHeaderBytes: node.settings.maxHeaderBytes)
@@ -81,6 +87,13 @@ final class DataPlaneHandler: ChannelInboundHandler {
         idleCheck = nil
         requestDeadline?.cancel()
         requestDeadline = nil
+        exchange?.clientClosed()
+        exchange = nil
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        exchange?.clientWritable()
+        context.fireChannelWritabilityChanged()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -91,8 +104,9 @@ final class DataPlaneHandler: ChannelInboundHandler {
         } else {
             inbound!.writeBuffer(&bytes)
         }
-        let limit = node.settings.maxHeaderBytes + node.settings.maxBodyBytes
-        if inbound!.readableBytes > limit * node.settings.maxPipelinedRequests {
+        let limit = (node.settings.maxHeaderBytes + node.settings.maxBodyBytes) * node.settings.maxPipelinedRequests
+            + (gateway == nil ? 0 : node.settings.gateway.maxBodyBytes) // one proxied body at a time
+        if inbound!.readableBytes > limit {
             context.close(promise: nil) // pipelining far ahead without reading the answers
             return
         }
@@ -172,11 +186,22 @@ final class DataPlaneHandler: ChannelInboundHandler {
                     fail(.badRequest, body: Responses.badRequestBody, context: context)
                     return nil
                 case .head(let head):
-                    if head.contentLength > node.settings.maxBodyBytes {
+                    let proxied = gateway != nil && head.route == .notFound
+                    if head.contentLength > (proxied ? node.settings.gateway.maxBodyBytes : node.settings.maxBodyBytes) {
                         fail(.payloadTooLarge, body: Responses.tooLargeBody, context: context)
                         return nil
                     }
-                    guard bytes.count >= head.length + head.contentLength else { return nil } // body still arriving
+                    guard bytes.count >= head.length + head.contentLength else { // body still arriving
+                        if proxied && head.expectsContinue && !continueSent {
+                            continueSent = true // the client waits for this before sending the body
+                            var buffer = context.channel.allocator.buffer(capacity: 32)
+                            buffer.writeString(Responses.continueLine)
+                            context.write(NIOAny(buffer), promise: nil)
+                            needsFlush = true
+                        }
+                        return nil
+                    }
+                    continueSent = false
                     let body = UnsafeRawBufferPointer(rebasing: bytes[head.length..<head.length + head.contentLength])
                     handle(head, bytes: bytes, body: body, context: context)
                     return head.length + head.contentLength
@@ -223,7 +248,11 @@ final class DataPlaneHandler: ChannelInboundHandler {
             writeJSON(ready ? .ok : .serviceUnavailable, body: ready ? Responses.readyBody : Responses.notReadyBody,
                       close: close, omitBody: omitBody, context: context)
         case .notFound:
-            writeJSON(.notFound, body: Responses.notFoundBody, close: close, omitBody: omitBody, context: context)
+            if let gateway {
+                proxy(head, bytes: bytes, body: body, close: close, pool: gateway, context: context)
+            } else {
+                writeJSON(.notFound, body: Responses.notFoundBody, close: close, omitBody: omitBody, context: context)
+            }
         case .methodNotAllowed(let allow):
             writeJSON(.methodNotAllowed, body: Responses.methodBody, extraHeaders: "Allow: \(allow.rawValue)\r\n", close: close,
                       omitBody: false, context: context)
@@ -267,6 +296,84 @@ final class DataPlaneHandler: ChannelInboundHandler {
             waitForVerdict(future, context: context) { node, verification, buffer in
                 node.renderAuth(verification, close: close, omitBody: omitBody, into: &buffer)
             }
+        }
+    }
+
+    /// Gateway mode: any path that is not Keygate's own. The key is checked exactly as on `/auth`
+    /// (same cache, refusals and counts; no scope is required and every request costs 1, whatever
+    /// `X-Keygate-*` fields the client sends), then the request goes upstream. The connection reads no
+    /// further request until the response has been streamed back.
+    private func proxy(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer, close: Bool,
+                       pool: UpstreamPool, context: ChannelHandlerContext) {
+        let omitBody = head.method == .head
+        if head.upgrade {
+            return writeJSON(.notImplemented, body: Responses.upgradeBody, close: close, omitBody: omitBody, context: context)
+        }
+        guard head.keyCount <= 1 else {
+            node.metrics.count(.badRequest)
+            return writeJSON(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, context: context)
+        }
+        guard let keyRange = head.key else {
+            node.metrics.count(.missing)
+            var buffer = responseBuffer(context: context)
+            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
+            return write(buffer, context: context)
+        }
+        // What the upstream gets is taken from the receive buffer now: it moves on once this returns.
+        let request = ProxyMessages.request(bytes, head: head, bodyLength: body.count, keyHeaders: scanner.keyHeaders,
+                                            removeAuthorization: node.settings.acceptBearer, client: context.channel.remoteAddress)
+        let payload = body.isEmpty ? nil : context.channel.allocator.buffer(bytes: body)
+        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), cost: 1,
+                              client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
+                              usage: usage, on: context.eventLoop)
+        state = .awaitingVerdict(thenClose: state == .closing) // busy until the response is back
+        let forward = { (handler: DataPlaneHandler, context: ChannelHandlerContext, verification: DataPlaneContext.Verification) in
+            switch verification {
+            case .allowed(let verdict), .allowedWithin(let verdict, _, _):
+                var request = request
+                ProxyMessages.addIdentity(verdict, to: &request.headers)
+                let loopBound = NIOLoopBound((handler, context), eventLoop: context.eventLoop)
+                handler.exchange = GatewayExchange(client: context, pool: pool, request: request, body: payload, clientHTTP11: head.http11,
+                                                   closeAfter: close, metrics: handler.node.metrics) { closeClient in
+                    let (handler, context) = loopBound.value
+                    handler.proxyFinished(closeClient: closeClient, context: context)
+                }
+                handler.exchange?.start()
+            default: // refused, or could not check: the same answer as /auth, and nothing goes upstream
+                var buffer = handler.responseBuffer(context: context)
+                handler.node.renderAuth(verification, close: close, omitBody: omitBody, into: &buffer)
+                handler.write(buffer, context: context)
+                handler.proxyFinished(closeClient: close, context: context)
+            }
+        }
+        switch step {
+        case .done(let verification):
+            forward(self, context, verification)
+        case .pending(let future):
+            let loopBound = NIOLoopBound((self, context, forward), eventLoop: context.eventLoop)
+            future.whenComplete { result in
+                let (handler, context, forward) = loopBound.value
+                guard context.channel.isActive else { return }
+                forward(handler, context, (try? result.get()) ?? .unavailable)
+            }
+        }
+    }
+
+    /// The proxied request was answered: flush, then read on (or close) on a fresh stack.
+    private func proxyFinished(closeClient: Bool, context: ChannelHandlerContext) {
+        exchange = nil
+        var thenClose = closeClient
+        if case .awaitingVerdict(let close) = state { thenClose = thenClose || close }
+        state = thenClose ? .closing : .reading
+        needsFlush = true
+        flushIfNeeded(context: context)
+        guard state == .reading else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = loopBound.value
+            guard context.channel.isActive, handler.state == .reading else { return }
+            handler.processInbound(context: context)
+            handler.flushIfNeeded(context: context)
         }
     }
 

@@ -33,6 +33,8 @@ public struct DataPlaneSettings: Sendable, Equatable {
     public var failureWindow: Duration = .seconds(10)
     /// Proxies whose `X-Forwarded-For` names the client (for the failure limiter); none by default.
     public var trustedProxies: [CIDR] = []
+    /// Gateway mode: forward verified requests to upstream servers (off without any).
+    public var gateway = GatewaySettings()
 
     public init() {}
 }

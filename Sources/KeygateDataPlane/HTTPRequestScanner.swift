@@ -29,6 +29,11 @@ struct HTTPRequestScanner {
         var requestID: Range<Int>?
         /// The last `X-Forwarded-For` (read only from trusted proxies).
         var forwardedFor: Range<Int>?
+        var http11 = true
+        /// `Expect: 100-continue`: the client waits for a 100 before sending the body (gateway mode).
+        var expectsContinue = false
+        /// An `Upgrade` field (WebSocket): not proxied.
+        var upgrade = false
     }
 
     enum Outcome {
@@ -92,6 +97,7 @@ struct HTTPRequestScanner {
         }
         let path = question >= 0 ? target.lowerBound..<question : target
         var head = Head(method: method, route: Self.route(bytes, path, method: method), length: 0, keepAlive: http11)
+        head.http11 = http11
         // A plain `/auth` is too short to hold a key: the hit path pays nothing for this check.
         head.keyInURL = (question >= 0 || target.count >= keyFormat.keyLength)
             && KeyExtractor.targetCarriesKey(UnsafeRawBufferPointer(rebasing: bytes[target]), format: keyFormat)
@@ -173,6 +179,10 @@ struct HTTPRequestScanner {
             if head.requiredScopes == nil { head.requiredScopes = value } else { head.extraScopeHeaders += 1 }
         case 14 where Self.equalsIgnoringCase(bytes, name, "x-keygate-cost"):
             if head.cost == nil { head.cost = value } else { head.extraCostHeaders += 1 }
+        case 6 where Self.equalsIgnoringCase(bytes, name, "expect"):
+            head.expectsContinue = Self.containsIgnoringCase(bytes, value, "100-continue")
+        case 7 where Self.equalsIgnoringCase(bytes, name, "upgrade"):
+            head.upgrade = true
         case 12 where Self.equalsIgnoringCase(bytes, name, "x-request-id"):
             head.requestID = value
         case 15 where Self.equalsIgnoringCase(bytes, name, "x-forwarded-for"):

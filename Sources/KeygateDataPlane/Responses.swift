@@ -18,6 +18,10 @@ enum Responses {
     static let requestTimeoutBody = #"{"error":"request_timeout","message":"The request did not arrive in time."}"#
     static let headersTooLargeBody = #"{"error":"header_fields_too_large","message":"Request headers too large."}"#
     static let methodBody = #"{"error":"method_not_allowed","message":"Method not allowed here; see the Allow header."}"#
+    static let badGatewayBody = #"{"error":"bad_gateway","message":"The upstream server could not be reached or gave no valid response."}"#
+    static let gatewayTimeoutBody = #"{"error":"gateway_timeout","message":"The upstream server did not answer in time."}"#
+    static let upgradeBody = #"{"error":"not_implemented","message":"Connection upgrades (WebSocket) are not proxied by Keygate."}"#
+    static let continueLine = "HTTP/1.1 100 Continue\r\n\r\n"
     static let liveBody = #"{"status":"ok"}"#
     static let readyBody = #"{"status":"ready"}"#
     static let notReadyBody = #"{"status":"not_ready"}"#
@@ -123,5 +127,8 @@ enum HTTPStatusLine: String {
     case payloadTooLarge = "HTTP/1.1 413 Payload Too Large\r\n"
     case tooManyRequests = "HTTP/1.1 429 Too Many Requests\r\n"
     case headersTooLarge = "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    case notImplemented = "HTTP/1.1 501 Not Implemented\r\n"
+    case badGateway = "HTTP/1.1 502 Bad Gateway\r\n"
     case serviceUnavailable = "HTTP/1.1 503 Service Unavailable\r\n"
+    case gatewayTimeout = "HTTP/1.1 504 Gateway Timeout\r\n"
 }

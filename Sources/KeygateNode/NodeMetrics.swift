@@ -140,6 +140,16 @@ enum NodeMetrics {
                      data.refusedConnections.load(ordering: .relaxed))
         text.counter("keygate_data_plane_request_timeouts_total", help: "Connections answered 408 and closed: a request did not arrive within the request timeout.",
                      data.requestTimeouts.load(ordering: .relaxed))
+        if node.dataPlane.settings.gateway.isEnabled {
+            text.counter("keygate_gateway_responses_total", help: "Gateway mode: responses to proxied requests by status class (the gateway's own 502 and 504 included).",
+                         samples: (1...5).map { ([("class", "\($0)xx")], Double(data.upstreamResponses(statusClass: $0))) })
+            text.histogram("keygate_gateway_upstream_duration_seconds", help: "Gateway mode: from choosing an upstream server to the end of its response.",
+                           samples: [([], data.upstreamLatency.snapshot())])
+            text.counter("keygate_gateway_errors_total", help: "Gateway mode: proxied requests answered 502 or 504, or cut short because the upstream closed mid-response.",
+                         UInt64(data.gatewayErrors.load(ordering: .relaxed)))
+            text.counter("keygate_gateway_connect_failures_total", help: "Gateway mode: connections to an upstream server that failed or timed out (the server is skipped for a while).",
+                         UInt64(data.gatewayConnectFailures.load(ordering: .relaxed)))
+        }
         return text.text
     }
 }

@@ -35,6 +35,17 @@ public enum RawHTTP {
         }
     }
 
+    /// Sends each part, `pause` apart, and returns what came back once the server closes (or after
+    /// `timeout`): a head first, then its body, as a client that waits for `100 Continue` does.
+    public static func exchange(parts: [[UInt8]], pause: Duration, port: Int, timeout: Duration = .seconds(10)) async throws -> String {
+        try await converse(port: port, timeout: timeout) { channel in
+            for (index, part) in parts.enumerated() where channel.isActive {
+                if index > 0 { try? await Task.sleep(for: pause) }
+                try? await channel.writeAndFlush(channel.allocator.buffer(bytes: part)).get()
+            }
+        }
+    }
+
     /// Sends `bytes` one at a time, `every` apart, and returns what came back once the server closes
     /// (or after `timeout`): a slow client.
     public static func trickle(_ bytes: [UInt8], every interval: Duration, port: Int, timeout: Duration) async throws -> String {

@@ -20,6 +20,7 @@ struct ServeCommand: AsyncParsableCommand {
         KEYGATE_POSITIVE_MAX_AGE, KEYGATE_NEGATIVE_TTL, KEYGATE_STALE_IF_ERROR, KEYGATE_MAX_CONCURRENT_LOOKUPS, \
         KEYGATE_PING_INTERVAL, KEYGATE_PING_TIMEOUT, KEYGATE_USAGE_FLUSH_INTERVAL, KEYGATE_USAGE_SPILL_PATH, \
         KEYGATE_FAILURE_LIMIT, KEYGATE_FAILURE_WINDOW, KEYGATE_TRUSTED_PROXIES, \
+        KEYGATE_UPSTREAMS (comma separated), KEYGATE_UPSTREAM_CONNECT_TIMEOUT, KEYGATE_UPSTREAM_TIMEOUT, KEYGATE_GATEWAY_MAX_BODY, \
         KEYGATE_MAX_CONNECTIONS, KEYGATE_IDLE_TIMEOUT, KEYGATE_REQUEST_TIMEOUT, KEYGATE_METRICS_REFUSAL_REASONS, \
         KEYGATE_REDIS_TIMEOUT, KEYGATE_THREADS, KEYGATE_LOG_LEVEL; \
         KEYGATE_PEPPER or KEYGATE_PEPPER_FILE. SIGTERM or SIGINT: stop accepting, finish in-flight requests, \
@@ -46,6 +47,14 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Window of --failure-limit (KEYGATE_FAILURE_WINDOW, default 10s).") var failureWindow: HumanDuration?
     @Option(name: .customLong("trusted-proxy"), help: "Address or CIDR of a proxy whose X-Forwarded-For names the client; repeat for several (KEYGATE_TRUSTED_PROXIES, comma separated).")
     var trustedProxies: [String] = []
+    @Option(name: .customLong("upstream"), help: ArgumentHelp("Gateway mode: check the key of every request outside Keygate's own paths and forward it to this server, round robin over several; repeat for several (KEYGATE_UPSTREAMS, comma separated; default none: forward auth only).", valueName: "http://host:port"))
+    var upstreams: [String] = []
+    @Option(help: "Gateway mode: connecting to an upstream server; past it the server is skipped for 5 s (KEYGATE_UPSTREAM_CONNECT_TIMEOUT, default 2s).")
+    var upstreamConnectTimeout: HumanDuration?
+    @Option(help: "Gateway mode: from the request sent to the response's head, else 504 (KEYGATE_UPSTREAM_TIMEOUT, default 30s).")
+    var upstreamTimeout: HumanDuration?
+    @Option(help: "Gateway mode: request body bytes forwarded at most, else 413 (KEYGATE_GATEWAY_MAX_BODY, default 1048576).")
+    var gatewayMaxBody: Int?
     @Option(help: "Cached valid keys (KEYGATE_CACHE_CAPACITY, default 1000000).") var cacheCapacity: Int?
     @Option(help: "Cached unknown/revoked keys (KEYGATE_NEGATIVE_CACHE_CAPACITY, default 100000).") var negativeCacheCapacity: Int?
     @Option(help: "Hard maximum age of a cached valid key (KEYGATE_POSITIVE_MAX_AGE, default 60s).") var positiveMaxAge: HumanDuration?
@@ -125,6 +134,18 @@ struct ServeCommand: AsyncParsableCommand {
         config.dataPlane.trustedProxies = try proxies.map { text in
             guard let cidr = CIDR(text) else { throw ValidationError("--trusted-proxy '\(text)' is not an address or CIDR (10.0.0.0/8, ::1)") }
             return cidr
+        }
+        let upstreamTexts = upstreams.isEmpty ? (env["KEYGATE_UPSTREAMS"].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? []) : upstreams
+        do {
+            config.dataPlane.gateway.upstreams = try upstreamTexts.map { text throws(KeygateError) in try GatewaySettings.Upstream(parsing: text) }
+        } catch {
+            throw ValidationError("--upstream: \(error.message)")
+        }
+        if let v = try value(upstreamConnectTimeout, "KEYGATE_UPSTREAM_CONNECT_TIMEOUT", duration) { config.dataPlane.gateway.connectTimeout = v.duration }
+        if let v = try value(upstreamTimeout, "KEYGATE_UPSTREAM_TIMEOUT", duration) { config.dataPlane.gateway.responseTimeout = v.duration }
+        if let v = try value(gatewayMaxBody, "KEYGATE_GATEWAY_MAX_BODY", { Int($0) }) {
+            guard v >= 0 else { throw ValidationError("--gateway-max-body must be 0 or more") }
+            config.dataPlane.gateway.maxBodyBytes = v
         }
         if let v = try value(cacheCapacity, "KEYGATE_CACHE_CAPACITY", { Int($0) }) { config.verifier.cache.capacity = v }
         if let v = try value(negativeCacheCapacity, "KEYGATE_NEGATIVE_CACHE_CAPACITY", { Int($0) }) { config.verifier.cache.negativeCapacity = v }

@@ -1,0 +1,167 @@
+import NIOCore
+import NIOHTTP1
+
+/// One request forwarded upstream and its response streamed back to the client, on the client's
+/// event loop. The upstream connection reads only while the client connection is writable, so a
+/// slow client holds back the upstream (TCP back-pressure) instead of making the node buffer.
+final class GatewayExchange {
+    /// Told once the exchange is over: whether the client connection must close.
+    typealias Completion = (_ closeClient: Bool) -> Void
+
+    private let client: ChannelHandlerContext
+    private let pool: UpstreamPool
+    private let request: HTTPRequestHead
+    private let body: ByteBuffer?
+    private let clientHTTP11: Bool
+    private let closeAfter: Bool
+    private let completion: Completion
+    private let metrics: DataPlaneMetrics
+
+    private var connection: UpstreamConnection?
+    private var framing = ProxyMessages.Framing.none
+    private var closeClient = false
+    private var upstreamKeepAlive = true
+    private var responseStarted = false
+    private var retried = false
+    private var finished = false
+    private var waitingForWritability = false
+    private var responseTimeout: Scheduled<Void>?
+    private var started = NIODeadline.now()
+
+    init(client: ChannelHandlerContext, pool: UpstreamPool, request: HTTPRequestHead, body: ByteBuffer?, clientHTTP11: Bool,
+         closeAfter: Bool, metrics: DataPlaneMetrics, completion: @escaping Completion) {
+        self.client = client
+        self.pool = pool
+        self.request = request
+        self.body = body
+        self.clientHTTP11 = clientHTTP11
+        self.closeAfter = closeAfter
+        self.metrics = metrics
+        self.completion = completion
+    }
+
+    func start() {
+        started = .now()
+        pool.checkout { connection in
+            if let connection { self.send(on: connection) } else { self.failBeforeResponse(.badGateway) }
+        }
+    }
+
+    private func send(on connection: UpstreamConnection) {
+        guard !finished else { return pool.release(connection, reusable: false) }
+        self.connection = connection
+        connection.handler.exchange = self
+        let channel = connection.channel
+        channel.write(HTTPClientRequestPart.head(request), promise: nil)
+        if let body, body.readableBytes > 0 { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        channel.read()
+        let loopBound = NIOLoopBound(self, eventLoop: pool.eventLoop)
+        responseTimeout = pool.eventLoop.scheduleTask(in: TimeAmount(pool.settings.responseTimeout)) {
+            loopBound.value.timedOut()
+        }
+    }
+
+    /// A part of the upstream's response.
+    func upstreamSent(_ part: HTTPClientResponsePart) {
+        guard !finished, let connection else { return }
+        switch part {
+        case .head(let head):
+            responseTimeout?.cancel()
+            responseTimeout = nil
+            responseStarted = true
+            upstreamKeepAlive = head.isKeepAlive
+            var buffer = client.channel.allocator.buffer(capacity: 512)
+            (framing, closeClient) = ProxyMessages.writeResponseHead(head, requestWasHead: request.method == .HEAD,
+                                                                    clientHTTP11: clientHTTP11, close: closeAfter, into: &buffer)
+            metrics.countUpstreamStatus(head.status.code)
+            client.write(NIOAny(buffer), promise: nil)
+        case .body(var bytes):
+            var buffer = client.channel.allocator.buffer(capacity: bytes.readableBytes + 16)
+            ProxyMessages.writeBody(&bytes, framing: framing, into: &buffer)
+            if buffer.readableBytes > 0 { client.write(NIOAny(buffer), promise: nil) }
+        case .end:
+            if framing == .chunked { client.write(NIOAny(client.channel.allocator.buffer(staticString: "0\r\n\r\n")), promise: nil) }
+            metrics.upstreamLatency.observe(nanoseconds: UInt64(max(0, (NIODeadline.now() - started).nanoseconds)))
+            finish(reusable: upstreamKeepAlive)
+            return
+        }
+        client.flush()
+        if client.channel.isWritable { connection.channel.read() } else { waitingForWritability = true }
+    }
+
+    /// The client connection drained its write buffer: read on from the upstream.
+    func clientWritable() {
+        guard waitingForWritability, client.channel.isWritable, let connection else { return }
+        waitingForWritability = false
+        connection.channel.read()
+    }
+
+    /// The upstream connection closed or failed before the response ended.
+    func upstreamFailed() {
+        guard !finished else { return }
+        responseTimeout?.cancel()
+        let connection = self.connection
+        self.connection = nil
+        if responseStarted {
+            // Part of the response is already with the client: the only honest signal left is to
+            // close its connection, so it sees a truncated response rather than a complete one.
+            metrics.gatewayErrors.add(1, ordering: .relaxed)
+            closeClient = true
+            finished = true
+            client.flush()
+            completion(true)
+            return
+        }
+        let idempotent: [HTTPMethod] = [.GET, .HEAD, .PUT, .DELETE, .OPTIONS, .TRACE]
+        if let connection, connection.reused, !retried, idempotent.contains(request.method) {
+            retried = true // the server closed an idle keep-alive connection as we reused it
+            return start()
+        }
+        failBeforeResponse(.badGateway)
+    }
+
+    /// The client went away: the upstream connection cannot be reused mid-response.
+    func clientClosed() {
+        guard !finished else { return }
+        finished = true
+        responseTimeout?.cancel()
+        if let connection { pool.release(connection, reusable: false) }
+        connection = nil
+    }
+
+    private func timedOut() {
+        guard !finished, !responseStarted else { return }
+        if let connection { pool.markDown(connection.upstream) }
+        failBeforeResponse(.gatewayTimeout)
+    }
+
+    /// 502 or 504 with a small body, before any of the upstream's response was sent.
+    private func failBeforeResponse(_ status: GatewayFailure) {
+        guard !finished else { return }
+        metrics.gatewayErrors.add(1, ordering: .relaxed)
+        metrics.countUpstreamStatus(status == .badGateway ? 502 : 504)
+        if let connection {
+            connection.handler.exchange = nil
+            pool.release(connection, reusable: false)
+        }
+        connection = nil
+        finished = true
+        responseTimeout?.cancel()
+        var buffer = client.channel.allocator.buffer(capacity: 256)
+        Responses.json(status == .badGateway ? .badGateway : .gatewayTimeout,
+                       body: status == .badGateway ? Responses.badGatewayBody : Responses.gatewayTimeoutBody,
+                       close: closeAfter, omitBody: request.method == .HEAD, into: &buffer)
+        client.write(NIOAny(buffer), promise: nil)
+        completion(closeAfter)
+    }
+
+    private func finish(reusable: Bool) {
+        finished = true
+        if let connection { pool.release(connection, reusable: reusable) }
+        connection = nil
+        completion(closeClient)
+    }
+
+    enum GatewayFailure { case badGateway, gatewayTimeout }
+}
