@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-all_scenarios=(hit limits hit10k miss badkey revocation memory openloop)
+all_scenarios=(hit limits gateway hit10k miss badkey revocation memory openloop)
 [ ${#scenarios[@]} -eq 0 ] && scenarios=("${all_scenarios[@]}")
 for scenario in "${scenarios[@]}"; do
     printf '%s\n' "${all_scenarios[@]}" | grep -qx "$scenario" || { echo "unknown scenario: $scenario" >&2; exit 2; }
@@ -268,6 +268,36 @@ EOF
     record limits keygate-3-nodes admitted_per_window_max_vs_limit "$worst" ratio
     record limits keygate-3-nodes admitted_per_window_mean_vs_limit "$mean" ratio
     record limits keygate-3-nodes whole_windows "$windows" windows
+fi
+
+if wants gateway; then
+    echo "scenario gateway: the same API behind a plain proxy, the in-process Lua check, nginx auth_request + Keygate, and Keygate as the gateway, $rounds interleaved rounds"
+    start_node --upstream "http://127.0.0.1:$nginx_port"
+    gw_proxy=$(free_port); gw_lua=$(free_port); gw_auth=$(free_port)
+    sed -e "s|GW_DIR|$work|g" -e "s|GW_LUA_DIR|$bench_dir/peers/lua|g" -e "s|GW_REDIS_PORT|$redis_port|g" \
+        -e "s|GW_NAMESPACE|$namespace|g" -e "s|GW_API_PORT|$nginx_port|g" -e "s|GW_KEYGATE_PORT|$node_port|g" \
+        -e "s|GW_PROXY_PORT|$gw_proxy|g" -e "s|GW_LUA_PORT|$gw_lua|g" -e "s|GW_AUTH_REQUEST_PORT|$gw_auth|g" \
+        scripts/nginx-gateway.conf > "$work/gateway-nginx.conf"
+    taskset -c 0 nginx -c "$work/gateway-nginx.conf" -p "$work" -e "$work/gateway-nginx-error.log" &
+    pids+=($!)
+    wait_http "http://127.0.0.1:$gw_proxy/"
+    for port in "$gw_lua" "$gw_auth" "$node_port"; do # each one admits the key, and refuses none
+        code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $hot" "http://127.0.0.1:$port/resource")
+        [ "$code" = 200 ] || { echo "error: the gateway on port $port answered $code" >&2; exit 1; }
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/resource")
+        [ "$code" = 401 ] || { echo "error: the gateway on port $port answered $code without a key" >&2; exit 1; }
+    done
+    wrk_args=(--latency -H "X-API-Key: $hot")
+    interleaved gateway nginx-proxy="http://127.0.0.1:$gw_proxy/resource" lua-in-process="http://127.0.0.1:$gw_lua/resource" \
+        nginx-auth-request-keygate="http://127.0.0.1:$gw_auth/resource" keygate-gateway="http://127.0.0.1:$node_port/resource"
+    for name in nginx-proxy lua-in-process nginx-auth-request-keygate keygate-gateway; do # the median round's median latency
+        p50=$(for round in $(seq 1 "$rounds"); do
+                  awk '$1 == "50%" {v = $2; if (v ~ /us$/) v = v + 0; else if (v ~ /ms$/) v = v * 1000; else if (v ~ /s$/) v = v * 1000000; print int(v)}' \
+                      "$work/w-gateway-$name-$round"
+              done | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+        record gateway "$name" latency_p50_us "$p50" us
+    done
+    stop_node "$node_pid"
 fi
 
 if wants hit10k; then

@@ -19,6 +19,8 @@ EXPECTED = {
     "limits": [("keygate", "requests_per_second"), ("keygate-limited", "requests_per_second"),
                ("keygate-credits", "requests_per_second"), ("keygate-limited", "redis_commands_per_request"),
                ("keygate-3-nodes", "admitted_per_window_max_vs_limit"), ("keygate-3-nodes", "admitted_per_window_mean_vs_limit")],
+    "gateway": [(system, metric) for system in ("nginx-proxy", "lua-in-process", "nginx-auth-request-keygate", "keygate-gateway")
+                for metric in ("requests_per_second", "latency_p50_us")],
     "hit10k": [("nginx-return-200", "requests_per_second"), ("lua-peer", "requests_per_second"),
                ("keygate", "requests_per_second")],
     "miss": [("lua-peer", "requests_per_second"), ("keygate", "requests_per_second"),
@@ -111,6 +113,9 @@ def summary_rows(values):
             rows.append((f"rate limit 2000/2s over three nodes, {label} admitted per window against the limit ({windows:.0f} windows)",
                          f"{values[key][0]:.4f}", "the limit", f"{values[key][0]:.4f}",
                          "bound: <= 1 (edge requests may land in the next window)" if label == "most" else "(context: tokens lost)", ""))
+    add_ratio("gateway: Keygate proxying to the API, against the in-process Lua check in nginx (req/s)", ("gateway", "keygate-gateway", "requests_per_second"), ("gateway", "lua-in-process", "requests_per_second"), 1.0)
+    add_ratio("gateway: nginx auth_request + Keygate, against the in-process Lua check (req/s)", ("gateway", "nginx-auth-request-keygate", "requests_per_second"), ("gateway", "lua-in-process", "requests_per_second"), None)
+    add_ratio("gateway: Keygate as the gateway, against a plain nginx proxy without a key check (req/s)", ("gateway", "keygate-gateway", "requests_per_second"), ("gateway", "nginx-proxy", "requests_per_second"), None)
     add_ratio("hit path, 10,000 hot keys (req/s)", ("hit10k", "keygate", "requests_per_second"), ("hit10k", "lua-peer", "requests_per_second"), 1.0)
     add_ratio("hit path, 10,000 hot keys, against wrk's own ceiling with the same script (req/s)", ("hit10k", "keygate", "requests_per_second"), ("hit10k", "nginx-return-200", "requests_per_second"), None)
     add_ratio("miss path, a Redis lookup per request (req/s)", ("miss", "keygate", "requests_per_second"), ("miss", "lua-peer", "requests_per_second"), 1.0)

@@ -137,4 +137,27 @@ function M.auth()
   return ngx.exit(ngx.HTTP_OK)
 end
 
+-- The same check in the access phase of a proxied location (the gateway scenario, Kong's shape): on
+-- success the identity goes upstream as request headers and the key does not; otherwise the request
+-- ends here with the same 401 or 503.
+function M.access()
+  local key = ngx.var.http_x_api_key
+  -- After the response is written, an exit status of 200 or more ends the request (no proxying).
+  if not key or not well_formed(key) then refuse(); return ngx.exit(ngx.HTTP_OK) end
+  local verdict, err = verdict_for(sha256(key))
+  if not verdict then
+    ngx.log(ngx.WARN, "redis: ", err)
+    ngx.status = 503
+    ngx.header["Retry-After"] = "1"
+    ngx.header["Content-Length"] = 23
+    ngx.print('{"error":"unavailable"}')
+    return ngx.exit(503)
+  end
+  if not verdict[1] or (verdict[5] and verdict[5] <= ngx.now() * 1000) then refuse(); return ngx.exit(ngx.HTTP_OK) end
+  ngx.req.set_header("X-Keygate-User", verdict[2])
+  ngx.req.set_header("X-Keygate-Key-Id", verdict[3])
+  ngx.req.set_header("X-Keygate-Scopes", verdict[4])
+  ngx.req.clear_header("X-API-Key")
+end
+
 return M
