@@ -187,18 +187,15 @@ final class DataPlaneHandler: ChannelInboundHandler {
                     return nil
                 case .head(let head):
                     let proxied = gateway != nil && head.route == .notFound
+                    if head.chunked {
+                        return chunkedRequest(head, bytes: bytes, proxied: proxied, context: context)
+                    }
                     if head.contentLength > (proxied ? node.settings.gateway.maxBodyBytes : node.settings.maxBodyBytes) {
                         fail(.payloadTooLarge, body: Responses.tooLargeBody, context: context)
                         return nil
                     }
                     guard bytes.count >= head.length + head.contentLength else { // body still arriving
-                        if proxied && head.expectsContinue && !continueSent {
-                            continueSent = true // the client waits for this before sending the body
-                            var buffer = context.channel.allocator.buffer(capacity: 32)
-                            buffer.writeString(Responses.continueLine)
-                            context.write(NIOAny(buffer), promise: nil)
-                            needsFlush = true
-                        }
+                        if proxied { sendContinueIfExpected(head, context: context) }
                         return nil
                     }
                     continueSent = false
@@ -215,6 +212,44 @@ final class DataPlaneHandler: ChannelInboundHandler {
         if var buffer = inbound, buffer.readerIndex > 4096 {
             buffer.discardReadBytes()
             inbound = buffer
+        }
+    }
+
+    /// `Expect: 100-continue`: the client waits for this before sending the body (gateway mode).
+    private func sendContinueIfExpected(_ head: HTTPRequestScanner.Head, context: ChannelHandlerContext) {
+        guard head.expectsContinue, !continueSent else { return }
+        continueSent = true
+        var buffer = context.channel.allocator.buffer(capacity: 32)
+        buffer.writeString(Responses.continueLine)
+        context.write(NIOAny(buffer), promise: nil)
+        needsFlush = true
+    }
+
+    /// A request with a chunked body: read whole in gateway mode (then forwarded with a length),
+    /// refused on Keygate's own routes as before. Returns the bytes consumed, nil to wait or stop.
+    private func chunkedRequest(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, proxied: Bool,
+                                context: ChannelHandlerContext) -> Int? {
+        guard proxied else {
+            fail(.badRequest, body: Responses.badRequestBody, context: context)
+            return nil
+        }
+        switch ChunkedBody.decode(bytes, from: head.length, limit: node.settings.gateway.maxBodyBytes) {
+        case .incomplete:
+            sendContinueIfExpected(head, context: context)
+            return nil
+        case .malformed:
+            fail(.badRequest, body: Responses.badRequestBody, context: context)
+            return nil
+        case .tooLarge:
+            fail(.payloadTooLarge, body: Responses.tooLargeBody, context: context)
+            return nil
+        case .complete(let pieces, let end):
+            continueSent = false
+            var body: [UInt8] = []
+            body.reserveCapacity(pieces.reduce(0) { $0 + $1.count })
+            for piece in pieces { body.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[piece])) }
+            body.withUnsafeBytes { handle(head, bytes: bytes, body: $0, context: context) }
+            return end
         }
     }
 

@@ -5,7 +5,8 @@ import KeygateCore
 ///
 /// It is strict, because a verification node must not be confused by smuggling tricks: CRLF line
 /// endings only, no whitespace before a header colon, no obsolete line folding, no control characters
-/// in values, one Content-Length at most, no Transfer-Encoding (bodies must have a Content-Length),
+/// in values, one Content-Length at most, no Transfer-Encoding but a lone `chunked` (read by gateway
+/// mode only, never together with a Content-Length),
 /// exactly one Host in HTTP/1.1 (at most one in HTTP/1.0), as RFC 9112 section 3.2 requires.
 struct HTTPRequestScanner {
     enum Method { case get, head, post, other }
@@ -34,6 +35,8 @@ struct HTTPRequestScanner {
         var expectsContinue = false
         /// An `Upgrade` field (WebSocket): not proxied.
         var upgrade = false
+        /// `Transfer-Encoding: chunked` (and no `Content-Length`): only gateway mode reads such a body.
+        var chunked = false
     }
 
     enum Outcome {
@@ -112,6 +115,7 @@ struct HTTPRequestScanner {
                 guard bytes[index + 1] == Self.lf else { return .malformed }
                 // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; two are never valid.
                 guard hosts == 1 || (hosts == 0 && !http11) else { return .malformed }
+                guard !(head.chunked && sawContentLength) else { return .malformed } // CL with TE: smuggling
                 head.length = index + 2
                 return .head(head)
             }
@@ -171,7 +175,10 @@ struct HTTPRequestScanner {
             sawContentLength = true
             head.contentLength = length
         case 17 where Self.equalsIgnoringCase(bytes, name, "transfer-encoding"):
-            return false // bodies need a Content-Length here (and TE + CL is a smuggling vector)
+            // `chunked` alone, once: any other coding, or a second field, is refused. Only gateway
+            // mode then reads the body; every other route refuses it (see DataPlaneHandler).
+            guard !head.chunked, Self.equalsIgnoringCase(bytes, value, "chunked") else { return false }
+            head.chunked = true
         case 10 where Self.equalsIgnoringCase(bytes, name, "connection"):
             if Self.containsIgnoringCase(bytes, value, "close") { head.keepAlive = false }
             else if Self.containsIgnoringCase(bytes, value, "keep-alive") { head.keepAlive = true }

@@ -73,7 +73,11 @@ import KeygateCore
         "GET /auth HTTP/1.1\r\nX-API-Key: a\u{1}b\r\n\r\n",         // control character
         "GET /auth HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
         "GET /auth HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-        "POST /v1/verify HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",  // TE with CL: smuggling
+        "POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",                 // only a lone chunked
+        "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST /x HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
         "GET auth HTTP/1.1\r\n\r\n",                                // not origin-form
         "GET /auth HTTP/2.0\r\n\r\n",
         "GE(T /auth HTTP/1.1\r\n\r\n",
@@ -82,6 +86,41 @@ import KeygateCore
     ])
     func refusesMalformedHeads(request: String) {
         if case .malformed = scan(request) {} else { Issue.record("accepted: \(request.debugDescription)") }
+    }
+
+    @Test func aLoneChunkedCodingIsMarkedForTheGateway() {
+        #expect(head("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")?.chunked == true)
+        #expect(head("POST /x HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")?.chunked == true)
+        #expect(head("POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\n")?.chunked == false)
+    }
+
+    @Test(arguments: [
+        ("5\r\nhello\r\n0\r\n\r\n", "hello"),
+        ("5;name=value\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world"),
+        ("A\r\n0123456789\r\n0\r\nX-Trailer: dropped\r\n\r\n", "0123456789"),
+        ("0\r\n\r\n", ""),
+    ])
+    func chunkedBodiesDecode(encoded: String, decoded: String) {
+        let bytes = Array(("HEAD" + encoded + "NEXT").utf8)
+        let outcome = bytes.withUnsafeBytes { ChunkedBody.decode($0, from: 4, limit: 100) }
+        guard case .complete(let pieces, let end) = outcome else { Issue.record("\(encoded.debugDescription): \(outcome)"); return }
+        #expect(String(decoding: pieces.flatMap { bytes[$0] }, as: UTF8.self) == decoded)
+        #expect(end == bytes.count - 4, "the next request starts right after")
+    }
+
+    @Test(arguments: ["5\r\nhel", "5\r\nhello\r\n", "5\r\nhello\r\n0\r\n", "5", ""])
+    func partialChunkedBodiesWait(encoded: String) {
+        #expect(Array(encoded.utf8).withUnsafeBytes { ChunkedBody.decode($0, from: 0, limit: 100) } == .incomplete)
+    }
+
+    @Test(arguments: ["x\r\n", "-5\r\nhello\r\n0\r\n\r\n", " 5\r\nhello\r\n0\r\n\r\n", "5\nhello\n0\n\n",
+                      "5\r\nhelloXX0\r\n\r\n", "123456789\r\n", "5\r\nhello\r\n0\r\nbad\nline\r\n\r\n"])
+    func malformedChunkedBodiesAreRefused(encoded: String) {
+        #expect(Array(encoded.utf8).withUnsafeBytes { ChunkedBody.decode($0, from: 0, limit: 100) } == .malformed, "\(encoded.debugDescription)")
+    }
+
+    @Test func aChunkedBodyOverTheLimitIsTooLarge() {
+        #expect(Array("65\r\n".utf8).withUnsafeBytes { ChunkedBody.decode($0, from: 0, limit: 100) } == .tooLarge)
     }
 
     @Test func exactlyOneHostInHTTP11() {

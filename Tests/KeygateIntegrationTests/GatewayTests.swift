@@ -179,6 +179,13 @@ import Glibc
             let raw = try await RawHTTP.exchange(parts: [Array(head.utf8), Array("hello".utf8)], pause: .milliseconds(200), port: node.port)
             #expect(raw.hasPrefix("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK"), "\(raw)")
             #expect(raw.contains(#""body":"hello""#) && !raw.contains("100-continue"))
+            // A chunked body is read whole and forwarded with its length; the next request follows it.
+            let chunked = "POST /chunky HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                + "GET /after HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nConnection: close\r\n\r\n"
+            let both = try await RawHTTP.exchange(Array(chunked.utf8), port: node.port)
+            #expect(both.contains(#""body":"hello world""#) && both.contains(#""Content-Length","11""#), "\(both)")
+            #expect(!both.contains("X-Trailer") && !both.contains(#""Transfer-Encoding""#) && both.contains(#""uri":"/after""#))
             // Too large: 413 before anything goes upstream.
             let before = upstream.requests
             let large = try await Self.request("POST", "/big", key: key, body: String(repeating: "x", count: 1024 * 1024 + 1), port: node.port)
@@ -205,7 +212,10 @@ import Glibc
             let key = try await store.create(.init(user: "gus"), actor: "test").key
             let attempts = [
                 "POST /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
-                "POST /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                "POST /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                "POST /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\n",
+                "POST /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloGET /b HTTP/1.1\r\n\r\n",
+                "POST /auth HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 "POST /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
                 "GET /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nX-Fold: a\r\n b\r\n\r\n",
                 "GET /a HTTP/1.1\r\nHost: a\r\nX-API-Key: \(key)\r\nContent-Length : 0\r\n\r\n",
