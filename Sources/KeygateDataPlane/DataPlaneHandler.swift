@@ -335,8 +335,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     }
 
     /// Gateway mode: any path that is not Keygate's own. The key is checked exactly as on `/auth`
-    /// (same cache, refusals and counts; no scope is required and every request costs 1, whatever
-    /// `X-Keygate-*` fields the client sends), then the request goes upstream. The connection reads no
+    /// (same cache, refusals and counts; the scopes come from the route table and every request
+    /// costs 1, whatever `X-Keygate-*` fields the client sends), then the request goes upstream. The connection reads no
     /// further request until the response has been streamed back.
     private func proxy(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer, close: Bool,
                        pool: UpstreamPool, context: ChannelHandlerContext) {
@@ -358,7 +358,9 @@ final class DataPlaneHandler: ChannelInboundHandler {
         let request = ProxyMessages.request(bytes, head: head, bodyLength: body.count, keyHeaders: scanner.keyHeaders,
                                             removeAuthorization: node.settings.acceptBearer, client: context.channel.remoteAddress)
         let payload = body.isEmpty ? nil : context.channel.allocator.buffer(bytes: body)
-        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), cost: 1,
+        let required = GatewayRoute.requiredScopes(node.settings.gateway.routes, method: request.method.rawValue,
+                                                   path: String(request.uri.prefix { $0 != "?" }))
+        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: required, cost: 1,
                               client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
                               usage: usage, on: context.eventLoop)
         state = .awaitingVerdict(thenClose: state == .closing) // busy until the response is back

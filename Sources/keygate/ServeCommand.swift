@@ -20,7 +20,7 @@ struct ServeCommand: AsyncParsableCommand {
         KEYGATE_POSITIVE_MAX_AGE, KEYGATE_NEGATIVE_TTL, KEYGATE_STALE_IF_ERROR, KEYGATE_MAX_CONCURRENT_LOOKUPS, \
         KEYGATE_PING_INTERVAL, KEYGATE_PING_TIMEOUT, KEYGATE_USAGE_FLUSH_INTERVAL, KEYGATE_USAGE_SPILL_PATH, \
         KEYGATE_FAILURE_LIMIT, KEYGATE_FAILURE_WINDOW, KEYGATE_TRUSTED_PROXIES, \
-        KEYGATE_UPSTREAMS (comma separated), KEYGATE_UPSTREAM_CONNECT_TIMEOUT, KEYGATE_UPSTREAM_TIMEOUT, KEYGATE_GATEWAY_MAX_BODY, \
+        KEYGATE_UPSTREAMS (comma separated), KEYGATE_GATEWAY_ROUTES (';' separated), KEYGATE_UPSTREAM_CONNECT_TIMEOUT, KEYGATE_UPSTREAM_TIMEOUT, KEYGATE_GATEWAY_MAX_BODY, \
         KEYGATE_MAX_CONNECTIONS, KEYGATE_IDLE_TIMEOUT, KEYGATE_REQUEST_TIMEOUT, KEYGATE_METRICS_REFUSAL_REASONS, \
         KEYGATE_REDIS_TIMEOUT, KEYGATE_THREADS, KEYGATE_LOG_LEVEL; \
         KEYGATE_PEPPER or KEYGATE_PEPPER_FILE. SIGTERM or SIGINT: stop accepting, finish in-flight requests, \
@@ -49,6 +49,8 @@ struct ServeCommand: AsyncParsableCommand {
     var trustedProxies: [String] = []
     @Option(name: .customLong("upstream"), help: ArgumentHelp("Gateway mode: check the key of every request outside Keygate's own paths and forward it to this server, round robin over several; repeat for several (KEYGATE_UPSTREAMS, comma separated; default none: forward auth only).", valueName: "http://host:port"))
     var upstreams: [String] = []
+    @Option(name: .customLong("gateway-route"), help: ArgumentHelp("Gateway mode: scopes a key needs for a path prefix, optionally per method; the longest prefix wins; repeat for several (KEYGATE_GATEWAY_ROUTES, separated by ';').", valueName: "[METHOD ]/prefix=scope[,scope]"))
+    var gatewayRoutes: [String] = []
     @Option(help: "Gateway mode: connecting to an upstream server; past it the server is skipped for 5 s (KEYGATE_UPSTREAM_CONNECT_TIMEOUT, default 2s).")
     var upstreamConnectTimeout: HumanDuration?
     @Option(help: "Gateway mode: from the request sent to the response's head, else 504 (KEYGATE_UPSTREAM_TIMEOUT, default 30s).")
@@ -140,6 +142,15 @@ struct ServeCommand: AsyncParsableCommand {
             config.dataPlane.gateway.upstreams = try upstreamTexts.map { text throws(KeygateError) in try GatewaySettings.Upstream(parsing: text) }
         } catch {
             throw ValidationError("--upstream: \(error.message)")
+        }
+        let routeTexts = gatewayRoutes.isEmpty ? (env["KEYGATE_GATEWAY_ROUTES"].map { $0.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) } } ?? []) : gatewayRoutes
+        do {
+            config.dataPlane.gateway.routes = try routeTexts.map { text throws(KeygateError) in try GatewayRoute(parsing: text) }
+        } catch {
+            throw ValidationError("--gateway-route: \(error.message)")
+        }
+        if !config.dataPlane.gateway.routes.isEmpty && config.dataPlane.gateway.upstreams.isEmpty {
+            throw ValidationError("--gateway-route needs --upstream: routes apply to proxied requests")
         }
         if let v = try value(upstreamConnectTimeout, "KEYGATE_UPSTREAM_CONNECT_TIMEOUT", duration) { config.dataPlane.gateway.connectTimeout = v.duration }
         if let v = try value(upstreamTimeout, "KEYGATE_UPSTREAM_TIMEOUT", duration) { config.dataPlane.gateway.responseTimeout = v.duration }

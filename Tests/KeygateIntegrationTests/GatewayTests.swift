@@ -124,6 +124,24 @@ import Glibc
         #expect(upstream.requests == 0)
     }
 
+    @Test func theRouteTableDecidesTheScopesAClientCannot() async throws {
+        try await Self.withGateway(configure: { configuration in
+            configuration.dataPlane.gateway.routes = try! ["/orders/=orders:read", "POST /orders/=orders:write"].map { try GatewayRoute(parsing: $0) }
+        }) { node, upstream, store in
+            let reader = try await store.create(.init(user: "ivy", scopes: ["orders:read"]), actor: "test").key
+            let nobody = try await store.create(.init(user: "jon"), actor: "test").key
+            #expect(try await Self.request("/orders/1", key: reader, port: node.port).status == 200)
+            #expect(try await Self.request("POST", "/orders", key: reader, body: "{}", port: node.port).status == 200, "/orders is not under /orders/")
+            #expect(try await Self.request("POST", "/orders/1", key: reader, body: "{}", port: node.port).status == 403)
+            for path in ["/orders/1", "/%6Frders/1", "/x/../orders/1", "//orders/1"] {
+                let response = try await Self.request(path, key: nobody, headers: ["X-Keygate-Required-Scopes: "], port: node.port)
+                #expect(response.status == 403 && response.body.contains("forbidden"), "\(path): \(response.status)")
+            }
+            #expect(try await Self.request("/other", key: nobody, port: node.port).status == 200)
+            #expect(upstream.requests == 3)
+        }
+    }
+
     @Test func responsesAreStreamedChunkedOrCut() async throws {
         try await Self.withGateway(configure: { $0.dataPlane.gateway.responseTimeout = .milliseconds(300) }) { node, _, store in
             let key = try await store.create(.init(user: "dan"), actor: "test").key

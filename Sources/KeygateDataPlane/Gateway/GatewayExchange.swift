@@ -62,9 +62,9 @@ final class GatewayExchange {
         }
     }
 
-    /// A part of the upstream's response.
+    /// A part of the upstream's response, written to the client (flushed at the burst's end).
     func upstreamSent(_ part: HTTPClientResponsePart) {
-        guard !finished, let connection else { return }
+        guard !finished, connection != nil else { return }
         switch part {
         case .head(let head):
             responseTimeout?.cancel()
@@ -83,9 +83,15 @@ final class GatewayExchange {
         case .end:
             if framing == .chunked { client.write(NIOAny(client.channel.allocator.buffer(staticString: "0\r\n\r\n")), promise: nil) }
             metrics.upstreamLatency.observe(nanoseconds: UInt64(max(0, (NIODeadline.now() - started).nanoseconds)))
-            finish(reusable: upstreamKeepAlive)
+            finish(reusable: upstreamKeepAlive) // the client handler flushes
             return
         }
+    }
+
+    /// The end of one read burst from the upstream: flush what it brought to the client (once per
+    /// burst, not per part), and read on only while the client's connection takes more.
+    func upstreamReadComplete() {
+        guard !finished, let connection else { return }
         client.flush()
         if client.channel.isWritable { connection.channel.read() } else { waitingForWritability = true }
     }

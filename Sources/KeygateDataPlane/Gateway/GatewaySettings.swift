@@ -5,6 +5,8 @@ public import KeygateCore
 /// answering a proxy's `auth_request`. Off while `upstreams` is empty.
 public struct GatewaySettings: Sendable, Equatable {
     public var upstreams: [Upstream] = []
+    /// Scopes required per path prefix (and method); see `GatewayRoute`.
+    public var routes: [GatewayRoute] = []
     /// Connecting to an upstream server; past it the server is skipped for `downFor` and the next is tried.
     public var connectTimeout: Duration = .seconds(2)
     /// From the request sent to the response's head; past it the client gets 504.

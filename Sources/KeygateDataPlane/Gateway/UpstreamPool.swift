@@ -126,6 +126,14 @@ final class UpstreamResponseHandler: ChannelInboundHandler {
         exchange.upstreamSent(part)
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if let exchange {
+            exchange.upstreamReadComplete()
+        } else {
+            context.read() // idle: keep one read pending, to notice the server closing it
+        }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         if let connection { pool?.remove(connection) }
         exchange?.upstreamFailed()

@@ -1,0 +1,95 @@
+public import KeygateCore
+
+/// Gateway mode's route table: the scopes a request's key must hold, by path prefix and optionally
+/// method (`--gateway-route 'POST /orders/=orders:write'`). The longest matching prefix wins; a
+/// route naming the request's method beats one for any method with the same prefix. No match: no
+/// scope is required.
+///
+/// Prefixes are matched against the path as an upstream may read it: percent-decoded, with `.` and
+/// `..` segments resolved and repeated slashes collapsed, and against the raw path too; the scopes
+/// of both matches are required. `/%6Frders/1`, `/x/../orders/1` and `//orders/1` need what
+/// `/orders/1` needs. Matching is case-sensitive.
+public struct GatewayRoute: Sendable, Equatable, CustomStringConvertible {
+    public var method: String?
+    public var prefix: String
+    public var scopes: [String]
+
+    public init(method: String? = nil, prefix: String, scopes: [String]) {
+        self.method = method
+        self.prefix = prefix
+        self.scopes = scopes
+    }
+
+    /// `[METHOD ]PREFIX=SCOPE[,SCOPE...]`, such as `/orders/=orders:read` or `POST /orders/=orders:write`.
+    public init(parsing text: String) throws(KeygateError) {
+        let invalid = KeygateError(.invalidConfiguration,
+                                   "a gateway route is [METHOD ]/PREFIX=SCOPE[,SCOPE...] such as 'POST /orders/=orders:write', got '\(DisplayText.escaped(text))'",
+                                   field: "gateway_route")
+        guard let equals = text.firstIndex(of: "=") else { throw invalid }
+        let left = text[..<equals].split(separator: " ", omittingEmptySubsequences: true)
+        let scopes = text[text.index(after: equals)...].split(separator: ",").map { String($0.trimmingWhitespace()) }
+        guard (1...2).contains(left.count), !scopes.isEmpty, scopes.allSatisfy({ !$0.isEmpty && !$0.contains(" ") }) else { throw invalid }
+        let prefix = String(left[left.count - 1])
+        guard prefix.hasPrefix("/") else { throw invalid }
+        var method: String?
+        if left.count == 2 {
+            guard left[0].allSatisfy({ $0.isUppercase && $0.isLetter }) else { throw invalid }
+            method = String(left[0])
+        }
+        self.init(method: method, prefix: prefix, scopes: scopes)
+    }
+
+    public var description: String { (method.map { "\($0) " } ?? "") + prefix + "=" + scopes.joined(separator: ",") }
+
+    /// The scopes `routes` require of a request (`path` without the query string).
+    static func requiredScopes(_ routes: [GatewayRoute], method: String, path: String) -> [Substring] {
+        guard !routes.isEmpty else { return [] }
+        var required: [Substring] = []
+        let normalized = normalize(path)
+        for candidate in normalized == path ? [path] : [path, normalized] {
+            var best: GatewayRoute?
+            for route in routes where candidate.hasPrefix(route.prefix) && (route.method == nil || route.method == method) {
+                guard let current = best else { best = route; continue }
+                if route.prefix.count > current.prefix.count || (route.prefix.count == current.prefix.count && current.method == nil) {
+                    best = route
+                }
+            }
+            for scope in best?.scopes ?? [] where !required.contains(Substring(scope)) { required.append(Substring(scope)) }
+        }
+        return required
+    }
+
+    /// Percent-decoded (every `%XX`), repeated slashes collapsed, `.` and `..` segments resolved.
+    static func normalize(_ path: String) -> String {
+        var bytes: [UInt8] = []
+        let raw = Array(path.utf8)
+        var index = 0
+        while index < raw.count {
+            if raw[index] == UInt8(ascii: "%"), index + 2 < raw.count, let high = hex(raw[index + 1]), let low = hex(raw[index + 2]) {
+                bytes.append(high << 4 | low)
+                index += 3
+            } else {
+                bytes.append(raw[index])
+                index += 1
+            }
+        }
+        var segments: [ArraySlice<UInt8>] = []
+        for segment in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
+            if segment.elementsEqual(".".utf8) { continue }
+            if segment.elementsEqual("..".utf8) { _ = segments.popLast(); continue }
+            segments.append(segment)
+        }
+        var result = "/" + segments.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "/")
+        if bytes.last == UInt8(ascii: "/") && result != "/" { result += "/" }
+        return result
+    }
+
+    private static func hex(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}

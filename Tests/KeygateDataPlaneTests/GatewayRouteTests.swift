@@ -1,0 +1,32 @@
+@testable import KeygateDataPlane
+import KeygateCore
+import Testing
+
+struct GatewayRouteTests {
+    let routes = try! ["/orders/=orders:read", "POST /orders/=orders:write", "/orders/admin/=orders:admin,audit"]
+        .map { try GatewayRoute(parsing: $0) }
+
+    @Test func theLongestPrefixAndThenTheMethodDecide() {
+        #expect(GatewayRoute.requiredScopes(routes, method: "GET", path: "/orders/1") == ["orders:read"])
+        #expect(GatewayRoute.requiredScopes(routes, method: "POST", path: "/orders/1") == ["orders:write"])
+        #expect(GatewayRoute.requiredScopes(routes, method: "POST", path: "/orders/admin/x") == ["orders:admin", "audit"])
+        #expect(GatewayRoute.requiredScopes(routes, method: "GET", path: "/ordersx").isEmpty)
+        #expect(GatewayRoute.requiredScopes(routes, method: "GET", path: "/").isEmpty)
+    }
+
+    @Test(arguments: ["/%6Frders/1", "/x/../orders/1", "//orders/1", "/./orders/1", "/orders/%2E%2E/orders/1", "/a/b/../../orders/1"])
+    func encodedAndDottedPathsNeedWhatTheirPlainFormNeeds(path: String) {
+        #expect(GatewayRoute.requiredScopes(routes, method: "GET", path: path) == ["orders:read"], "\(path)")
+    }
+
+    @Test func normalizing() {
+        #expect(GatewayRoute.normalize("/a//b/./c/../d/") == "/a/b/d/")
+        #expect(GatewayRoute.normalize("/%41%2f%zz") == "/A/%zz")
+        #expect(GatewayRoute.normalize("/../..") == "/")
+    }
+
+    @Test(arguments: ["orders=x", "/orders/", "/orders/=", "get /o=x", "GET POST /o=x", "/o=a b"])
+    func badRoutesAreRefused(text: String) {
+        #expect(throws: KeygateError.self) { try GatewayRoute(parsing: text) }
+    }
+}
