@@ -356,10 +356,10 @@ final class DataPlaneHandler: ChannelInboundHandler {
         }
         // What the upstream gets is taken from the receive buffer now: it moves on once this returns.
         let request = ProxyMessages.request(bytes, head: head, bodyLength: body.count, keyHeaders: scanner.keyHeaders,
-                                            removeAuthorization: node.settings.acceptBearer, client: context.channel.remoteAddress)
+                                            removeAuthorization: node.settings.acceptBearer, client: context.channel.remoteAddress,
+                                            allocator: context.channel.allocator)
         let payload = body.isEmpty ? nil : context.channel.allocator.buffer(bytes: body)
-        let required = GatewayRoute.requiredScopes(node.settings.gateway.routes, method: request.method.rawValue,
-                                                   path: String(request.uri.prefix { $0 != "?" }))
+        let required = GatewayRoute.requiredScopes(node.settings.gateway.routes, method: request.method.rawValue, path: request.path)
         let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: required, cost: 1,
                               client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
                               usage: usage, on: context.eventLoop)
@@ -368,7 +368,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
             switch verification {
             case .allowed(let verdict), .allowedWithin(let verdict, _, _):
                 var request = request
-                ProxyMessages.addIdentity(verdict, to: &request.headers)
+                ProxyMessages.addIdentity(verdict, to: &request)
                 let loopBound = NIOLoopBound((handler, context), eventLoop: context.eventLoop)
                 handler.exchange = GatewayExchange(client: context, pool: pool, request: request, body: payload, clientHTTP11: head.http11,
                                                    closeAfter: close, metrics: handler.node.metrics) { closeClient in

@@ -10,7 +10,7 @@ final class GatewayExchange {
 
     private let client: ChannelHandlerContext
     private let pool: UpstreamPool
-    private let request: HTTPRequestHead
+    private let request: ProxyMessages.UpstreamRequest
     private let body: ByteBuffer?
     private let clientHTTP11: Bool
     private let closeAfter: Bool
@@ -28,7 +28,7 @@ final class GatewayExchange {
     private var responseTimeout: Scheduled<Void>?
     private var started = NIODeadline.now()
 
-    init(client: ChannelHandlerContext, pool: UpstreamPool, request: HTTPRequestHead, body: ByteBuffer?, clientHTTP11: Bool,
+    init(client: ChannelHandlerContext, pool: UpstreamPool, request: ProxyMessages.UpstreamRequest, body: ByteBuffer?, clientHTTP11: Bool,
          closeAfter: Bool, metrics: DataPlaneMetrics, completion: @escaping Completion) {
         self.client = client
         self.pool = pool
@@ -52,7 +52,10 @@ final class GatewayExchange {
         self.connection = connection
         connection.handler.exchange = self
         let channel = connection.channel
-        channel.write(HTTPClientRequestPart.head(request), promise: nil)
+        // The response decoder learns the method from this head (a HEAD's response has no body);
+        // RawRequestWriter sends the bytes the gateway wrote, not a head encoded anew.
+        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: request.method, uri: "")), promise: nil)
+        channel.write(HTTPClientRequestPart.body(.byteBuffer(request.bytes)), promise: nil)
         if let body, body.readableBytes > 0 { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         channel.read()

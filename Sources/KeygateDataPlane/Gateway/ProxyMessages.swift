@@ -4,65 +4,164 @@ import NIOHTTP1
 
 /// How a request and a response are rewritten on their way through the gateway (RFC 9110 7.6).
 enum ProxyMessages {
-    /// Hop-by-hop fields (RFC 9110 7.6.1 and the older ones still sent): meant for one connection,
-    /// never forwarded. Fields named in `Connection` are dropped as well.
-    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-                                        "upgrade", "proxy-authorization", "proxy-authenticate"]
+    // Hop-by-hop fields (RFC 9110 7.6.1 and the older ones still sent) are meant for one connection
+    // and never forwarded: Connection and the fields it names, Keep-Alive, Proxy-Connection, TE,
+    // Trailer, Transfer-Encoding, Upgrade, Proxy-Authenticate, Proxy-Authorization.
 
-    /// The request to send upstream, from the client's head (already checked by `HTTPRequestScanner`,
-    /// so its lines are well formed): hop-by-hop fields, the key and every `X-Keygate-*` field the
-    /// client sent are removed; `X-Forwarded-For` and `Forwarded` get the client's address appended and
-    /// `X-Forwarded-Proto` says `http`. `addIdentity` then adds who the key belongs to.
-    static func request(_ bytes: UnsafeRawBufferPointer, head: HTTPRequestScanner.Head, bodyLength: Int,
-                        keyHeaders: [[UInt8]], removeAuthorization: Bool, client: SocketAddress?) -> HTTPRequestHead {
-        let lines = UnsafeRawBufferPointer(rebasing: bytes[0..<head.length - 2]).split(separator: UInt8(ascii: "\n"))
-        let requestLine = lines[0].dropLast() // CR
-        let parts = requestLine.split(separator: UInt8(ascii: " "), maxSplits: 2)
-        let method = HTTPMethod(rawValue: String(decoding: parts[0], as: UTF8.self))
-        let uri = String(decoding: parts[1], as: UTF8.self)
-        var fields: [(name: String, value: String)] = []
-        var connectionTokens: Set<String> = []
-        for line in lines.dropFirst() {
-            let text = line.dropLast() // CR
-            guard let colon = text.firstIndex(of: UInt8(ascii: ":")) else { continue }
-            let name = String(decoding: text[..<colon], as: UTF8.self)
-            let value = String(decoding: text[(colon + 1)...], as: UTF8.self).trimmingWhitespace()
-            let lowered = name.lowercased()
-            if lowered == "connection" {
-                for token in value.split(separator: ",") { connectionTokens.insert(token.trimmingWhitespace().lowercased()) }
-            }
-            fields.append((name, value))
-        }
-        var headers = HTTPHeaders()
-        var forwardedFor: String?, forwarded: String?
-        for (name, value) in fields {
-            let lowered = name.lowercased()
-            if hopByHop.contains(lowered) || connectionTokens.contains(lowered) { continue }
-            if keyHeaders.contains(Array(lowered.utf8)) || (removeAuthorization && lowered == "authorization") { continue }
-            if lowered.hasPrefix("x-keygate-") { continue } // identity is Keygate's to say
-            switch lowered {
-            case "content-length", "expect", "x-forwarded-proto": continue // set below; the body is already here
-            case "x-forwarded-for": forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
-            case "forwarded": forwarded = forwarded.map { "\($0), \(value)" } ?? value
-            default: headers.add(name: name, value: value)
-            }
-        }
-        let address = client?.ipAddress ?? "unknown"
-        headers.add(name: "X-Forwarded-For", value: forwardedFor.map { "\($0), \(address)" } ?? address)
-        let node = address.contains(":") ? "\"[\(address)]\"" : address
-        headers.add(name: "Forwarded", value: (forwarded.map { "\($0), " } ?? "") + "for=\(node);proto=http")
-        headers.add(name: "X-Forwarded-Proto", value: "http")
-        if bodyLength > 0 || ![.GET, .HEAD, .DELETE, .OPTIONS, .TRACE].contains(method) {
-            headers.add(name: "Content-Length", value: String(bodyLength))
-        }
-        return HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
+    /// A request on its way upstream: its head as bytes (without the identity fields and the blank
+    /// line, which `addIdentity` writes once the key is known), and what the gateway needs to know.
+    struct UpstreamRequest {
+        var method: HTTPMethod
+        /// The target's path, without the query (for the route table).
+        var path: String
+        var bytes: ByteBuffer
     }
 
-    /// The identity fields, as on forward auth's 200.
-    static func addIdentity(_ verdict: Verdict, to headers: inout HTTPHeaders) {
-        headers.add(name: "X-Keygate-User", value: verdict.principal.user)
-        headers.add(name: "X-Keygate-Key-Id", value: verdict.keyID.description)
-        headers.add(name: "X-Keygate-Scopes", value: verdict.principal.scopesHeader)
+    /// The request to send upstream, from the client's head (already checked by `HTTPRequestScanner`,
+    /// so its lines are well formed), written as bytes: the field lines the upstream may see are
+    /// copied as they came; hop-by-hop fields, the key and every `X-Keygate-*` field the client sent
+    /// are left out; `X-Forwarded-For` and `Forwarded` get the client's address appended,
+    /// `X-Forwarded-Proto` says `http`, and `Content-Length` is the body's as forwarded.
+    static func request(_ bytes: UnsafeRawBufferPointer, head: HTTPRequestScanner.Head, bodyLength: Int, keyHeaders: [[UInt8]],
+                        removeAuthorization: Bool, client: SocketAddress?, allocator: ByteBufferAllocator) -> UpstreamRequest {
+        // Byte offsets of each field line's name and (trimmed) value: one pass, no String until kept.
+        var fields: [(name: Range<Int>, value: Range<Int>)] = []
+        var index = 0
+        while index < head.length && bytes[index] != lf { index += 1 }
+        let requestLine = 0..<max(0, index - 1)
+        index += 1
+        while index + 1 < head.length, bytes[index] != cr {
+            let start = index
+            while bytes[index] != UInt8(ascii: ":") { index += 1 }
+            let name = start..<index
+            index += 1
+            while bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: "\t") { index += 1 }
+            let valueStart = index
+            while bytes[index] != cr { index += 1 }
+            var valueEnd = index
+            while valueEnd > valueStart && (bytes[valueEnd - 1] == UInt8(ascii: " ") || bytes[valueEnd - 1] == UInt8(ascii: "\t")) { valueEnd -= 1 }
+            fields.append((name, valueStart..<valueEnd))
+            index += 2
+        }
+        let slice = { (range: Range<Int>) in UnsafeRawBufferPointer(rebasing: bytes[range]) }
+        let line = slice(requestLine)
+        let firstSpace = line.firstIndex(of: UInt8(ascii: " ")) ?? 0
+        let secondSpace = line[(firstSpace + 1)...].firstIndex(of: UInt8(ascii: " ")) ?? line.count
+        let method = HTTPMethod(rawValue: String(decoding: UnsafeRawBufferPointer(rebasing: line[..<firstSpace]), as: UTF8.self))
+        let target = UnsafeRawBufferPointer(rebasing: line[(firstSpace + 1)..<secondSpace])
+        let path = String(decoding: UnsafeRawBufferPointer(rebasing: target[..<(target.firstIndex(of: UInt8(ascii: "?")) ?? target.count)]),
+                          as: UTF8.self)
+
+        // Fields named in Connection are hop-by-hop too (rare: only then are names compared as text).
+        var connectionTokens: [String] = []
+        for field in fields where equalsIgnoringCase(bytes, field.name, "connection") {
+            for token in String(decoding: slice(field.value), as: UTF8.self).split(separator: ",") {
+                let trimmed = token.trimmingWhitespace().lowercased()
+                if !trimmed.isEmpty && trimmed != "close" && trimmed != "keep-alive" { connectionTokens.append(trimmed) }
+            }
+        }
+        var out = allocator.buffer(capacity: head.length + 256)
+        out.writeBytes(UnsafeRawBufferPointer(rebasing: line[..<secondSpace])) // METHOD SP target
+        out.writeStaticString(" HTTP/1.1\r\n")
+        var forwardedFor: [Range<Int>] = [], forwarded: [Range<Int>] = []
+        for (name, value) in fields {
+            if isHopByHop(bytes, name) || isDropped(bytes, name, keyHeaders: keyHeaders, removeAuthorization: removeAuthorization) { continue }
+            if equalsIgnoringCase(bytes, name, "x-forwarded-for") { forwardedFor.append(value); continue }
+            if equalsIgnoringCase(bytes, name, "forwarded") { forwarded.append(value); continue }
+            if !connectionTokens.isEmpty && connectionTokens.contains(String(decoding: slice(name), as: UTF8.self).lowercased()) { continue }
+            out.writeBytes(slice(name))
+            out.writeStaticString(": ")
+            out.writeBytes(slice(value))
+            out.writeStaticString("\r\n")
+        }
+        let address = client?.ipAddress ?? "unknown"
+        out.writeStaticString("X-Forwarded-For: ")
+        for value in forwardedFor {
+            out.writeBytes(slice(value))
+            out.writeStaticString(", ")
+        }
+        out.writeString(address)
+        out.writeStaticString("\r\nForwarded: ")
+        for value in forwarded {
+            out.writeBytes(slice(value))
+            out.writeStaticString(", ")
+        }
+        out.writeStaticString("for=")
+        out.writeString(address.contains(":") ? "\"[\(address)]\"" : address)
+        out.writeStaticString(";proto=http\r\nX-Forwarded-Proto: http\r\n")
+        if bodyLength > 0 || ![.GET, .HEAD, .DELETE, .OPTIONS, .TRACE].contains(method) {
+            out.writeStaticString("Content-Length: ")
+            out.writeString(String(bodyLength))
+            out.writeStaticString("\r\n")
+        }
+        return UpstreamRequest(method: method, path: path, bytes: out)
+    }
+
+    /// The identity fields, as on forward auth's 200, and the blank line that ends the head.
+    static func addIdentity(_ verdict: Verdict, to request: inout UpstreamRequest) {
+        request.bytes.writeStaticString("X-Keygate-Key-Id: ")
+        verdict.keyID.write(into: &request.bytes)
+        request.bytes.writeBytes(verdict.principal.identityHeaders) // CRLF X-Keygate-User: .. CRLF X-Keygate-Scopes: .. CRLF
+        request.bytes.writeStaticString("\r\n")
+    }
+
+    private static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n")
+
+    private static func isHopByHop(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> Bool {
+        switch name.count {
+        case 2: return equalsIgnoringCase(bytes, name, "te")
+        case 7: return equalsIgnoringCase(bytes, name, "trailer") || equalsIgnoringCase(bytes, name, "upgrade")
+        case 10: return equalsIgnoringCase(bytes, name, "connection") || equalsIgnoringCase(bytes, name, "keep-alive")
+        case 16: return equalsIgnoringCase(bytes, name, "proxy-connection")
+        case 17: return equalsIgnoringCase(bytes, name, "transfer-encoding")
+        case 18: return equalsIgnoringCase(bytes, name, "proxy-authenticate")
+        case 19: return equalsIgnoringCase(bytes, name, "proxy-authorization")
+        default: return false
+        }
+    }
+
+    /// The key, `X-Keygate-*` (identity is Keygate's to say), and what is set anew below.
+    private static func isDropped(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>, keyHeaders: [[UInt8]],
+                                  removeAuthorization: Bool) -> Bool {
+        if name.count > 10 && equalsIgnoringCase(bytes, name.lowerBound..<name.lowerBound + 10, "x-keygate-") { return true }
+        for key in keyHeaders where key.count == name.count {
+            var same = true
+            for (offset, position) in name.enumerated() where lower(bytes[position]) != key[offset] { same = false; break }
+            if same { return true }
+        }
+        switch name.count {
+        case 6: return equalsIgnoringCase(bytes, name, "expect") // the body is already here
+        case 13: return removeAuthorization && equalsIgnoringCase(bytes, name, "authorization")
+        case 14: return equalsIgnoringCase(bytes, name, "content-length") // set from the body forwarded
+        case 17: return equalsIgnoringCase(bytes, name, "x-forwarded-proto")
+        default: return false
+        }
+    }
+
+    private static func lower(_ byte: UInt8) -> UInt8 {
+        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+    }
+
+    private static func equalsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercased: StaticString) -> Bool {
+        guard range.count == lowercased.utf8CodeUnitCount else { return false }
+        let pointer = lowercased.utf8Start
+        var offset = 0
+        for position in range {
+            if lower(bytes[position]) != pointer[offset] { return false }
+            offset += 1
+        }
+        return true
+    }
+
+    /// ASCII case-insensitive comparison of a field name with a lowercase constant, without a String.
+    static func nameEquals(_ name: String, _ lowercased: StaticString) -> Bool {
+        var name = name
+        return name.withUTF8 { utf8 in
+            guard utf8.count == lowercased.utf8CodeUnitCount else { return false }
+            let pointer = lowercased.utf8Start
+            for offset in 0..<utf8.count where lower(utf8[offset]) != pointer[offset] { return false }
+            return true
+        }
     }
 
     /// How the response body travels to the client.
@@ -83,20 +182,30 @@ enum ProxyMessages {
                                   into buffer: inout ByteBuffer) -> (Framing, close: Bool) {
         let status = head.status.code
         let noBody = requestWasHead || (100..<200).contains(status) || status == 204 || status == 304
-        let length = head.headers.first(name: "content-length")
-        let chunkedUpstream = head.headers["transfer-encoding"].contains { $0.lowercased().contains("chunked") }
-        var framing: Framing
-        if noBody { framing = .none } else if length != nil && !chunkedUpstream { framing = .length } else { framing = clientHTTP11 ? .chunked : .close }
-        let closing = close || framing == .close
-        buffer.writeString("HTTP/1.1 \(status) \(head.status.reasonPhrase)\r\n")
-        var connectionTokens: Set<String> = []
-        for value in head.headers["connection"] {
-            for token in value.split(separator: ",") { connectionTokens.insert(token.trimmingWhitespace().lowercased()) }
-        }
+        var hasLength = false, chunkedUpstream = false
+        var connectionTokens: [String] = []
         for (name, value) in head.headers {
-            let lowered = name.lowercased()
-            if hopByHop.contains(lowered) || connectionTokens.contains(lowered) { continue }
-            if lowered == "content-length" && framing != .length && !(noBody && !chunkedUpstream) { continue }
+            if nameEquals(name, "content-length") { hasLength = true }
+            else if nameEquals(name, "transfer-encoding") { chunkedUpstream = chunkedUpstream || value.lowercased().contains("chunked") }
+            else if nameEquals(name, "connection") {
+                for token in value.split(separator: ",") {
+                    let trimmed = token.trimmingWhitespace().lowercased()
+                    if !trimmed.isEmpty && trimmed != "close" && trimmed != "keep-alive" { connectionTokens.append(trimmed) }
+                }
+            }
+        }
+        let framing: Framing
+        if noBody { framing = .none } else if hasLength && !chunkedUpstream { framing = .length } else { framing = clientHTTP11 ? .chunked : .close }
+        let closing = close || framing == .close
+        buffer.writeStaticString("HTTP/1.1 ")
+        buffer.writeString(String(status))
+        buffer.writeStaticString(" ")
+        buffer.writeString(head.status.reasonPhrase)
+        buffer.writeStaticString("\r\n")
+        for (name, value) in head.headers {
+            if isHopByHopName(name) { continue }
+            if !connectionTokens.isEmpty && connectionTokens.contains(name.lowercased()) { continue }
+            if nameEquals(name, "content-length") && framing != .length && !(noBody && !chunkedUpstream) { continue }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
@@ -106,6 +215,19 @@ enum ProxyMessages {
         if closing { buffer.writeStaticString("Connection: close\r\n") }
         buffer.writeStaticString("\r\n")
         return (framing, closing)
+    }
+
+    private static func isHopByHopName(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: return nameEquals(name, "te")
+        case 7: return nameEquals(name, "trailer") || nameEquals(name, "upgrade")
+        case 10: return nameEquals(name, "connection") || nameEquals(name, "keep-alive")
+        case 16: return nameEquals(name, "proxy-connection")
+        case 17: return nameEquals(name, "transfer-encoding")
+        case 18: return nameEquals(name, "proxy-authenticate")
+        case 19: return nameEquals(name, "proxy-authorization")
+        default: return false
+        }
     }
 
     /// One piece of the body in the client's framing.
@@ -125,6 +247,8 @@ enum ProxyMessages {
 
 extension StringProtocol {
     func trimmingWhitespace() -> String {
-        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+        guard let first = firstIndex(where: { $0 != " " && $0 != "\t" }),
+              let last = lastIndex(where: { $0 != " " && $0 != "\t" }) else { return "" }
+        return String(self[first...last])
     }
 }

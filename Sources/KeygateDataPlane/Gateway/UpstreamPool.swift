@@ -66,7 +66,8 @@ final class UpstreamPool {
             .channelOption(.autoRead, value: false) // the gateway reads as fast as the client takes the response
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(RawRequestWriter())
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
                     try channel.pipeline.syncOperations.addHandler(UpstreamResponseHandler())
                 }
             }
@@ -164,6 +165,24 @@ final class GatewayPools: @unchecked Sendable {
             let pool = UpstreamPool(eventLoop: eventLoop, settings: settings, metrics: metrics)
             pools[ObjectIdentifier(eventLoop)] = pool
             return pool
+        }
+    }
+}
+
+/// Sends the request bytes the gateway wrote (`ProxyMessages.request`) as they are: the request's
+/// head part only tells the response decoder the method, and its end part carries nothing.
+final class RawRequestWriter: ChannelOutboundHandler {
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = ByteBuffer
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .body(.byteBuffer(let bytes)):
+            context.write(wrapOutboundOut(bytes), promise: promise)
+        case .head, .end:
+            promise?.succeed(())
+        case .body(.fileRegion):
+            promise?.fail(ChannelError.operationUnsupported)
         }
     }
 }
