@@ -11,6 +11,8 @@
 # 401, whichever node answers; with one node killed, requests still succeed; Prometheus reports up == 1
 # for the three nodes; up.sh twice changes nothing; the failure limiter answers 429 through nginx; after
 # down.sh the usage totals in Redis (read back from the append-only file) equal the number of 200s.
+# Then `up.sh --gateway`: through nginx to the nodes in gateway mode, the demo API sees the identity
+# and no key; no key is 401, a key without orders:read on /orders/ is 403; /metrics passes promtool.
 # Then `up.sh --ha` (master, replica, three Sentinels): a key works through the balancer, status.sh
 # names the master; after SIGKILL of the master the balancer answers 200 again once the Sentinels
 # promote the replica (no node restarted), and status.sh names the new master.
@@ -207,6 +209,25 @@ fi
 kill "$check_redis_pid" 2>/dev/null || true
 wait "$check_redis_pid" 2>/dev/null || true
 check_redis_pid=""
+
+echo "== up.sh --gateway: the nodes proxy, nginx only balances"
+export KEYGATE_LOCAL_DIR=$base_dir/gateway
+deploy/local/up.sh --gateway > "$base_dir/up-gateway.out" || fail "up.sh --gateway failed: $(cat "$base_dir/up-gateway.out")"
+# shellcheck source=/dev/null
+source "$KEYGATE_LOCAL_DIR/keys.env"
+lb="http://127.0.0.1:$KEYGATE_LOCAL_LB_PORT"
+reply=$(curl -s -H "X-API-Key: $DEMO_KEY" -H "X-Keygate-User: mallory" "$lb/orders/42")
+[[ "$reply" == *'"x_keygate_user":"demo"'* && "$reply" == *'"x_api_key":""'* ]] || fail "gateway: the demo API got $reply"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$lb/hello")" = 401 ] || fail "gateway: no key is not 401"
+plain=$(KEYGATE_REDIS_URL="redis://127.0.0.1:$KEYGATE_LOCAL_REDIS_PORT" "$KEYGATE_BIN" keys create --user gateway-check --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $plain" "$lb/orders/42")" = 403 ] || fail "gateway: /orders/ without orders:read is not 403"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $plain" "$lb/hello")" = 200 ] || fail "gateway: a valid key is not 200"
+curl -s "http://127.0.0.1:$KEYGATE_LOCAL_FIRST_PORT/health/live" > /dev/null
+curl -s "http://127.0.0.1:$((KEYGATE_LOCAL_FIRST_PORT + 1))/metrics" > "$base_dir/gateway-metrics.txt"
+promtool check metrics < "$base_dir/gateway-metrics.txt" > /dev/null 2>&1 || fail "gateway: promtool refuses /metrics"
+grep -q '^keygate_gateway_responses_total{class="2xx"}' "$base_dir/gateway-metrics.txt" || fail "gateway: no gateway metrics"
+echo "gateway: identity set and key removed at the API, 401 and 403 refused by the nodes, metrics pass promtool"
+deploy/local/down.sh > /dev/null
 
 echo "== up.sh --ha: a failover under the balancer"
 export KEYGATE_LOCAL_DIR=$base_dir/ha

@@ -3,7 +3,7 @@
 # nginx on 127.0.0.1:8000 as the load balancer (auth_request to the three nodes, then a demo API that
 # echoes the identity it received). Creates an admin key and a demo key and prints how to use them.
 #
-#   deploy/local/up.sh [--ha | --redis-cluster] [--with-prometheus]
+#   deploy/local/up.sh [--ha | --redis-cluster] [--gateway] [--with-prometheus]
 #
 # --ha: Redis as operators run it for failover: a master, a replica and three Sentinels (quorum 2),
 # AOF on both servers; the nodes get a redis-sentinel:// URL, follow a failover by themselves and
@@ -13,6 +13,9 @@
 # `redis-cli --cluster create`; the nodes get a redis-cluster:// URL with three seeds, follow the slot
 # map (redirects, failovers, resharding) and WAIT 1 on each change. status.sh shows each server's role.
 # After a primary dies, its replica takes over; run up.sh again to bring the dead one back as a replica.
+#
+# --gateway: the nodes are the proxy (`keygate serve --upstream <demo API>`, with the route
+# /orders/ needing orders:read), and nginx only balances over them (proxy_pass, no auth_request).
 #
 # Safe to run twice: what already runs is left alone, and the keys are kept. Stop with down.sh.
 # KEYGATE_BIN=/path/to/keygate skips the release build (the tests use their debug build).
@@ -25,12 +28,14 @@ source "$repo/scripts/lib/packages.sh"
 with_prometheus=false
 ha=false
 cluster=false
+gateway=false
 for arg in "$@"; do
     case $arg in
         --with-prometheus) with_prometheus=true ;;
         --ha) ha=true ;;
         --redis-cluster) cluster=true ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --gateway) gateway=true ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "error: unknown option $arg (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -56,6 +61,16 @@ if [ -f "$run_dir/mode" ] && [ "$(mode)" != "$wanted_mode" ] && { alive redis ||
     exit 1
 fi
 echo "$wanted_mode" > "$run_dir/mode"
+# Gateway mode or forward auth: the nodes' flags differ, so a running cluster is not switched over.
+wanted_front=forward-auth
+$gateway && wanted_front=gateway
+if [ -f "$run_dir/front" ] && [ "$(cat "$run_dir/front")" != "$wanted_front" ] && alive node1; then
+    echo "error: the nodes run in $(cat "$run_dir/front") mode; stop them with deploy/local/down.sh first" >&2
+    exit 1
+fi
+echo "$wanted_front" > "$run_dir/front"
+gateway_flags=()
+$gateway && gateway_flags=(--upstream "http://127.0.0.1:$demo_port" --gateway-route "/orders/=orders:read")
 
 # start_redis NAME PORT [replicaof-port | cluster]: loopback only, append-only file on, so keys and
 # usage survive a restart. From a config file, which Sentinel rewrites when it promotes or demotes the
@@ -155,7 +170,7 @@ for i in "${nodes[@]}"; do
     # The failure limiter counts per client: nginx (loopback) passes the client's address on.
     KEYGATE_THREADS=${KEYGATE_THREADS:-1} nohup "$bin" serve --data-port "$(data_port "$i")" --control-port "$(control_port "$i")" \
         --usage-spill-path "$run_dir/node$i-usage-spill.jsonl" --failure-limit 100 --trusted-proxy 127.0.0.1 \
-        >> "$run_dir/node$i.log" 2>&1 &
+        "${gateway_flags[@]}" >> "$run_dir/node$i.log" 2>&1 &
     echo $! > "$run_dir/node$i.pid"
 done
 for i in "${nodes[@]}"; do
@@ -167,20 +182,26 @@ done
 # nginx: the repo's configuration with this cluster's addresses.
 servers=""
 for i in "${nodes[@]}"; do servers+="        server 127.0.0.1:$(data_port "$i") max_fails=1 fail_timeout=5s;"$'\n'; done
-for file in keygate.conf keygate-subrequest.conf keygate-identity.conf; do
+nginx_conf=keygate.conf
+$gateway && nginx_conf=keygate-gateway.conf
+for file in keygate.conf keygate-subrequest.conf keygate-identity.conf keygate-gateway.conf; do
     sed -e "s|@RUN_DIR@|$run_dir|g" -e "s|@CONF_DIR@|$run_dir/nginx|g" -e "s|@LB_PORT@|$lb_port|g" \
         -e "s|@DEMO_PORT@|$demo_port|g" "$repo/deploy/nginx/$file" \
         | awk -v servers="${servers%$'\n'}" '{ if ($0 == "@KEYGATE_SERVERS@") print servers; else print }' > "$run_dir/nginx/$file"
 done
-nginx -t -q -c "$run_dir/nginx/keygate.conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
+nginx -t -q -c "$run_dir/nginx/$nginx_conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
 if alive nginx; then
-    nginx -s reload -c "$run_dir/nginx/keygate.conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
+    nginx -s reload -c "$run_dir/nginx/$nginx_conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
     echo "nginx already running: configuration reloaded"
 else
-    nginx -c "$run_dir/nginx/keygate.conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
+    nginx -c "$run_dir/nginx/$nginx_conf" -p "$run_dir" -e "$run_dir/nginx-error.log"
 fi
 wait_for "http://127.0.0.1:$demo_port/" || { echo "error: nginx did not start; see $run_dir/nginx-error.log" >&2; exit 1; }
-echo "nginx load balancer on 127.0.0.1:$lb_port (demo API on 127.0.0.1:$demo_port)"
+if $gateway; then
+    echo "nginx load balancer on 127.0.0.1:$lb_port, proxying to the nodes in gateway mode (demo API on 127.0.0.1:$demo_port)"
+else
+    echo "nginx load balancer on 127.0.0.1:$lb_port (demo API on 127.0.0.1:$demo_port)"
+fi
 
 if $with_prometheus; then
     targets=""
@@ -232,7 +253,7 @@ Keygate is running. Keys (also in $run_dir/keys.env):
   admin key (scope keygate:admin): $ADMIN_KEY
   demo key  (user demo, scope orders:read): $DEMO_KEY
 
-Through the load balancer (nginx asks Keygate, then calls the demo API, which echoes the identity):
+Through the load balancer ($($gateway && echo "nginx spreads requests over the nodes, which check the key and call" || echo "nginx asks Keygate, then calls") the demo API, which echoes the identity):
   curl -i -H "X-API-Key: $DEMO_KEY" http://127.0.0.1:$lb_port/hello
   curl -i -H "X-API-Key: $DEMO_KEY" http://127.0.0.1:$lb_port/orders/42     # needs scope orders:read
   curl -i http://127.0.0.1:$lb_port/hello                                   # 401
