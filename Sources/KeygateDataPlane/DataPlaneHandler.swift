@@ -364,47 +364,58 @@ final class DataPlaneHandler: ChannelInboundHandler {
                               client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
                               usage: usage, on: context.eventLoop)
         state = .awaitingVerdict(thenClose: state == .closing) // busy until the response is back
-        let forward = { (handler: DataPlaneHandler, context: ChannelHandlerContext, verification: DataPlaneContext.Verification) in
-            switch verification {
-            case .allowed(let verdict), .allowedWithin(let verdict, _, _):
-                var request = request
-                ProxyMessages.addIdentity(verdict, to: &request)
-                let loopBound = NIOLoopBound((handler, context), eventLoop: context.eventLoop)
-                handler.exchange = GatewayExchange(client: context, pool: pool, request: request, body: payload, clientHTTP11: head.http11,
-                                                   closeAfter: close, metrics: handler.node.metrics) { closeClient in
-                    let (handler, context) = loopBound.value
-                    handler.proxyFinished(closeClient: closeClient, context: context)
-                }
-                handler.exchange?.start()
-            default: // refused, or could not check: the same answer as /auth, and nothing goes upstream
-                var buffer = handler.responseBuffer(context: context)
-                handler.node.renderAuth(verification, close: close, omitBody: omitBody, into: &buffer)
-                handler.write(buffer, context: context)
-                handler.proxyFinished(closeClient: close, context: context)
-            }
-        }
+        let proxied = ProxiedRequest(request: request, body: payload, http11: head.http11, close: close, omitBody: omitBody)
         switch step {
         case .done(let verification):
-            forward(self, context, verification)
+            forward(proxied, verification, pool: pool, context: context)
         case .pending(let future):
-            let loopBound = NIOLoopBound((self, context, forward), eventLoop: context.eventLoop)
+            let loopBound = NIOLoopBound((self, context, proxied, pool), eventLoop: context.eventLoop)
             future.whenComplete { result in
-                let (handler, context, forward) = loopBound.value
+                let (handler, context, proxied, pool) = loopBound.value
                 guard context.channel.isActive else { return }
-                forward(handler, context, (try? result.get()) ?? .unavailable)
+                handler.forward(proxied, (try? result.get()) ?? .unavailable, pool: pool, context: context)
             }
         }
     }
 
-    /// The proxied request was answered: flush, then read on (or close) on a fresh stack.
-    private func proxyFinished(closeClient: Bool, context: ChannelHandlerContext) {
+    /// A proxied request waiting for its verdict.
+    struct ProxiedRequest {
+        var request: ProxyMessages.UpstreamRequest
+        var body: ByteBuffer?
+        var http11: Bool
+        var close: Bool
+        var omitBody: Bool
+    }
+
+    /// Sends an admitted request upstream; answers any other verdict as `/auth` does.
+    private func forward(_ proxied: ProxiedRequest, _ verification: DataPlaneContext.Verification, pool: UpstreamPool,
+                         context: ChannelHandlerContext) {
+        switch verification {
+        case .allowed(let verdict), .allowedWithin(let verdict, _, _):
+            var request = proxied.request
+            ProxyMessages.addIdentity(verdict, to: &request)
+            let exchange = GatewayExchange(client: context, owner: self, pool: pool, request: request, body: proxied.body,
+                                           clientHTTP11: proxied.http11, closeAfter: proxied.close, metrics: node.metrics)
+            self.exchange = exchange
+            exchange.start()
+        default: // refused, or could not check: the same answer as /auth, and nothing goes upstream
+            var buffer = responseBuffer(context: context)
+            node.renderAuth(verification, close: proxied.close, omitBody: proxied.omitBody, into: &buffer)
+            write(buffer, context: context)
+            proxyFinished(closeClient: proxied.close, context: context)
+        }
+    }
+
+    /// The proxied request was answered: flush, then read on (or close) on a fresh stack when
+    /// requests were pipelined behind it.
+    func proxyFinished(closeClient: Bool, context: ChannelHandlerContext) {
         exchange = nil
         var thenClose = closeClient
         if case .awaitingVerdict(let close) = state { thenClose = thenClose || close }
         state = thenClose ? .closing : .reading
         needsFlush = true
         flushIfNeeded(context: context)
-        guard state == .reading else { return }
+        guard state == .reading, (inbound?.readableBytes ?? 0) > 0 else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         context.eventLoop.execute {
             let (handler, context) = loopBound.value

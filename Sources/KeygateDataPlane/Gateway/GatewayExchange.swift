@@ -5,16 +5,14 @@ import NIOHTTP1
 /// event loop. The upstream connection reads only while the client connection is writable, so a
 /// slow client holds back the upstream (TCP back-pressure) instead of making the node buffer.
 final class GatewayExchange {
-    /// Told once the exchange is over: whether the client connection must close.
-    typealias Completion = (_ closeClient: Bool) -> Void
-
     private let client: ChannelHandlerContext
+    /// Told once the exchange is over (`proxyFinished`); it owns this exchange.
+    private unowned let owner: DataPlaneHandler
     private let pool: UpstreamPool
     private let request: ProxyMessages.UpstreamRequest
     private let body: ByteBuffer?
     private let clientHTTP11: Bool
     private let closeAfter: Bool
-    private let completion: Completion
     private let metrics: DataPlaneMetrics
 
     private var connection: UpstreamConnection?
@@ -28,20 +26,21 @@ final class GatewayExchange {
     private var responseTimeout: Scheduled<Void>?
     private var started = NIODeadline.now()
 
-    init(client: ChannelHandlerContext, pool: UpstreamPool, request: ProxyMessages.UpstreamRequest, body: ByteBuffer?, clientHTTP11: Bool,
-         closeAfter: Bool, metrics: DataPlaneMetrics, completion: @escaping Completion) {
+    init(client: ChannelHandlerContext, owner: DataPlaneHandler, pool: UpstreamPool, request: ProxyMessages.UpstreamRequest,
+         body: ByteBuffer?, clientHTTP11: Bool, closeAfter: Bool, metrics: DataPlaneMetrics) {
         self.client = client
+        self.owner = owner
         self.pool = pool
         self.request = request
         self.body = body
         self.clientHTTP11 = clientHTTP11
         self.closeAfter = closeAfter
         self.metrics = metrics
-        self.completion = completion
     }
 
     func start() {
         started = .now()
+        if let idle = pool.takeIdle() { return send(on: idle) } // the usual case: no closure, no future
         pool.checkout { connection in
             if let connection { self.send(on: connection) } else { self.failBeforeResponse(.badGateway) }
         }
@@ -119,7 +118,7 @@ final class GatewayExchange {
             closeClient = true
             finished = true
             client.flush()
-            completion(true)
+            owner.proxyFinished(closeClient: true, context: client)
             return
         }
         let idempotent: [HTTPMethod] = [.GET, .HEAD, .PUT, .DELETE, .OPTIONS, .TRACE]
@@ -162,14 +161,14 @@ final class GatewayExchange {
                        body: status == .badGateway ? Responses.badGatewayBody : Responses.gatewayTimeoutBody,
                        close: closeAfter, omitBody: request.method == .HEAD, into: &buffer)
         client.write(NIOAny(buffer), promise: nil)
-        completion(closeAfter)
+        owner.proxyFinished(closeClient: closeAfter, context: client)
     }
 
     private func finish(reusable: Bool) {
         finished = true
         if let connection { pool.release(connection, reusable: reusable) }
         connection = nil
-        completion(closeClient)
+        owner.proxyFinished(closeClient: closeClient, context: client)
     }
 
     enum GatewayFailure { case badGateway, gatewayTimeout }

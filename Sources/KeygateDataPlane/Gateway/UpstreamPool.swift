@@ -38,6 +38,24 @@ final class UpstreamPool {
         downUntil = Array(repeating: .uptimeNanoseconds(0), count: settings.upstreams.count)
     }
 
+    /// An idle connection to the next healthy server in turn, or nil when it has none (then
+    /// `checkout` connects). Passes over servers marked down, like `checkout`.
+    func takeIdle() -> UpstreamConnection? {
+        let count = settings.upstreams.count
+        let now = NIODeadline.now()
+        for offset in 0..<count {
+            let index = (next + offset) % count
+            guard downUntil[index] <= now else { continue }
+            while let connection = idle[index].popLast() {
+                guard connection.channel.isActive else { continue }
+                next = (index + 1) % count
+                return connection
+            }
+            return nil
+        }
+        return nil
+    }
+
     /// A connection to the next healthy server, given to `done` on this loop: an idle one, or a new
     /// one. Servers that refuse are marked down and the next is tried; nil once every server failed.
     func checkout(_ done: @escaping (UpstreamConnection?) -> Void) {
