@@ -7,7 +7,8 @@
 #
 # After `swift test`: scripts/check-control-plane.sh runs a real node for promtool, the OpenAPI
 # validator and schemathesis (Python tools from PyPI, installed in .venv/); check-console.sh drives
-# the console in Debian's headless Chromium (Selenium from PyPI); check-local-cluster.sh
+# the console in Debian's headless Chromium (Selenium from PyPI); check-gateway-memory.sh measures a
+# gateway node's RSS while a 10 MiB response waits for a slow client; check-local-cluster.sh
 # runs deploy/local/up.sh end to end with nginx and Prometheus; check-deploy.sh validates the
 # deployment files offline; fuzz/run.sh runs the libFuzzer targets for 20 s each;
 # benchmarks/run.sh --quick runs every benchmark scenario for a few seconds so the harness cannot rot,
@@ -80,6 +81,7 @@ stage "swift test" swift test --skip-build "$@"
 if [ $# -eq 0 ]; then
     stage "control plane" bash scripts/check-control-plane.sh "$KEYGATE_BIN" "$REDIS_URL"
     stage "console (Chromium)" bash scripts/check-console.sh "$KEYGATE_BIN" "$REDIS_URL"
+    stage "gateway memory" bash scripts/check-gateway-memory.sh "$KEYGATE_BIN" "$REDIS_URL"
     stage "local cluster" bash scripts/check-local-cluster.sh "$KEYGATE_BIN"
     stage "deployment files" bash scripts/check-deploy.sh "$KEYGATE_BIN"
     stage "fuzz (20 s a target)" bash fuzz/run.sh 20
