@@ -188,6 +188,16 @@ final class DataPlaneContext: Sendable {
     // MARK: rendering
 
     /// The forward-auth answer (`/auth`): 200 with the identity headers, or the refusal.
+    /// Gateway mode: the `RateLimit-Policy` and `RateLimit` fields `/auth` would send for an admitted
+    /// request of a limited key, for the proxied response; nil for a key without rate limits.
+    func rateLimitFields(_ verification: Verification, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard case .allowedWithin(let verdict, let quota, _) = verification, let quota, let limits = verdict.limits else { return nil }
+        var buffer = allocator.buffer(capacity: 128)
+        Responses.writeRateLimitFields(policy: limits.policyHeaderField, name: quota.limit.name, remaining: quota.remaining,
+                                       reset: secondsToReset(quota), into: &buffer)
+        return buffer
+    }
+
     func renderAuth(_ verification: Verification, close: Bool, omitBody: Bool, into buffer: inout ByteBuffer) {
         switch verification {
         case .allowed(let verdict): Responses.authorized(verdict, close: close, into: &buffer)

@@ -395,7 +395,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
             var request = proxied.request
             ProxyMessages.addIdentity(verdict, to: &request)
             let exchange = GatewayExchange(client: context, owner: self, pool: pool, request: request, body: proxied.body,
-                                           clientHTTP11: proxied.http11, closeAfter: proxied.close, metrics: node.metrics)
+                                           clientHTTP11: proxied.http11, closeAfter: proxied.close, metrics: node.metrics,
+                                           extraFields: node.rateLimitFields(verification, allocator: context.channel.allocator))
             self.exchange = exchange
             exchange.start()
         default: // refused, or could not check: the same answer as /auth, and nothing goes upstream

@@ -99,7 +99,10 @@ import Glibc
             #expect(try await Self.request("/a", key: nil, port: node.port).status == 401)
             #expect(try await Self.request("/a", key: "kg_notakey", port: node.port).status == 401)
             #expect(try await Self.request("/a", key: revoked.key, port: node.port).status == 401)
-            #expect(try await Self.request("/a", key: limited.key, port: node.port).status == 200)
+            let admitted = try await Self.request("/a", key: limited.key, port: node.port)
+            #expect(admitted.status == 200 && admitted.header("RateLimit")?.hasPrefix(#""default";r=0;t="#) == true,
+                    "a limited key's proxied answer carries its RateLimit fields: \(admitted.raw)")
+            #expect(admitted.header("RateLimit-Policy")?.contains("default") == true)
             let over = try await Self.request("/a", key: limited.key, port: node.port)
             #expect(over.status == 429 && over.body.contains("rate_limited"), "\(over.raw)")
             // A client cannot make its request free or demand nothing with Keygate's own fields.

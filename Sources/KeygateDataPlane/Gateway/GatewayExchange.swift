@@ -14,6 +14,8 @@ final class GatewayExchange {
     private let clientHTTP11: Bool
     private let closeAfter: Bool
     private let metrics: DataPlaneMetrics
+    /// Fields Keygate adds to the response (a limited key's `RateLimit`), written before the blank line.
+    private let extraFields: ByteBuffer?
 
     private var connection: UpstreamConnection?
     private var framing = ProxyMessages.Framing.none
@@ -27,7 +29,8 @@ final class GatewayExchange {
     private var started = NIODeadline.now()
 
     init(client: ChannelHandlerContext, owner: DataPlaneHandler, pool: UpstreamPool, request: ProxyMessages.UpstreamRequest,
-         body: ByteBuffer?, clientHTTP11: Bool, closeAfter: Bool, metrics: DataPlaneMetrics) {
+         body: ByteBuffer?, clientHTTP11: Bool, closeAfter: Bool, metrics: DataPlaneMetrics, extraFields: ByteBuffer? = nil) {
+        self.extraFields = extraFields
         self.client = client
         self.owner = owner
         self.pool = pool
@@ -75,7 +78,8 @@ final class GatewayExchange {
             upstreamKeepAlive = head.isKeepAlive
             var buffer = client.channel.allocator.buffer(capacity: 512)
             (framing, closeClient) = ProxyMessages.writeResponseHead(head, requestWasHead: request.method == .HEAD,
-                                                                    clientHTTP11: clientHTTP11, close: closeAfter, into: &buffer)
+                                                                    clientHTTP11: clientHTTP11, close: closeAfter, extraFields: extraFields,
+                                                                    into: &buffer)
             metrics.countUpstreamStatus(head.status.code)
             client.write(NIOAny(buffer), promise: nil)
         case .body(var bytes):

@@ -179,7 +179,7 @@ enum ProxyMessages {
     /// Writes the response head for the client: the upstream's status and end-to-end fields, the
     /// framing chosen for this client, and `Connection: close` when the connection ends after it.
     static func writeResponseHead(_ head: HTTPResponseHead, requestWasHead: Bool, clientHTTP11: Bool, close: Bool,
-                                  into buffer: inout ByteBuffer) -> (Framing, close: Bool) {
+                                  extraFields: ByteBuffer? = nil, into buffer: inout ByteBuffer) -> (Framing, close: Bool) {
         let status = head.status.code
         let noBody = requestWasHead || (100..<200).contains(status) || status == 204 || status == 304
         var hasLength = false, chunkedUpstream = false
@@ -204,6 +204,7 @@ enum ProxyMessages {
         buffer.writeStaticString("\r\n")
         for (name, value) in head.headers {
             if isHopByHopName(name) { continue }
+            if extraFields != nil && (nameEquals(name, "ratelimit") || nameEquals(name, "ratelimit-policy")) { continue } // Keygate's own
             if !connectionTokens.isEmpty && connectionTokens.contains(name.lowercased()) { continue }
             if nameEquals(name, "content-length") && framing != .length && !(noBody && !chunkedUpstream) { continue }
             buffer.writeString(name)
@@ -212,6 +213,7 @@ enum ProxyMessages {
             buffer.writeStaticString("\r\n")
         }
         if framing == .chunked { buffer.writeStaticString("Transfer-Encoding: chunked\r\n") }
+        if var extraFields { buffer.writeBuffer(&extraFields) }
         if closing { buffer.writeStaticString("Connection: close\r\n") }
         buffer.writeStaticString("\r\n")
         return (framing, closing)
