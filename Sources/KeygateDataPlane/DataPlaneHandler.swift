@@ -357,7 +357,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
         // What the upstream gets is taken from the receive buffer now: it moves on once this returns.
         let request = ProxyMessages.request(bytes, head: head, bodyLength: body.count, keyHeaders: scanner.keyHeaders,
                                             removeAuthorization: node.settings.acceptBearer, client: context.channel.remoteAddress,
-                                            allocator: context.channel.allocator)
+                                            defaultHost: pool.defaultHost, allocator: context.channel.allocator)
         let payload = body.isEmpty ? nil : context.channel.allocator.buffer(bytes: body)
         let required = GatewayRoute.requiredScopes(node.settings.gateway.routes, method: request.method.rawValue, path: request.path)
         let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: required, cost: 1,

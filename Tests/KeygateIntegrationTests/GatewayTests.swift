@@ -154,6 +154,9 @@ import Glibc
             // HTTP/1.0 clients get the body until the connection closes instead of chunks.
             let old = try await RawHTTP.send("GET /chunked HTTP/1.0\r\nX-API-Key: \(key)\r\n\r\n", port: node.port)
             #expect(old.body == "hello chunked world" && old.header("Connection") == "close", "\(old.raw)")
+            // No Host from an HTTP/1.0 client: the upstream still gets one (HTTP/1.1 requires it).
+            let hostless = try await RawHTTP.send("GET /echo HTTP/1.0\r\nX-API-Key: \(key)\r\n\r\n", port: node.port)
+            #expect(try Echo(hostless).all("Host").count == 1, "\(hostless.raw)")
             // HEAD: the head only.
             let head = try await Self.request("HEAD", "/echo", key: key, port: node.port)
             #expect(head.status == 200 && head.body.isEmpty)

@@ -23,7 +23,7 @@ enum ProxyMessages {
     /// are left out; `X-Forwarded-For` and `Forwarded` get the client's address appended,
     /// `X-Forwarded-Proto` says `http`, and `Content-Length` is the body's as forwarded.
     static func request(_ bytes: UnsafeRawBufferPointer, head: HTTPRequestScanner.Head, bodyLength: Int, keyHeaders: [[UInt8]],
-                        removeAuthorization: Bool, client: SocketAddress?, allocator: ByteBufferAllocator) -> UpstreamRequest {
+                        removeAuthorization: Bool, client: SocketAddress?, defaultHost: String, allocator: ByteBufferAllocator) -> UpstreamRequest {
         // Byte offsets of each field line's name and (trimmed) value: one pass, no String until kept.
         var fields: [(name: Range<Int>, value: Range<Int>)] = []
         var index = 0
@@ -64,7 +64,9 @@ enum ProxyMessages {
         out.writeBytes(UnsafeRawBufferPointer(rebasing: line[..<secondSpace])) // METHOD SP target
         out.writeStaticString(" HTTP/1.1\r\n")
         var forwardedFor: [Range<Int>] = [], forwarded: [Range<Int>] = []
+        var sawHost = false
         for (name, value) in fields {
+            if name.count == 4 && equalsIgnoringCase(bytes, name, "host") { sawHost = true }
             if isHopByHop(bytes, name) || isDropped(bytes, name, keyHeaders: keyHeaders, removeAuthorization: removeAuthorization) { continue }
             if equalsIgnoringCase(bytes, name, "x-forwarded-for") { forwardedFor.append(value); continue }
             if equalsIgnoringCase(bytes, name, "forwarded") { forwarded.append(value); continue }
@@ -72,6 +74,11 @@ enum ProxyMessages {
             out.writeBytes(slice(name))
             out.writeStaticString(": ")
             out.writeBytes(slice(value))
+            out.writeStaticString("\r\n")
+        }
+        if !sawHost { // an HTTP/1.0 client may send none; HTTP/1.1 upstream needs one (nginx sends its upstream's name)
+            out.writeStaticString("Host: ")
+            out.writeString(defaultHost)
             out.writeStaticString("\r\n")
         }
         let address = client?.ipAddress ?? "unknown"

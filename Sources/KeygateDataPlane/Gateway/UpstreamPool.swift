@@ -30,8 +30,13 @@ final class UpstreamPool {
     private var next = 0
     let metrics: DataPlaneMetrics
 
+    /// `Host` for a request that came without one (HTTP/1.0): the first upstream's address.
+    let defaultHost: String
+
     init(eventLoop: any EventLoop, settings: GatewaySettings, metrics: DataPlaneMetrics) {
         self.eventLoop = eventLoop
+        let first = settings.upstreams.first
+        defaultHost = first.map { $0.host.contains(":") ? "[\($0.host)]:\($0.port)" : "\($0.host):\($0.port)" } ?? "localhost"
         self.settings = settings
         self.metrics = metrics
         idle = Array(repeating: [], count: settings.upstreams.count)
