@@ -30,7 +30,6 @@ final class GatewayExchange {
 
     init(client: ChannelHandlerContext, owner: DataPlaneHandler, pool: UpstreamPool, request: ProxyMessages.UpstreamRequest,
          body: ByteBuffer?, clientHTTP11: Bool, closeAfter: Bool, metrics: DataPlaneMetrics, extraFields: ByteBuffer? = nil) {
-        self.extraFields = extraFields
         self.client = client
         self.owner = owner
         self.pool = pool
@@ -39,6 +38,7 @@ final class GatewayExchange {
         self.clientHTTP11 = clientHTTP11
         self.closeAfter = closeAfter
         self.metrics = metrics
+        self.extraFields = extraFields
     }
 
     func start() {
