@@ -20,7 +20,6 @@ final class GatewayExchange {
     private var connection: UpstreamConnection?
     private var framing = ProxyMessages.Framing.none
     private var closeClient = false
-    private var upstreamKeepAlive = true
     private var responseStarted = false
     private var retried = false
     private var finished = false
@@ -54,12 +53,10 @@ final class GatewayExchange {
         self.connection = connection
         connection.handler.exchange = self
         let channel = connection.channel
-        // The response decoder learns the method from this head (a HEAD's response has no body);
-        // RawRequestWriter sends the bytes the gateway wrote, not a head encoded anew.
-        channel.write(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: request.method, uri: "")), promise: nil)
-        channel.write(HTTPClientRequestPart.body(.byteBuffer(request.bytes)), promise: nil)
-        if let body, body.readableBytes > 0 { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        connection.handler.expectResponse(toHead: request.method == .HEAD)
+        channel.write(request.bytes, promise: nil)
+        if let body, body.readableBytes > 0 { channel.write(body, promise: nil) }
+        channel.flush()
         channel.read()
         let loopBound = NIOLoopBound(self, eventLoop: pool.eventLoop)
         responseTimeout = pool.eventLoop.scheduleTask(in: TimeAmount(pool.settings.responseTimeout)) {
@@ -68,29 +65,33 @@ final class GatewayExchange {
     }
 
     /// A part of the upstream's response, written to the client (flushed at the burst's end).
-    func upstreamSent(_ part: HTTPClientResponsePart) {
+    func upstreamSent(_ part: UpstreamResponsePart) {
         guard !finished, connection != nil else { return }
         switch part {
         case .head(let head):
             responseTimeout?.cancel()
             responseTimeout = nil
             responseStarted = true
-            upstreamKeepAlive = head.isKeepAlive
-            var buffer = client.channel.allocator.buffer(capacity: 512)
-            (framing, closeClient) = ProxyMessages.writeResponseHead(head, requestWasHead: request.method == .HEAD,
-                                                                    clientHTTP11: clientHTTP11, close: closeAfter, extraFields: extraFields,
-                                                                    into: &buffer)
-            metrics.countUpstreamStatus(head.status.code)
+            var buffer = client.channel.allocator.buffer(capacity: head.bytes.readableBytes + 64)
+            (framing, closeClient) = ProxyMessages.writeResponseHead(head, clientHTTP11: clientHTTP11, close: closeAfter,
+                                                                    extraFields: extraFields, into: &buffer)
+            metrics.countUpstreamStatus(UInt(head.status))
             client.write(NIOAny(buffer), promise: nil)
-        case .body(var bytes):
-            var buffer = client.channel.allocator.buffer(capacity: bytes.readableBytes + 16)
-            ProxyMessages.writeBody(&bytes, framing: framing, into: &buffer)
-            if buffer.readableBytes > 0 { client.write(NIOAny(buffer), promise: nil) }
-        case .end:
+        case .body(let bytes):
+            if framing == .chunked {
+                var size = client.channel.allocator.buffer(capacity: 16)
+                size.writeString(String(bytes.readableBytes, radix: 16))
+                size.writeStaticString("\r\n")
+                client.write(NIOAny(size), promise: nil)
+                client.write(NIOAny(bytes), promise: nil) // the data itself, not copied
+                client.write(NIOAny(client.channel.allocator.buffer(staticString: "\r\n")), promise: nil)
+            } else if framing != .none {
+                client.write(NIOAny(bytes), promise: nil) // zero copy: a slice of what the upstream sent
+            }
+        case .end(let reusable):
             if framing == .chunked { client.write(NIOAny(client.channel.allocator.buffer(staticString: "0\r\n\r\n")), promise: nil) }
             metrics.upstreamLatency.observe(nanoseconds: UInt64(max(0, (NIODeadline.now() - started).nanoseconds)))
-            finish(reusable: upstreamKeepAlive) // the client handler flushes
-            return
+            finish(reusable: reusable) // the client handler flushes
         }
     }
 

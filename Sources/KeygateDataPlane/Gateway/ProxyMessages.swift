@@ -160,16 +160,6 @@ enum ProxyMessages {
         return true
     }
 
-    /// ASCII case-insensitive comparison of a field name with a lowercase constant, without a String.
-    static func nameEquals(_ name: String, _ lowercased: StaticString) -> Bool {
-        var name = name
-        return name.withUTF8 { utf8 in
-            guard utf8.count == lowercased.utf8CodeUnitCount else { return false }
-            let pointer = lowercased.utf8Start
-            for offset in 0..<utf8.count where lower(utf8[offset]) != pointer[offset] { return false }
-            return true
-        }
-    }
 
     /// How the response body travels to the client.
     enum Framing: Equatable {
@@ -183,41 +173,38 @@ enum ProxyMessages {
         case close
     }
 
-    /// Writes the response head for the client: the upstream's status and end-to-end fields, the
-    /// framing chosen for this client, and `Connection: close` when the connection ends after it.
-    static func writeResponseHead(_ head: HTTPResponseHead, requestWasHead: Bool, clientHTTP11: Bool, close: Bool,
-                                  extraFields: ByteBuffer? = nil, into buffer: inout ByteBuffer) -> (Framing, close: Bool) {
-        let status = head.status.code
-        let noBody = requestWasHead || (100..<200).contains(status) || status == 204 || status == 304
-        var hasLength = false, chunkedUpstream = false
-        var connectionTokens: [String] = []
-        for (name, value) in head.headers {
-            if nameEquals(name, "content-length") { hasLength = true }
-            else if nameEquals(name, "transfer-encoding") { chunkedUpstream = chunkedUpstream || value.lowercased().contains("chunked") }
-            else if nameEquals(name, "connection") {
-                for token in value.split(separator: ",") {
-                    let trimmed = token.trimmingWhitespace().lowercased()
-                    if !trimmed.isEmpty && trimmed != "close" && trimmed != "keep-alive" { connectionTokens.append(trimmed) }
-                }
-            }
-        }
+    /// Writes the response head for the client: the upstream's status and end-to-end field lines as
+    /// they came, the framing chosen for this client, Keygate's own fields (`extraFields`), and
+    /// `Connection: close` when the connection ends after it.
+    static func writeResponseHead(_ head: UpstreamResponseHead, clientHTTP11: Bool, close: Bool, extraFields: ByteBuffer? = nil,
+                                  into buffer: inout ByteBuffer) -> (Framing, close: Bool) {
         let framing: Framing
-        if noBody { framing = .none } else if hasLength && !chunkedUpstream { framing = .length } else { framing = clientHTTP11 ? .chunked : .close }
+        switch head.framing {
+        case .none: framing = .none
+        case .length: framing = .length
+        case .chunked, .untilClose: framing = clientHTTP11 ? .chunked : .close // the reader hands over de-chunked data
+        }
         let closing = close || framing == .close
         buffer.writeStaticString("HTTP/1.1 ")
-        buffer.writeString(String(status))
+        buffer.writeString(String(head.status))
         buffer.writeStaticString(" ")
-        buffer.writeString(head.status.reasonPhrase)
-        buffer.writeStaticString("\r\n")
-        for (name, value) in head.headers {
-            if isHopByHopName(name) { continue }
-            if extraFields != nil && (nameEquals(name, "ratelimit") || nameEquals(name, "ratelimit-policy")) { continue } // Keygate's own
-            if !connectionTokens.isEmpty && connectionTokens.contains(name.lowercased()) { continue }
-            if nameEquals(name, "content-length") && framing != .length && !(noBody && !chunkedUpstream) { continue }
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
+        head.bytes.withUnsafeReadableBytes { bytes in
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[head.reason]))
             buffer.writeStaticString("\r\n")
+            for (name, value) in head.fields {
+                if isHopByHop(bytes, name) { continue }
+                if !head.connectionTokens.isEmpty,
+                   head.connectionTokens.contains(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[name]), as: UTF8.self).lowercased()) { continue }
+                // A length stays when the body passes as it is, and on a bodiless answer (HEAD, 304) it describes.
+                if equalsIgnoringCase(bytes, name, "content-length") && framing != .length && head.framing != .none { continue }
+                if extraFields != nil && (equalsIgnoringCase(bytes, name, "ratelimit") || equalsIgnoringCase(bytes, name, "ratelimit-policy")) {
+                    continue // Keygate's own
+                }
+                buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[name]))
+                buffer.writeStaticString(": ")
+                buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[value]))
+                buffer.writeStaticString("\r\n")
+            }
         }
         if framing == .chunked { buffer.writeStaticString("Transfer-Encoding: chunked\r\n") }
         if var extraFields { buffer.writeBuffer(&extraFields) }
@@ -226,32 +213,6 @@ enum ProxyMessages {
         return (framing, closing)
     }
 
-    private static func isHopByHopName(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: return nameEquals(name, "te")
-        case 7: return nameEquals(name, "trailer") || nameEquals(name, "upgrade")
-        case 10: return nameEquals(name, "connection") || nameEquals(name, "keep-alive")
-        case 16: return nameEquals(name, "proxy-connection")
-        case 17: return nameEquals(name, "transfer-encoding")
-        case 18: return nameEquals(name, "proxy-authenticate")
-        case 19: return nameEquals(name, "proxy-authorization")
-        default: return false
-        }
-    }
-
-    /// One piece of the body in the client's framing.
-    static func writeBody(_ body: inout ByteBuffer, framing: Framing, into buffer: inout ByteBuffer) {
-        guard body.readableBytes > 0 else { return }
-        switch framing {
-        case .none: return
-        case .length, .close: buffer.writeBuffer(&body)
-        case .chunked:
-            buffer.writeString(String(body.readableBytes, radix: 16))
-            buffer.writeStaticString("\r\n")
-            buffer.writeBuffer(&body)
-            buffer.writeStaticString("\r\n")
-        }
-    }
 }
 
 extension StringProtocol {

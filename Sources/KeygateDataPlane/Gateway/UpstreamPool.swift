@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import Synchronization
 
@@ -7,12 +6,12 @@ import Synchronization
 final class UpstreamConnection {
     let channel: any Channel
     let upstream: Int
-    let handler: UpstreamResponseHandler
+    let handler: UpstreamResponseReader
     /// True once it served a response: a reused connection may have been closed by the server
     /// meanwhile, so an idempotent request that fails on it before any answer is retried once.
     var reused = false
 
-    init(channel: any Channel, upstream: Int, handler: UpstreamResponseHandler) {
+    init(channel: any Channel, upstream: Int, handler: UpstreamResponseReader) {
         self.channel = channel
         self.upstream = upstream
         self.handler = handler
@@ -89,16 +88,14 @@ final class UpstreamPool {
             .channelOption(.autoRead, value: false) // the gateway reads as fast as the client takes the response
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RawRequestWriter())
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try channel.pipeline.syncOperations.addHandler(UpstreamResponseHandler())
+                    try channel.pipeline.syncOperations.addHandler(UpstreamResponseReader())
                 }
             }
             .connect(host: upstream.host, port: upstream.port)
             .whenComplete { result in
                 let (pool, done) = loopBound.value
                 guard case .success(let channel) = result,
-                      let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamResponseHandler.self) else {
+                      let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamResponseReader.self) else {
                     pool.markDown(index)
                     pool.metrics.gatewayConnectFailures.add(1, ordering: .relaxed)
                     return pool.attempt(order.dropFirst(), done)
@@ -132,44 +129,6 @@ final class UpstreamPool {
     }
 }
 
-/// The response side of an upstream connection: hands each part to the exchange it serves; a
-/// connection with no exchange (idle) that sends anything or closes is dropped.
-final class UpstreamResponseHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-
-    weak var pool: UpstreamPool?
-    weak var connection: UpstreamConnection?
-    var exchange: GatewayExchange?
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
-        guard let exchange else {
-            context.close(promise: nil) // an idle connection has nothing to say
-            return
-        }
-        exchange.upstreamSent(part)
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if let exchange {
-            exchange.upstreamReadComplete()
-        } else {
-            context.read() // idle: keep one read pending, to notice the server closing it
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if let connection { pool?.remove(connection) }
-        exchange?.upstreamFailed()
-        exchange = nil
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil) // a malformed response or a reset: channelInactive tells the exchange
-    }
-}
-
 /// The upstream pools of every event loop, made on a loop's first connection. Each pool is used only
 /// on its own loop; the lock guards the dictionary, taken once per client connection.
 final class GatewayPools: @unchecked Sendable {
@@ -188,24 +147,6 @@ final class GatewayPools: @unchecked Sendable {
             let pool = UpstreamPool(eventLoop: eventLoop, settings: settings, metrics: metrics)
             pools[ObjectIdentifier(eventLoop)] = pool
             return pool
-        }
-    }
-}
-
-/// Sends the request bytes the gateway wrote (`ProxyMessages.request`) as they are: the request's
-/// head part only tells the response decoder the method, and its end part carries nothing.
-final class RawRequestWriter: ChannelOutboundHandler {
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = ByteBuffer
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .body(.byteBuffer(let bytes)):
-            context.write(wrapOutboundOut(bytes), promise: promise)
-        case .head, .end:
-            promise?.succeed(())
-        case .body(.fileRegion):
-            promise?.fail(ChannelError.operationUnsupported)
         }
     }
 }
