@@ -335,8 +335,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
     }
 
     /// Gateway mode: any path that is not Keygate's own. The key is checked exactly as on `/auth`
-    /// (same cache, refusals and counts; the scopes come from the route table and every request
-    /// costs 1, whatever `X-Keygate-*` fields the client sends), then the request goes upstream. The connection reads no
+    /// (same cache, refusals and counts; the scopes and the cost come from the route table, whatever
+    /// `X-Keygate-*` fields the client sends), then the request goes upstream. The connection reads no
     /// further request until the response has been streamed back.
     private func proxy(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer, close: Bool,
                        pool: UpstreamPool, context: ChannelHandlerContext) {
@@ -359,8 +359,8 @@ final class DataPlaneHandler: ChannelInboundHandler {
                                             removeAuthorization: node.settings.acceptBearer, client: context.channel.remoteAddress,
                                             defaultHost: pool.defaultHost, allocator: context.channel.allocator)
         let payload = body.isEmpty ? nil : context.channel.allocator.buffer(bytes: body)
-        let required = GatewayRoute.requiredScopes(node.settings.gateway.routes, method: request.method.rawValue, path: request.path)
-        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: required, cost: 1,
+        let route = GatewayRoute.requirements(node.settings.gateway.routes, method: request.method.rawValue, path: request.path)
+        let step = node.check(UnsafeRawBufferPointer(rebasing: bytes[keyRange]), required: route.scopes, cost: route.cost,
                               client: limiterClient(head, bytes, context: context), requestID: requestID(head, bytes),
                               usage: usage, on: context.eventLoop)
         state = .awaitingVerdict(thenClose: state == .closing) // busy until the response is back

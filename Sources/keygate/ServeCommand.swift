@@ -49,7 +49,7 @@ struct ServeCommand: AsyncParsableCommand {
     var trustedProxies: [String] = []
     @Option(name: .customLong("upstream"), help: ArgumentHelp("Gateway mode: check the key of every request outside Keygate's own paths and forward it to this server, round robin over several; repeat for several (KEYGATE_UPSTREAMS, comma separated; default none: forward auth only).", valueName: "http://host:port"))
     var upstreams: [String] = []
-    @Option(name: .customLong("gateway-route"), help: ArgumentHelp("Gateway mode: scopes a key needs for a path prefix, optionally per method; the longest prefix wins; repeat for several (KEYGATE_GATEWAY_ROUTES, separated by ';').", valueName: "[METHOD ]/prefix=scope[,scope]"))
+    @Option(name: .customLong("gateway-route"), help: ArgumentHelp("Gateway mode: scopes a key needs for a path prefix, optionally per method, and what a request spends of the key's limits and credits (default 1); the longest prefix wins; repeat for several (KEYGATE_GATEWAY_ROUTES, separated by ';').", valueName: "[METHOD ]/prefix=[scope,...][ cost=N]"))
     var gatewayRoutes: [String] = []
     @Option(help: "Gateway mode: connecting to an upstream server; past it the server is skipped for 5 s (KEYGATE_UPSTREAM_CONNECT_TIMEOUT, default 2s).")
     var upstreamConnectTimeout: HumanDuration?

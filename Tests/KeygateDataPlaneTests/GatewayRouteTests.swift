@@ -25,7 +25,21 @@ struct GatewayRouteTests {
         #expect(GatewayRoute.normalize("/../..") == "/")
     }
 
-    @Test(arguments: ["orders=x", "/orders/", "/orders/=", "get /o=x", "GET POST /o=x", "/o=a b"])
+    @Test func routesCarryACost() throws {
+        let priced = try ["/search/= cost=5", "POST /reports/=reports:write cost=10", "/reports/=reports:read"].map { try GatewayRoute(parsing: $0) }
+        #expect(GatewayRoute.requirements(priced, method: "GET", path: "/search/q").cost == 5)
+        #expect(GatewayRoute.requirements(priced, method: "GET", path: "/search/q").scopes.isEmpty)
+        let report = GatewayRoute.requirements(priced, method: "POST", path: "/reports/1")
+        #expect(report.cost == 10 && report.scopes == ["reports:write"])
+        #expect(GatewayRoute.requirements(priced, method: "GET", path: "/reports/1").cost == 1)
+        #expect(GatewayRoute.requirements(priced, method: "GET", path: "/other").cost == 1)
+        #expect(GatewayRoute.requirements(priced, method: "GET", path: "/x/../search/q").cost == 5)
+        #expect(try GatewayRoute(parsing: "/a/=x cost=0").cost == 0)
+        #expect(try GatewayRoute(parsing: "POST /reports/=reports:write cost=10").description == "POST /reports/=reports:write cost=10")
+    }
+
+    @Test(arguments: ["orders=x", "/orders/", "/orders/=", "get /o=x", "GET POST /o=x", "/o=a b", "/o=x cost=-1", "/o=x cost=1000001",
+                      "/o= cost=1", "/o=x cost=y"])
     func badRoutesAreRefused(text: String) {
         #expect(throws: KeygateError.self) { try GatewayRoute(parsing: text) }
     }

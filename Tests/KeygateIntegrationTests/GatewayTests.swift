@@ -143,6 +143,18 @@ import Glibc
             #expect(try await Self.request("/other", key: nobody, port: node.port).status == 200)
             #expect(upstream.requests == 3)
         }
+        // A route's cost is what a request spends of the key's credits.
+        try await Self.withGateway(configure: { configuration in
+            configuration.dataPlane.gateway.routes = try! ["/reports/= cost=4"].map { try GatewayRoute(parsing: $0) }
+        }) { node, upstream, store in
+            let key = try await store.create(.init(user: "kim", credits: try Credits(remaining: 10)), actor: "test").key
+            #expect(try await Self.request("/reports/1", key: key, port: node.port).status == 200)
+            #expect(try await Self.request("/reports/2", key: key, port: node.port).status == 200)
+            let third = try await Self.request("/reports/3", key: key, port: node.port)
+            #expect(third.status == 429 && third.body.contains("usage_exceeded"), "10 credits pay for two reports of 4: \(third.raw)")
+            #expect(try await Self.request("/cheap", key: key, port: node.port).status == 200, "2 credits left for requests of 1")
+            #expect(upstream.requests == 3)
+        }
     }
 
     @Test func responsesAreStreamedChunkedOrCut() async throws {

@@ -1,34 +1,47 @@
 public import KeygateCore
 
-/// Gateway mode's route table: the scopes a request's key must hold, by path prefix and optionally
-/// method (`--gateway-route 'POST /orders/=orders:write'`). The longest matching prefix wins; a
+/// Gateway mode's route table: the scopes a request's key must hold and what the request costs of
+/// the key's rate limits and credits, by path prefix and optionally method
+/// (`--gateway-route 'POST /reports/=reports:write cost=10'`). The longest matching prefix wins; a
 /// route naming the request's method beats one for any method with the same prefix. No match: no
-/// scope is required.
+/// scope is required and the request costs 1.
 ///
 /// Prefixes are matched against the path as an upstream may read it: percent-decoded, with `.` and
 /// `..` segments resolved and repeated slashes collapsed, and against the raw path too; the scopes
-/// of both matches are required. `/%6Frders/1`, `/x/../orders/1` and `//orders/1` need what
-/// `/orders/1` needs. Matching is case-sensitive.
+/// of both matches are required (and the higher cost is spent). `/%6Frders/1`, `/x/../orders/1` and
+/// `//orders/1` need what `/orders/1` needs. Matching is case-sensitive.
 public struct GatewayRoute: Sendable, Equatable, CustomStringConvertible {
     public var method: String?
     public var prefix: String
     public var scopes: [String]
+    /// Units of the key's rate limits and credits a matching request spends (0-1,000,000).
+    public var cost: Int
 
-    public init(method: String? = nil, prefix: String, scopes: [String]) {
+    public init(method: String? = nil, prefix: String, scopes: [String], cost: Int = 1) {
         self.method = method
         self.prefix = prefix
         self.scopes = scopes
+        self.cost = cost
     }
 
-    /// `[METHOD ]PREFIX=SCOPE[,SCOPE...]`, such as `/orders/=orders:read` or `POST /orders/=orders:write`.
+    /// `[METHOD ]PREFIX=[SCOPE[,SCOPE...]][ cost=N]`, such as `/orders/=orders:read`,
+    /// `POST /orders/=orders:write` or `/search/= cost=5`.
     public init(parsing text: String) throws(KeygateError) {
         let invalid = KeygateError(.invalidConfiguration,
-                                   "a gateway route is [METHOD ]/PREFIX=SCOPE[,SCOPE...] such as 'POST /orders/=orders:write', got '\(DisplayText.escaped(text))'",
+                                   "a gateway route is [METHOD ]/PREFIX=[SCOPE[,SCOPE...]][ cost=N] such as 'POST /orders/=orders:write cost=5', got '\(DisplayText.escaped(text))'",
                                    field: "gateway_route")
         guard let equals = text.firstIndex(of: "=") else { throw invalid }
         let left = text[..<equals].split(separator: " ", omittingEmptySubsequences: true)
-        let scopes = text[text.index(after: equals)...].split(separator: ",").map { String($0.trimmingWhitespace()) }
-        guard (1...2).contains(left.count), !scopes.isEmpty, scopes.allSatisfy({ !$0.isEmpty && !$0.contains(" ") }) else { throw invalid }
+        var right = text[text.index(after: equals)...].split(separator: " ", omittingEmptySubsequences: true)
+        var cost = 1
+        if let last = right.last, last.hasPrefix("cost=") {
+            guard let parsed = Int(last.dropFirst("cost=".count)), (0...VerifyJSON.maximumCost).contains(parsed) else { throw invalid }
+            cost = parsed
+            right.removeLast()
+        }
+        guard right.count <= 1 else { throw invalid }
+        let scopes = right.first.map { $0.split(separator: ",").map(String.init) } ?? []
+        guard (1...2).contains(left.count), !scopes.isEmpty || cost != 1, scopes.allSatisfy({ !$0.isEmpty }) else { throw invalid }
         let prefix = String(left[left.count - 1])
         guard prefix.hasPrefix("/") else { throw invalid }
         var method: String?
@@ -36,15 +49,23 @@ public struct GatewayRoute: Sendable, Equatable, CustomStringConvertible {
             guard left[0].allSatisfy({ $0.isUppercase && $0.isLetter }) else { throw invalid }
             method = String(left[0])
         }
-        self.init(method: method, prefix: prefix, scopes: scopes)
+        self.init(method: method, prefix: prefix, scopes: scopes, cost: cost)
     }
 
-    public var description: String { (method.map { "\($0) " } ?? "") + prefix + "=" + scopes.joined(separator: ",") }
+    public var description: String {
+        (method.map { "\($0) " } ?? "") + prefix + "=" + scopes.joined(separator: ",") + (cost == 1 ? "" : " cost=\(cost)")
+    }
 
     /// The scopes `routes` require of a request (`path` without the query string).
     static func requiredScopes(_ routes: [GatewayRoute], method: String, path: String) -> [Substring] {
-        guard !routes.isEmpty else { return [] }
+        requirements(routes, method: method, path: path).scopes
+    }
+
+    /// The scopes `routes` require of a request, and what it costs (1 without a matching route).
+    static func requirements(_ routes: [GatewayRoute], method: String, path: String) -> (scopes: [Substring], cost: Int) {
+        guard !routes.isEmpty else { return ([], 1) }
         var required: [Substring] = []
+        var cost: Int?
         let normalized = normalize(path)
         for candidate in normalized == path ? [path] : [path, normalized] {
             var best: GatewayRoute?
@@ -55,8 +76,9 @@ public struct GatewayRoute: Sendable, Equatable, CustomStringConvertible {
                 }
             }
             for scope in best?.scopes ?? [] where !required.contains(Substring(scope)) { required.append(Substring(scope)) }
+            if let best { cost = max(cost ?? 0, best.cost) }
         }
-        return required
+        return (required, cost ?? 1)
     }
 
     /// Percent-decoded (every `%XX`), repeated slashes collapsed, `.` and `..` segments resolved.
