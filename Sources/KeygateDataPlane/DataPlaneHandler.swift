@@ -302,19 +302,28 @@ final class DataPlaneHandler: ChannelInboundHandler {
         write(buffer, context: context)
     }
 
-    /// Forward auth (`/auth`, `/auth/...`, any method).
-    private func authorize(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, close: Bool, omitBody: Bool,
-                           context: ChannelHandlerContext) {
+    /// Where the request's one key is; nil after answering 400 (two keys) or 401 (none), as forward
+    /// auth and gateway mode both do.
+    private func singleKey(_ head: HTTPRequestScanner.Head, close: Bool, omitBody: Bool, context: ChannelHandlerContext) -> Range<Int>? {
         guard head.keyCount <= 1 else {
             node.metrics.count(.badRequest)
-            return writeJSON(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, context: context)
+            writeJSON(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, context: context)
+            return nil
         }
         guard let keyRange = head.key else {
             node.metrics.count(.missing)
             var buffer = responseBuffer(context: context)
             Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
-            return write(buffer, context: context)
+            write(buffer, context: context)
+            return nil
         }
+        return keyRange
+    }
+
+    /// Forward auth (`/auth`, `/auth/...`, any method).
+    private func authorize(_ head: HTTPRequestScanner.Head, bytes: UnsafeRawBufferPointer, close: Bool, omitBody: Bool,
+                           context: ChannelHandlerContext) {
+        guard let keyRange = singleKey(head, close: close, omitBody: omitBody, context: context) else { return }
         guard let cost = Self.cost(head, bytes) else {
             node.metrics.count(.badRequest)
             return writeJSON(.badRequest, body: Responses.badCostBody, close: close, omitBody: omitBody, context: context)
@@ -344,16 +353,7 @@ final class DataPlaneHandler: ChannelInboundHandler {
         if head.upgrade {
             return writeJSON(.notImplemented, body: Responses.upgradeBody, close: close, omitBody: omitBody, context: context)
         }
-        guard head.keyCount <= 1 else {
-            node.metrics.count(.badRequest)
-            return writeJSON(.badRequest, body: Responses.multipleKeysBody, close: close, omitBody: omitBody, context: context)
-        }
-        guard let keyRange = head.key else {
-            node.metrics.count(.missing)
-            var buffer = responseBuffer(context: context)
-            Responses.unauthorized(close: close, omitBody: omitBody, into: &buffer)
-            return write(buffer, context: context)
-        }
+        guard let keyRange = singleKey(head, close: close, omitBody: omitBody, context: context) else { return }
         // What the upstream gets is taken from the receive buffer now: it moves on once this returns.
         let request = ProxyMessages.request(bytes, head: head, bodyLength: body.count, keyHeaders: scanner.keyHeaders,
                                             removeAuthorization: node.settings.acceptBearer, client: context.channel.remoteAddress,

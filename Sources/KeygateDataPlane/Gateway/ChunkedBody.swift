@@ -19,7 +19,7 @@ enum ChunkedBody {
         while true {
             // chunk-size [; extensions] CRLF
             var size = 0, digits = 0
-            while index < bytes.count, let value = hexValue(bytes[index]) {
+            while index < bytes.count, let value = HTTPRequestScanner.hexValue(bytes[index]) {
                 size = size * 16 + value
                 digits += 1
                 guard digits <= 8 else { return .malformed } // more than 4 GiB in one chunk: not a request body
@@ -57,15 +57,6 @@ enum ChunkedBody {
             index += size
             guard bytes[index] == cr, bytes[index + 1] == lf else { return .malformed }
             index += 2
-        }
-    }
-
-    private static func hexValue(_ byte: UInt8) -> Int? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return Int(byte - UInt8(ascii: "0"))
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return Int(byte - UInt8(ascii: "a")) + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return Int(byte - UInt8(ascii: "A")) + 10
-        default: return nil
         }
     }
 }

@@ -56,11 +56,6 @@ public struct GatewayRoute: Sendable, Equatable, CustomStringConvertible {
         (method.map { "\($0) " } ?? "") + prefix + "=" + scopes.joined(separator: ",") + (cost == 1 ? "" : " cost=\(cost)")
     }
 
-    /// The scopes `routes` require of a request (`path` without the query string).
-    static func requiredScopes(_ routes: [GatewayRoute], method: String, path: String) -> [Substring] {
-        requirements(routes, method: method, path: path).scopes
-    }
-
     /// The scopes `routes` require of a request, and what it costs (1 without a matching route).
     static func requirements(_ routes: [GatewayRoute], method: String, path: String) -> (scopes: [Substring], cost: Int) {
         guard !routes.isEmpty else { return ([], 1) }
@@ -87,8 +82,8 @@ public struct GatewayRoute: Sendable, Equatable, CustomStringConvertible {
         let raw = Array(path.utf8)
         var index = 0
         while index < raw.count {
-            if raw[index] == UInt8(ascii: "%"), index + 2 < raw.count, let high = hex(raw[index + 1]), let low = hex(raw[index + 2]) {
-                bytes.append(high << 4 | low)
+            if raw[index] == UInt8(ascii: "%"), index + 2 < raw.count, let high = HTTPRequestScanner.hexValue(raw[index + 1]), let low = HTTPRequestScanner.hexValue(raw[index + 2]) {
+                bytes.append(UInt8(high << 4 | low))
                 index += 3
             } else {
                 bytes.append(raw[index])
@@ -106,12 +101,4 @@ public struct GatewayRoute: Sendable, Equatable, CustomStringConvertible {
         return result
     }
 
-    private static func hex(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
-        default: return nil
-        }
-    }
 }

@@ -54,7 +54,7 @@ enum ProxyMessages {
 
         // Fields named in Connection are hop-by-hop too (rare: only then are names compared as text).
         var connectionTokens: [String] = []
-        for field in fields where equalsIgnoringCase(bytes, field.name, "connection") {
+        for field in fields where named(bytes, field.name, "connection") {
             for token in String(decoding: slice(field.value), as: UTF8.self).split(separator: ",") {
                 let trimmed = token.trimmingWhitespace().lowercased()
                 if !trimmed.isEmpty && trimmed != "close" && trimmed != "keep-alive" { connectionTokens.append(trimmed) }
@@ -66,10 +66,10 @@ enum ProxyMessages {
         var forwardedFor: [Range<Int>] = [], forwarded: [Range<Int>] = []
         var sawHost = false
         for (name, value) in fields {
-            if name.count == 4 && equalsIgnoringCase(bytes, name, "host") { sawHost = true }
+            if name.count == 4 && named(bytes, name, "host") { sawHost = true }
             if isHopByHop(bytes, name) || isDropped(bytes, name, keyHeaders: keyHeaders, removeAuthorization: removeAuthorization) { continue }
-            if equalsIgnoringCase(bytes, name, "x-forwarded-for") { forwardedFor.append(value); continue }
-            if equalsIgnoringCase(bytes, name, "forwarded") { forwarded.append(value); continue }
+            if named(bytes, name, "x-forwarded-for") { forwardedFor.append(value); continue }
+            if named(bytes, name, "forwarded") { forwarded.append(value); continue }
             if !connectionTokens.isEmpty && connectionTokens.contains(String(decoding: slice(name), as: UTF8.self).lowercased()) { continue }
             out.writeBytes(slice(name))
             out.writeStaticString(": ")
@@ -114,15 +114,20 @@ enum ProxyMessages {
 
     private static let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n")
 
+    /// A field name compared with a lowercase constant, as the request scanner compares them.
+    private static func named(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>, _ lowercased: StaticString) -> Bool {
+        HTTPRequestScanner.equalsIgnoringCase(bytes, name, lowercased)
+    }
+
     private static func isHopByHop(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>) -> Bool {
         switch name.count {
-        case 2: return equalsIgnoringCase(bytes, name, "te")
-        case 7: return equalsIgnoringCase(bytes, name, "trailer") || equalsIgnoringCase(bytes, name, "upgrade")
-        case 10: return equalsIgnoringCase(bytes, name, "connection") || equalsIgnoringCase(bytes, name, "keep-alive")
-        case 16: return equalsIgnoringCase(bytes, name, "proxy-connection")
-        case 17: return equalsIgnoringCase(bytes, name, "transfer-encoding")
-        case 18: return equalsIgnoringCase(bytes, name, "proxy-authenticate")
-        case 19: return equalsIgnoringCase(bytes, name, "proxy-authorization")
+        case 2: return named(bytes, name, "te")
+        case 7: return named(bytes, name, "trailer") || named(bytes, name, "upgrade")
+        case 10: return named(bytes, name, "connection") || named(bytes, name, "keep-alive")
+        case 16: return named(bytes, name, "proxy-connection")
+        case 17: return named(bytes, name, "transfer-encoding")
+        case 18: return named(bytes, name, "proxy-authenticate")
+        case 19: return named(bytes, name, "proxy-authorization")
         default: return false
         }
     }
@@ -130,35 +135,18 @@ enum ProxyMessages {
     /// The key, `X-Keygate-*` (identity is Keygate's to say), and what is set anew below.
     private static func isDropped(_ bytes: UnsafeRawBufferPointer, _ name: Range<Int>, keyHeaders: [[UInt8]],
                                   removeAuthorization: Bool) -> Bool {
-        if name.count > 10 && equalsIgnoringCase(bytes, name.lowerBound..<name.lowerBound + 10, "x-keygate-") { return true }
-        for key in keyHeaders where key.count == name.count {
-            var same = true
-            for (offset, position) in name.enumerated() where lower(bytes[position]) != key[offset] { same = false; break }
-            if same { return true }
-        }
+        if name.count > 10 && named(bytes, name.lowerBound..<name.lowerBound + 10, "x-keygate-") { return true }
+        for key in keyHeaders where HTTPRequestScanner.equalsIgnoringCase(bytes, name, key) { return true }
         switch name.count {
-        case 6: return equalsIgnoringCase(bytes, name, "expect") // the body is already here
-        case 13: return removeAuthorization && equalsIgnoringCase(bytes, name, "authorization")
-        case 14: return equalsIgnoringCase(bytes, name, "content-length") // set from the body forwarded
-        case 17: return equalsIgnoringCase(bytes, name, "x-forwarded-proto")
+        case 6: return named(bytes, name, "expect") // the body is already here
+        case 13: return removeAuthorization && named(bytes, name, "authorization")
+        case 14: return named(bytes, name, "content-length") // set from the body forwarded
+        case 17: return named(bytes, name, "x-forwarded-proto")
         default: return false
         }
     }
 
-    private static func lower(_ byte: UInt8) -> UInt8 {
-        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
-    }
 
-    private static func equalsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercased: StaticString) -> Bool {
-        guard range.count == lowercased.utf8CodeUnitCount else { return false }
-        let pointer = lowercased.utf8Start
-        var offset = 0
-        for position in range {
-            if lower(bytes[position]) != pointer[offset] { return false }
-            offset += 1
-        }
-        return true
-    }
 
 
     /// How the response body travels to the client.
@@ -196,8 +184,8 @@ enum ProxyMessages {
                 if !head.connectionTokens.isEmpty,
                    head.connectionTokens.contains(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[name]), as: UTF8.self).lowercased()) { continue }
                 // A length stays when the body passes as it is, and on a bodiless answer (HEAD, 304) it describes.
-                if equalsIgnoringCase(bytes, name, "content-length") && framing != .length && head.framing != .none { continue }
-                if extraFields != nil && (equalsIgnoringCase(bytes, name, "ratelimit") || equalsIgnoringCase(bytes, name, "ratelimit-policy")) {
+                if named(bytes, name, "content-length") && framing != .length && head.framing != .none { continue }
+                if extraFields != nil && (named(bytes, name, "ratelimit") || named(bytes, name, "ratelimit-policy")) {
                     continue // Keygate's own
                 }
                 buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[name]))

@@ -232,7 +232,7 @@ final class UpstreamResponseReader: ChannelInboundHandler {
     private static func chunkSize(_ buffer: ByteBuffer, _ line: Range<Int>) -> Int? {
         buffer.withUnsafeReadableBytes { bytes -> Int? in
             var size = 0, digits = 0, index = line.lowerBound
-            while index < line.upperBound, let value = hexValue(bytes[index]) {
+            while index < line.upperBound, let value = HTTPRequestScanner.hexValue(bytes[index]) {
                 size = size * 16 + value
                 digits += 1
                 guard digits <= 15 else { return nil }
@@ -295,7 +295,7 @@ final class UpstreamResponseReader: ChannelInboundHandler {
                 while valueEnd > valueStart && (bytes[valueEnd - 1] == UInt8(ascii: " ") || bytes[valueEnd - 1] == 0x09) { valueEnd -= 1 }
                 fields.append((name, valueStart..<valueEnd))
                 index += 2
-                if name.count == 10 && equalsIgnoringCase(bytes, name, "connection") {
+                if name.count == 10 && HTTPRequestScanner.equalsIgnoringCase(bytes, name, "connection") {
                     for token in String(decoding: UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd]), as: UTF8.self).split(separator: ",") {
                         let lowered = token.trimmingWhitespace().lowercased()
                         if lowered == "close" { keepAlive = false } else if lowered == "keep-alive" { keepAlive = true }
@@ -308,29 +308,8 @@ final class UpstreamResponseReader: ChannelInboundHandler {
         }
     }
 
-    private static func hexValue(_ byte: UInt8) -> Int? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return Int(byte - UInt8(ascii: "0"))
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return Int(byte - UInt8(ascii: "a")) + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return Int(byte - UInt8(ascii: "A")) + 10
-        default: return nil
-        }
-    }
-
-    static func equalsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ lowercased: StaticString) -> Bool {
-        guard range.count == lowercased.utf8CodeUnitCount else { return false }
-        let pointer = lowercased.utf8Start
-        var offset = 0
-        for position in range {
-            let byte = bytes[position]
-            let lower = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
-            if lower != pointer[offset] { return false }
-            offset += 1
-        }
-        return true
-    }
 
     static func equalsIgnoringCase(_ buffer: ByteBuffer, _ range: Range<Int>, _ lowercased: StaticString) -> Bool {
-        buffer.withUnsafeReadableBytes { equalsIgnoringCase($0, range, lowercased) }
+        buffer.withUnsafeReadableBytes { HTTPRequestScanner.equalsIgnoringCase($0, range, lowercased) }
     }
 }

@@ -118,18 +118,26 @@ local function refuse()
   ngx.print(unauthorized)
 end
 
-function M.auth()
+-- The key's verdict, or nil once the refusal (401) or 503 is written.
+local function checked()
   local key = ngx.var.http_x_api_key
-  if not key or not well_formed(key) then return refuse() end
+  if not key or not well_formed(key) then refuse(); return nil end
   local verdict, err = verdict_for(sha256(key))
   if not verdict then
     ngx.log(ngx.WARN, "redis: ", err)
     ngx.status = 503
     ngx.header["Retry-After"] = "1"
     ngx.header["Content-Length"] = 23
-    return ngx.print('{"error":"unavailable"}')
+    ngx.print('{"error":"unavailable"}')
+    return nil
   end
-  if not verdict[1] or (verdict[5] and verdict[5] <= ngx.now() * 1000) then return refuse() end
+  if not verdict[1] or (verdict[5] and verdict[5] <= ngx.now() * 1000) then refuse(); return nil end
+  return verdict
+end
+
+function M.auth()
+  local verdict = checked()
+  if not verdict then return end
   ngx.header["X-Keygate-User"] = verdict[2]
   ngx.header["X-Keygate-Key-Id"] = verdict[3]
   ngx.header["X-Keygate-Scopes"] = verdict[4]
@@ -139,21 +147,11 @@ end
 
 -- The same check in the access phase of a proxied location (the gateway scenario, Kong's shape): on
 -- success the identity goes upstream as request headers and the key does not; otherwise the request
--- ends here with the same 401 or 503.
+-- ends here with the same 401 or 503 (after the response is written, an exit status of 200 or
+-- more ends the request without proxying).
 function M.access()
-  local key = ngx.var.http_x_api_key
-  -- After the response is written, an exit status of 200 or more ends the request (no proxying).
-  if not key or not well_formed(key) then refuse(); return ngx.exit(ngx.HTTP_OK) end
-  local verdict, err = verdict_for(sha256(key))
-  if not verdict then
-    ngx.log(ngx.WARN, "redis: ", err)
-    ngx.status = 503
-    ngx.header["Retry-After"] = "1"
-    ngx.header["Content-Length"] = 23
-    ngx.print('{"error":"unavailable"}')
-    return ngx.exit(503)
-  end
-  if not verdict[1] or (verdict[5] and verdict[5] <= ngx.now() * 1000) then refuse(); return ngx.exit(ngx.HTTP_OK) end
+  local verdict = checked()
+  if not verdict then return ngx.exit(ngx.HTTP_OK) end
   ngx.req.set_header("X-Keygate-User", verdict[2])
   ngx.req.set_header("X-Keygate-Key-Id", verdict[3])
   ngx.req.set_header("X-Keygate-Scopes", verdict[4])
